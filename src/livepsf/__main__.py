@@ -1,0 +1,5 @@
+"""``python -m livepsf`` runs the command line."""
+
+from livepsf.cli import main
+
+main()
