@@ -217,9 +217,11 @@ def zernike_psf(
     focus, astig_0, astig_45 = (torch.as_tensor(t, dtype=torch.float64).reshape(-1) for t in (focus, astig_0, astig_45))
     focus, astig_0, astig_45 = torch.broadcast_tensors(focus, astig_0, astig_45)
     # Geometric blur radius: the largest ray deviation |grad W| / cutoff, in camera pixels.
-    slope_waves = 4.0 * math.sqrt(3.0) * focus.abs() + 2.0 * math.sqrt(6.0) * torch.hypot(astig_0, astig_45)
+    # The grid is sized for the whole training range (not just this batch), so that a PSF does not
+    # depend on which batch it was computed in, and the pupil is always sampled finely.
+    slope_waves = max(_max_slope_waves(focus, astig_0, astig_45), _RANGE_SLOPE_WAVES)
     diffraction_px = 1.0 / optics.cutoff_cycles_per_px
-    radius_px = (float(slope_waves.max()) + _DIFFRACTION_MARGIN) * diffraction_px if len(focus) else 0.0
+    radius_px = (slope_waves + _DIFFRACTION_MARGIN) * diffraction_px
     grid_px = fast_fft_size(max(size_px + 1, math.ceil(size_px / 2 + radius_px), math.ceil(2 * radius_px)))
     basis = _pupil_basis(grid_px, optics.oversampling, optics.cutoff_cycles_per_px, str(device or "cpu"), dtype)
     coeffs = torch.stack([focus, astig_0, astig_45], dim=1).to(device=basis.device, dtype=dtype)
@@ -253,13 +255,18 @@ def gaussian_psf(
 
 
 class _PupilBasis:
-    """Pupil disc and the Zernike modes on an oversampled frequency grid, cached per geometry."""
+    """Pupil samples and the Zernike modes on an oversampled frequency grid, cached per geometry.
 
-    def __init__(self, pupil: torch.Tensor, modes: torch.Tensor, ramp: torch.Tensor) -> None:
-        self.pupil = pupil  # (N, N) real, 1 inside the disc
-        self.modes = modes  # (3, N, N) real: Z(2,0), Z(2,2), Z(2,-2) inside the disc
-        self.ramp = ramp  # (N, N) complex: centres the PSF on a camera pixel
-        self.device = pupil.device
+    Only the samples inside the pupil are stored (about a tenth of the grid): the phase and its complex
+    exponential are evaluated there and scattered into the zero-padded grid before the FFT.
+    """
+
+    def __init__(self, size: int, inside: torch.Tensor, weights: torch.Tensor, modes: torch.Tensor) -> None:
+        self.size = size  # N: side of the oversampled grid
+        self.inside = inside  # (K,) flat indices of the pupil samples
+        self.weights = weights  # (K,) complex: pupil transmission x centring phase ramp
+        self.modes = modes  # (K, 3) real: Z(2,0), Z(2,2), Z(2,-2) at those samples
+        self.device = inside.device
 
 
 @functools.lru_cache(maxsize=16)
@@ -271,32 +278,54 @@ def _pupil_basis(grid_px: int, oversampling: int, cutoff_cycles_per_px: float, d
     fy, fx = torch.meshgrid(f, f, indexing="ij")
     rho = torch.hypot(fx, fy) / cutoff_cycles_per_px
     theta = torch.atan2(fy, fx)  # from x (axis 1) towards y (axis 0)
-    pupil = (rho <= 1.0).to(torch.float64)
-    modes = torch.stack([zernike(2, 0, rho, theta), zernike(2, 2, rho, theta), zernike(2, -2, rho, theta)]) * pupil
+    # Anti-aliased disc: each sample weighted by (approximately) the fraction of it inside the pupil,
+    # so the PSF converges quickly with the grid size instead of carrying a staircase-edge error.
+    samples_per_radius = grid_px * cutoff_cycles_per_px
+    pupil = torch.clamp(0.5 + (1.0 - rho) * samples_per_radius, 0.0, 1.0)
+    modes = torch.stack([zernike(2, 0, rho, theta), zernike(2, 2, rho, theta), zernike(2, -2, rho, theta)], dim=-1)
     # Shift by (q - 1) / 2 sub-pixels along both axes so the PSF centre is the centre of a q x q block,
     # i.e. of camera pixel 0, before the blocks are summed.
     shift = (oversampling - 1) / 2.0
     ky, kx = torch.meshgrid(k, k, indexing="ij")
     ramp = torch.exp(-2j * math.pi * (kx + ky) * shift / n)
+    inside = torch.nonzero(pupil.reshape(-1) > 0).reshape(-1)
     cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
     return _PupilBasis(
-        pupil.to(device=device, dtype=dtype),
-        modes.to(device=device, dtype=dtype),
-        ramp.to(device=device, dtype=cdtype),
+        n,
+        inside.to(device=device),
+        (pupil * ramp).reshape(-1)[inside].to(device=device, dtype=cdtype),
+        modes.reshape(-1, 3)[inside].to(device=device, dtype=dtype),
     )
 
 
 def _zernike_chunk(coeffs: torch.Tensor, basis: _PupilBasis, grid_px: int, q: int, size_px: int) -> torch.Tensor:
-    phase = torch.einsum("bk,kyx->byx", coeffs, basis.modes)
-    field = basis.pupil * torch.polar(torch.ones_like(phase), 2.0 * math.pi * phase) * basis.ramp
-    amplitude = torch.fft.ifft2(field)
+    b, n = coeffs.shape[0], basis.size
+    phase = coeffs @ basis.modes.T  # (b, K) waves
+    field = torch.zeros(b, n * n, dtype=basis.weights.dtype, device=coeffs.device)
+    field[:, basis.inside] = basis.weights * torch.polar(torch.ones_like(phase), 2.0 * math.pi * phase)
+    amplitude = torch.fft.ifft2(field.reshape(b, n, n))
     intensity = amplitude.real**2 + amplitude.imag**2
-    b = intensity.shape[0]
     # Integrate over camera pixels: camera pixel j holds sub-pixels [j q, j q + q).
     camera = intensity.reshape(b, grid_px, q, grid_px, q).sum(dim=(2, 4))
     camera = torch.roll(camera, shifts=(size_px // 2, size_px // 2), dims=(-2, -1))[:, :size_px, :size_px]
     camera = camera.clamp_min(0)
     return camera / camera.sum(dim=(-2, -1), keepdim=True)
+
+
+def _max_slope_waves(focus: torch.Tensor, astig_0: torch.Tensor, astig_45: torch.Tensor) -> float:
+    """Largest wavefront slope over the pupil edge (waves per unit pupil radius) in a batch."""
+    if focus.numel() == 0:
+        return 0.0
+    slope = 4.0 * math.sqrt(3.0) * focus.abs() + 2.0 * math.sqrt(6.0) * torch.hypot(astig_0, astig_45)
+    return float(slope.max())
+
+
+_Z3 = get_psf_model("Z-3")
+_RANGE_SLOPE_WAVES = _max_slope_waves(
+    torch.tensor([max(abs(_Z3.params[0].min), abs(_Z3.params[0].max))]),
+    torch.tensor([max(abs(_Z3.params[1].min), abs(_Z3.params[1].max))]),
+    torch.tensor([max(abs(_Z3.params[2].min), abs(_Z3.params[2].max))]),
+)
 
 
 def _check_size(size_px: int) -> None:
