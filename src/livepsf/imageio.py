@@ -53,6 +53,8 @@ def read_frames(path: str | Path) -> list[np.ndarray]:
     except Exception as exc:  # a decoder's own error: corrupt or truncated file
         raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     data = np.asarray(data)
+    if data.size == 0:
+        raise InputError(f"{path}: cannot read image (empty or corrupt file)")
     if data.ndim < 2:
         raise InputError(f"{path}: holds no 2D image (shape {data.shape})")
     frames = list(data.reshape(-1, *data.shape[-2:]))
