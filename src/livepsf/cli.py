@@ -7,6 +7,8 @@ library and prints; the work lives in the package modules.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 
@@ -41,6 +43,145 @@ def version() -> None:
 
 
 # Commands are added below, one function each; keep their bodies thin.
+
+
+# -- depth from astigmatism: calibrate, depth, grid (issue 8) -----------------------------------------
+
+
+def _split_numbers(values: list[str] | None, option: str) -> list[float]:
+    """``--tilt-deg 3 --tilt-deg 6`` and ``--tilt-deg 3,6`` both give ``[3.0, 6.0]``."""
+    out: list[float] = []
+    for value in values or []:
+        for part in str(value).split(","):
+            if part.strip():
+                try:
+                    out.append(float(part))
+                except ValueError:
+                    raise InputError(f"{option}: {part.strip()!r} is not a number") from None
+    return out
+
+
+@app.command()
+def calibrate(
+    images: list[Path] = typer.Argument(..., help="Frames of a printed grid tilted by known angles."),
+    tilt_deg: list[str] = typer.Option(..., "--tilt-deg", help="Tilt in degrees: one for all images, or one "
+                                       "per image (repeat the option or separate with commas)."),
+    pixel_size_um: float = typer.Option(..., "--pixel-size-um", help="Pixel size in the sample plane, µm."),
+    tilt_axis: str = typer.Option("x", "--tilt-axis", help="Array axis along which the height grows: x or y."),
+    in_focus_px: list[str] = typer.Option(None, "--in-focus-px", help="In-focus column (x) or row (y), per "
+                                          "image or one for all; estimated from the data when omitted."),
+    model: str = typer.Option("default", "--model", help="Shipped model name or path to a .pt file (Z-3)."),
+    stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
+    metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed or eq14 "
+                               "(default: the better of the two)."),
+    out: Path = typer.Option(None, "--out", help="Calibration JSON to write (never overwritten); default "
+                             "beside the first image."),
+) -> None:
+    """Fit a depth calibration on a tilted printed grid; writes JSON and a PNG plot."""
+    from rich.table import Table
+
+    from livepsf.depth import calibrate_psf_maps, plot_calibration
+    from livepsf.imageio import output_path, read_frames
+    from livepsf.mapping import PSFMapper
+    from livepsf.net import load_model
+
+    tilts = _split_numbers(tilt_deg, "--tilt-deg")
+    foci = _split_numbers(in_focus_px, "--in-focus-px")
+    if out is not None and out.exists():
+        raise InputError(f"{out}: already exists; calibrations are never overwritten, choose another --out")
+    if out is not None and out.suffix.lower() != ".json":
+        raise InputError(f"{out}: the calibration is written as JSON; give a name ending in .json")
+    per_image = [read_frames(p) for p in images]
+    frame_tilts = _per_image_values(tilts, per_image, images, "--tilt-deg", required=True)
+    frame_foci = _per_image_values(foci, per_image, images, "--in-focus-px", required=False)
+    net = load_model(model)
+    mapper = PSFMapper(net, stride_px=stride)
+    pmaps = [mapper(frame) for frames in per_image for frame in frames]
+    cal = calibrate_psf_maps(pmaps, frame_tilts, pixel_size_um, tilt_axis, frame_foci, metric)
+    json_path = out if out is not None else output_path(images[0], "_calibration.json")
+    cal.save(json_path)
+    png_path = plot_calibration(cal, output_path(json_path, ".png"))
+
+    table = Table(title=f"Depth calibration ({cal.metric} metric, model {cal.model_name})")
+    for col in ("tilt °", "in focus px", "range µm", "R²", "mean |err| µm", "sd µm", "rel. %"):
+        table.add_column(col, justify="right")
+    for r in cal.per_tilt:
+        table.add_row(f"{r.tilt_deg:g}", f"{r.in_focus_px:.0f}" + ("*" if r.in_focus_estimated else ""),
+                      f"{r.depth_range_um:.1f}", f"{r.r2:.4f}", f"{r.mean_abs_error_um:.2f}",
+                      f"{r.sd_abs_error_um:.2f}", f"{r.relative_error_pct:.2f}")
+    console.print(table)
+    for s in cal.metrics:
+        console.print(f"  {s.metric:>6}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
+                      f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm"
+                      + ("  (used)" if s.metric == cal.metric else ""), highlight=False)
+    console.print(f"slope {cal.slope_um_per_unit:.3f} µm/unit, R² {cal.r2:.4f}, residual "
+                  f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm  (* in-focus position estimated)",
+                  highlight=False)
+    console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+def _per_image_values(values: list[float], per_image: list, images: list[Path], option: str,
+                      required: bool) -> list[float | None]:
+    """Spread one value per image (or one for all, or one per frame) over the frames of the images."""
+    n_frames = sum(len(f) for f in per_image)
+    if not values:
+        if required:
+            raise InputError(f"{option} is required")
+        return [None] * n_frames
+    if len(values) == 1:
+        return values * n_frames
+    if len(values) == len(images):
+        return [v for v, frames in zip(values, per_image) for _ in frames]
+    if len(values) == n_frames:
+        return list(values)
+    raise InputError(f"{option}: got {len(values)} values for {len(images)} images ({n_frames} frames); "
+                     "give one for all, one per image or one per frame")
+
+
+@app.command()
+def depth(
+    images: list[Path] = typer.Argument(..., help="Images to turn into depth maps."),
+    calibration: Path = typer.Option(..., "--calibration", help="Calibration JSON from `livepsf calibrate`."),
+    model: str = typer.Option(None, "--model", help="Model to map with (default: the calibration's model)."),
+    stride: int = typer.Option(None, "--stride", help="Window step, px (default: the calibration's)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default: beside each image)."),
+) -> None:
+    """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json."""
+    from livepsf.depth import Calibration, write_depth_outputs
+    from livepsf.imageio import read_frames
+    from livepsf.mapping import PSFMapper
+    from livepsf.net import load_model
+
+    cal = Calibration.load(calibration)
+    net = load_model(model or cal.model_name)
+    cal.check_model(net)
+    mapper = PSFMapper(net, stride_px=stride or cal.stride_px or 64)
+    for image in images:
+        frames = read_frames(image)
+        pmaps = [mapper(frame) for frame in frames]
+        tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out)
+        for i, s in enumerate(stats):
+            plane = f" [{i}]" if len(stats) > 1 else ""
+            console.print(f"{image}{plane}: depth {s['min_um']:.1f} … {s['max_um']:.1f} µm (median "
+                          f"{s['median_um']:.1f}), {100 * s['invalid_fraction']:.0f}% windows invalid",
+                          highlight=False)
+        console.print(f"wrote {tif_path} and {json_path}", highlight=False)
+
+
+@app.command()
+def grid(
+    square_um: float = typer.Option(200.0, "--square-um", help="Grid period (square size), µm."),
+    out: Path = typer.Option(None, "--out", help="Output .svg or .pdf (default grid_<square>um_<paper>.svg)."),
+    paper: str = typer.Option("a4", "--paper", help="a4 or letter."),
+    line_um: float = typer.Option(None, "--line-um", help="Line width, µm (default a quarter of the square)."),
+) -> None:
+    """A printable calibration grid at true scale, with 10 mm scale bars and instructions."""
+    from livepsf.grid import write_grid
+
+    out = out or Path(f"grid_{square_um:g}um_{paper.lower()}.svg")
+    layout = write_grid(out, square_um, line_um, paper)
+    console.print(f"wrote {out}: {layout.n_squares[0]} x {layout.n_squares[1]} squares of {layout.square_um:g} µm, "
+                  f"lines {layout.line_um:g} µm, {layout.paper.upper()}. Print at 100 %.", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

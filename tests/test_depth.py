@@ -1,0 +1,387 @@
+"""Depth from astigmatism: metrics, the tilted-grid fit, the calibration file and the CLI commands.
+
+The fit is checked on synthetic PSF maps built from the physics the network is trained to report: a
+known signed defocus ``d = defocus_waves(height)`` plus a fixed lens astigmatism, in canonical form
+(focus = |d|, astigmatism = sign(d) * A_L), with noise. No network is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from livepsf import depth as D
+from livepsf.errors import InputError
+from livepsf.mapping import PSFMap
+from livepsf.optics import Optics
+
+LENS = (0.12, 0.05)  # waves: lens astigmatism (astig_0, astig_45)
+UM_PER_WAVE = 1.0 / Optics().defocus_waves(1.0)  # the slope a perfect signed metric should give
+
+
+def _centers(n_px: int, window: int = 128, stride: int = 64) -> np.ndarray:
+    return np.arange(0, n_px - window + 1, stride) + (window - 1) / 2.0
+
+
+def synthetic_map(tilt_deg: float, in_focus_px: float, *, seed: int = 0, noise: float = 0.02,
+                  axis: str = "x", lens=LENS, shape=(1024, 1024), bias_waves: float = 0.0,
+                  sha: str = "a" * 64, name: str = "synthetic") -> tuple[PSFMap, np.ndarray]:
+    """A Z-3 PSF map of a tilted plane and its true height (µm) at the window centres."""
+    rng = np.random.default_rng(seed)
+    cy, cx = _centers(shape[0]), _centers(shape[1])
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    pos = xx if axis == "x" else yy
+    height = (pos - in_focus_px) * 0.65 * math.tan(math.radians(tilt_deg))
+    d = Optics().defocus_waves(height) + bias_waves + rng.normal(0, noise, height.shape)
+    sign = np.where(d >= 0, 1.0, -1.0)
+    params = {
+        "focus": np.abs(d).astype(np.float32),
+        "astig_0": (sign * lens[0] + rng.normal(0, noise, d.shape)).astype(np.float32),
+        "astig_45": (sign * lens[1] + rng.normal(0, noise, d.shape)).astype(np.float32),
+    }
+    pmap = PSFMap(params=params, invalid=np.zeros(d.shape, np.float32), centers_y=cy, centers_x=cx,
+                  window_px=128, stride_px=64, frame_shape=shape, psf_model="Z-3", model_name=name,
+                  model_sha256=sha)
+    return pmap, height
+
+
+def standard_calibration(**kwargs) -> D.Calibration:
+    maps = [synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
+    return D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, **kwargs)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lens", [(0.1, 0.0), (0.0, 0.1), (0.08, -0.06)])
+def test_metrics_follow_signed_defocus(lens):
+    d = np.linspace(-1.5, 1.5, 31)
+    sign = np.where(d >= 0, 1.0, -1.0)
+    focus, a0, a45 = np.abs(d), sign * lens[0], sign * lens[1]
+    np.testing.assert_allclose(D.signed_metric(focus, a0, a45, lens), d, atol=1e-6)
+    # eq. 14 referred to the lens: axis pi/4 on one side, 3 pi/4 on the other -> -d / 2.
+    np.testing.assert_allclose(D.eq14_metric(focus, a0, a45, lens), -d / 2, atol=1e-6)
+
+
+def test_eq14_is_the_papers_formula_for_a_45_degree_lens():
+    rng = np.random.default_rng(1)
+    focus = rng.uniform(0, 2, 50)
+    a0, a45 = rng.uniform(-0.5, 0.5, (2, 50))
+    axis = np.remainder(0.5 * np.arctan2(a45, a0), np.pi)
+    np.testing.assert_allclose(D.eq14_metric(focus, a0, a45, (0.0, 1.0)), focus * (2 * axis / np.pi - 1),
+                               atol=1e-6)
+
+
+def test_lens_direction_is_estimated_up_to_sign():
+    pmap, _ = synthetic_map(6, 512, seed=3)
+    u = D.estimate_lens_direction(pmap.values("astig_0"), pmap.values("astig_45"))
+    ref = np.array(LENS) / np.hypot(*LENS)
+    assert abs(abs(np.dot(u, ref)) - 1.0) < 1e-3
+
+
+def test_robust_line_fit_ignores_outliers():
+    rng = np.random.default_rng(2)
+    x = np.linspace(-10, 10, 60)
+    y = 2.5 * x - 1.0 + rng.normal(0, 0.1, x.shape)
+    y[::10] += 40.0  # gross outliers
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    coef, weights = D.robust_line_fit(design, y)
+    assert coef[0] == pytest.approx(2.5, abs=0.02) and coef[1] == pytest.approx(-1.0, abs=0.1)
+    assert weights[::10].max() < 0.1
+    plain = np.linalg.lstsq(design, y, rcond=None)[0]
+    assert abs(plain[1] + 1.0) > 1.0  # least squares alone would be pulled away
+
+
+# -- the fit ---------------------------------------------------------------------------------------
+
+
+def test_calibration_recovers_known_slope_and_in_focus_positions():
+    cal = standard_calibration()
+    assert cal.metric == "signed"
+    assert cal.slope_um_per_unit == pytest.approx(UM_PER_WAVE, rel=0.01)
+    assert abs(cal.offset_um) < 0.5
+    assert cal.r2 > 0.999
+    for r, focus in zip(cal.per_tilt, (500, 530, 470)):
+        assert r.in_focus_estimated
+        assert r.in_focus_px == pytest.approx(focus, abs=4)
+        assert r.mean_abs_error_um < 0.6
+    by_metric = {m.metric: m for m in cal.metrics}
+    assert set(by_metric) == {"signed", "eq14"}
+    # eq. 14 is about -d/2: twice the slope, negative.
+    assert by_metric["eq14"].slope_um_per_unit == pytest.approx(-2 * UM_PER_WAVE, rel=0.03)
+    # Oriented so the signed metric grows with height.
+    assert np.dot(cal.lens_direction, LENS) > 0
+
+
+def test_calibration_depth_of_fresh_frames():
+    cal = standard_calibration()
+    pmap, height = synthetic_map(8, 300, seed=11, noise=0.01)
+    depth = cal.depth_um(pmap)
+    assert depth.shape == pmap.grid_shape and depth.dtype == np.float32
+    assert np.mean(np.abs(depth - height)) < 0.8
+    full = cal.depth_um_full(pmap)
+    assert full.shape == (1024, 1024)
+    # The full-frame map passes through the grid values at the window centres.
+    iy, ix = int(round(pmap.centers_y[4])), int(round(pmap.centers_x[7]))
+    assert full[iy, ix] == pytest.approx(depth[4, 7], abs=0.5)
+
+
+def test_known_in_focus_position_fits_the_offset():
+    # A network biased by +0.1 wave everywhere: with the in-focus column given, the offset absorbs it.
+    maps = [synthetic_map(t, 512, seed=i, bias_waves=0.1)[0] for i, t in enumerate((3, 6, 10))]
+    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=512.0, metric="signed")
+    assert cal.offset_um == pytest.approx(-0.1 * UM_PER_WAVE, abs=0.6)
+    assert all(not r.in_focus_estimated and r.in_focus_px == 512 for r in cal.per_tilt)
+
+
+def test_tilt_along_y_and_negative_tilt():
+    maps = [synthetic_map(t, f, seed=i, axis="y")[0] for i, (t, f) in enumerate([(5, 400), (-7, 600)])]
+    cal = D.calibrate_psf_maps(maps, [5, -7], 0.65, tilt_axis="y")
+    assert cal.tilt_axis == "y"
+    assert cal.slope_um_per_unit == pytest.approx(UM_PER_WAVE, rel=0.015)
+    assert [round(r.in_focus_px) for r in cal.per_tilt] == pytest.approx([400, 600], abs=5)
+
+
+def test_invalid_windows_are_excluded():
+    clean = standard_calibration()
+    maps = []
+    for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)]):
+        pmap, _ = synthetic_map(t, f, seed=i)
+        bad = np.zeros(pmap.grid_shape, bool)
+        bad[:, ::3] = True  # whole columns of textureless windows holding junk
+        bad[5:9, :] = True
+        pmap.params["focus"][bad] = 2.0
+        pmap.params["astig_0"][bad] = -0.5
+        pmap.invalid[bad] = 0.97
+        maps.append(pmap)
+    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65)
+    assert cal.slope_um_per_unit == pytest.approx(clean.slope_um_per_unit, rel=0.02)
+    assert len(cal.points) < len(clean.points)  # the all-invalid columns left the fit
+
+
+def test_fit_on_profiles_directly():
+    # The lower-level fit: metric profiles with a known slope, no PSF maps at all.
+    pos = np.arange(100.0, 1000.0, 50.0)
+    a_true = 0.05  # metric units per µm
+    profiles = []
+    for t, x0 in ((4.0, 450.0), (9.0, 600.0)):
+        h = (pos - x0) * 0.65 * math.tan(math.radians(t))
+        profiles.append(D.TiltProfile(t, pos, {"signed": a_true * h}, np.full(len(pos), 3)))
+    fit = D.fit_metric_profiles(profiles, "signed", 0.65)
+    assert fit.a == pytest.approx(a_true, rel=1e-6)
+    assert fit.in_focus_px == pytest.approx([450.0, 600.0], abs=1e-3)
+    assert fit.mean_abs_error_um < 1e-6
+
+
+def test_bad_calibration_inputs_are_input_errors():
+    pmap, _ = synthetic_map(6, 500)
+    with pytest.raises(InputError, match="zero tilt"):
+        D.calibrate_psf_maps([pmap], [0.0], 0.65)
+    with pytest.raises(InputError, match="tilt axis"):
+        D.calibrate_psf_maps([pmap], [6.0], 0.65, tilt_axis="z")
+    with pytest.raises(InputError, match="2 values for 1 frames"):
+        D.calibrate_psf_maps([pmap], [6.0, 3.0], 0.65)
+    flat, _ = synthetic_map(6, 500)
+    flat.invalid[:] = 1.0
+    with pytest.raises(InputError, match="invalid"):
+        D.calibrate_psf_maps([flat], [6.0], 0.65)
+    g2 = PSFMap(params={"variance_x": np.ones((2, 2), np.float32), "variance_y": np.ones((2, 2), np.float32)},
+                invalid=np.zeros((2, 2), np.float32), centers_y=np.array([63.5, 127.5]),
+                centers_x=np.array([63.5, 127.5]), window_px=128, stride_px=64, frame_shape=(192, 192),
+                psf_model="G-2")
+    with pytest.raises(InputError, match="Z-3"):
+        D.calibrate_psf_maps([g2], [6.0], 0.65)
+    other, _ = synthetic_map(6, 500, sha="b" * 64)
+    with pytest.raises(InputError, match="different models"):
+        D.calibrate_psf_maps([pmap, other], [6.0], 0.65)
+
+
+# -- the calibration file ---------------------------------------------------------------------------
+
+
+def test_json_round_trip(tmp_path):
+    cal = standard_calibration()
+    path = cal.save(tmp_path / "cal.json")
+    again = D.Calibration.load(path)
+    assert again == cal
+    raw = json.loads(path.read_text())
+    for key in ("slope_um_per_unit", "offset_um", "metric", "lens_direction", "tilt_axis", "pixel_size_um",
+                "model_name", "model_sha256", "r2", "per_tilt", "created", "livepsf_version"):
+        assert key in raw
+    assert raw["per_tilt"][0].keys() >= {"mean_abs_error_um", "sd_abs_error_um", "tilt_deg"}
+    with pytest.raises(InputError, match="already exists"):
+        cal.save(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a readable JSON"),
+    ('{"hello": 1}', "not a livepsf depth calibration"),
+    ("[1, 2]", "not a livepsf depth calibration"),
+])
+def test_corrupt_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        D.Calibration.load(path)
+
+
+@pytest.mark.parametrize("field, value", [("slope_um_per_unit", 0.0), ("lens_direction", [3.0, 0.0]),
+                                          ("tilt_axis", "z"), ("pixel_size_um", -1.0), ("metric", "magic")])
+def test_invalid_fields_are_refused(tmp_path, field, value):
+    raw = json.loads(standard_calibration().model_dump_json())
+    raw[field] = value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(InputError, match=field):
+        D.Calibration.load(path)
+    with pytest.raises(InputError, match="no such"):
+        D.Calibration.load(tmp_path / "missing.json")
+
+
+class _Card:
+    def __init__(self, name: str, sha: str) -> None:
+        self.name, self.weights_sha256 = name, sha
+
+
+class _Net:
+    def __init__(self, name: str, sha: str) -> None:
+        self.card = _Card(name, sha)
+
+
+def test_mismatched_model_is_refused(tmp_path):
+    cal = standard_calibration()
+    path = cal.save(tmp_path / "cal.json")
+    cal.check_model(_Net("synthetic", "a" * 64))
+    D.Calibration.load(path, model=_Net("synthetic", "a" * 64))
+    with pytest.raises(InputError, match="calibrate again"):
+        D.Calibration.load(path, model=_Net("synthetic", "c" * 64))
+    other_map, _ = synthetic_map(6, 500, sha="c" * 64)
+    with pytest.raises(InputError, match="not with"):
+        cal.depth_um(other_map)
+
+
+def test_plot_is_written(tmp_path):
+    from qtpy import QtGui
+
+    cal = standard_calibration()
+    path = D.plot_calibration(cal, tmp_path / "cal.png")
+    img = QtGui.QImage(str(path))
+    assert not img.isNull() and img.width() == 900 and img.height() >= 700
+
+
+def test_depth_outputs(tmp_path):
+    cal = standard_calibration()
+    maps = [synthetic_map(6, 500, seed=s)[0] for s in (20, 21)]
+    src = tmp_path / "scan.tif"
+    src.write_bytes(b"placeholder")  # only its name matters here
+    tif, js, stats = D.write_depth_outputs(src, maps, cal, "cal.json")
+    assert tif.name == "scan_depth.ome.tif" and js.name == "scan_depth.json"
+    data = tifffile.imread(tif)
+    assert data.shape == (2, 1024, 1024) and data.dtype == np.float32
+    summary = json.loads(js.read_text())
+    assert summary["unit"] == "µm" and len(summary["frames"]) == 2
+    assert summary["frames"][0]["min_um"] < -20 and summary["frames"][0]["max_um"] > 20
+    tif2, _, _ = D.write_depth_outputs(src, maps[:1], cal)
+    assert tif2.name == "scan_depth-1.ome.tif"  # never overwrites
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def run_cli(args: list[str]) -> int:
+    from livepsf.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    return int(exc.value.code or 0)
+
+
+class _RampMapper:
+    """Stands in for PSFMapper: reads the signed defocus (waves) encoded in the frame's pixel values."""
+
+    def __init__(self, model, stride_px: int = 64, device=None) -> None:
+        self.model, self.stride_px = model, stride_px
+
+    def __call__(self, frame: np.ndarray) -> PSFMap:
+        frame = np.asarray(frame, dtype=np.float64)
+        cy, cx = _centers(frame.shape[0]), _centers(frame.shape[1])
+        d = frame[np.ix_(cy.astype(int), cx.astype(int))] / 1000.0 - 2.0
+        sign = np.where(d >= 0, 1.0, -1.0)
+        params = {"focus": np.abs(d), "astig_0": sign * LENS[0], "astig_45": sign * LENS[1]}
+        return PSFMap(params={k: v.astype(np.float32) for k, v in params.items()},
+                      invalid=np.zeros(d.shape, np.float32), centers_y=cy, centers_x=cx, window_px=128,
+                      stride_px=self.stride_px, frame_shape=frame.shape, psf_model="Z-3",
+                      model_name=self.model.card.name, model_sha256=self.model.card.weights_sha256)
+
+
+def _ramp_frame(tilt_deg: float, in_focus_px: float, shape=(512, 512)) -> np.ndarray:
+    x = np.arange(shape[1])
+    height = (x - in_focus_px) * 0.65 * math.tan(math.radians(tilt_deg))
+    waves = Optics().defocus_waves(height)
+    return np.broadcast_to(((waves + 2.0) * 1000.0).astype(np.uint16), shape).copy()
+
+
+@pytest.fixture
+def fake_network(monkeypatch):
+    import livepsf.mapping
+    import livepsf.net
+
+    monkeypatch.setattr(livepsf.net, "load_model", lambda name, device=None: _Net("ramp", "d" * 64))
+    monkeypatch.setattr(livepsf.mapping, "PSFMapper", _RampMapper)
+
+
+def test_cli_calibrate_then_depth(tmp_path, fake_network, capsys):
+    paths = []
+    for tilt, focus in ((3, 250), (6, 260), (10, 240)):
+        p = tmp_path / f"grid_{tilt}.tif"
+        tifffile.imwrite(p, _ramp_frame(tilt, focus))
+        paths.append(p)
+    out = tmp_path / "cal" / "sim.json"
+    code = run_cli(["calibrate", *paths, "--tilt-deg", "3,6", "--tilt-deg", "10", "--pixel-size-um", "0.65",
+                    "--out", out])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    assert "R²" in text and "slope" in text
+    cal = D.Calibration.load(out)
+    assert cal.slope_um_per_unit == pytest.approx(UM_PER_WAVE, rel=0.01)
+    assert cal.model_name == "ramp"
+
+    scan = tmp_path / "scan.tif"
+    tifffile.imwrite(scan, _ramp_frame(7, 100))
+    code = run_cli(["depth", scan, "--calibration", out, "--out", tmp_path / "maps"])
+    assert code == 0, capsys.readouterr().err
+    depth = tifffile.imread(tmp_path / "maps" / "scan_depth.ome.tif")
+    truth = (np.arange(512) - 100) * 0.65 * math.tan(math.radians(7))
+    centre_cols = _centers(512).astype(int)
+    assert np.abs(depth[256, centre_cols] - truth[centre_cols]).max() < 1.0
+    assert (tmp_path / "maps" / "scan_depth.json").is_file()
+    # Calibrating again to the same --out is refused, not overwritten.
+    assert run_cli(["calibrate", *paths, "--tilt-deg", "3,6,10", "--pixel-size-um", "0.65", "--out", out]) == 2
+
+
+def test_cli_bad_files_exit_2(tmp_path, fake_network, capsys):
+    assert run_cli(["calibrate", tmp_path / "nope.tif", "--tilt-deg", "6", "--pixel-size-um", "0.65"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"not a tiff at all")
+    assert run_cli(["calibrate", junk, "--tilt-deg", "6", "--pixel-size-um", "0.65"]) == 2
+    good = tmp_path / "g.tif"
+    tifffile.imwrite(good, _ramp_frame(6, 256))
+    assert run_cli(["calibrate", good, "--tilt-deg", "six", "--pixel-size-um", "0.65"]) == 2
+    assert run_cli(["calibrate", good, good, good, "--tilt-deg", "3,6", "--pixel-size-um", "0.65"]) == 2
+    bad_cal = tmp_path / "cal.json"
+    bad_cal.write_text("{broken")
+    assert run_cli(["depth", good, "--calibration", bad_cal]) == 2
+    err = capsys.readouterr().err
+    assert "cal.json" in err and "Traceback" not in err
+    # A calibration of another model is refused by `depth`.
+    other = standard_calibration().save(tmp_path / "other.json")
+    assert run_cli(["depth", good, "--calibration", other]) == 2
+    assert "calibrate again" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*_depth*"))
