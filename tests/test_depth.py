@@ -385,3 +385,31 @@ def test_cli_bad_files_exit_2(tmp_path, fake_network, capsys):
     assert run_cli(["depth", good, "--calibration", other]) == 2
     assert "calibrate again" in capsys.readouterr().err
     assert not list(tmp_path.glob("*_depth*"))
+
+
+def test_cli_depth_with_a_real_network(tmp_path, capsys):
+    """`livepsf depth` end to end through load_model and PSFMapper with a tiny untrained network."""
+    import torch
+
+    from livepsf.net.architectures import build_network
+    from livepsf.net.card import ModelCard
+    from livepsf.net.export import export_model
+    from livepsf.optics import get_psf_model
+
+    torch.manual_seed(0)
+    card = ModelCard.for_spec("tiny", get_psf_model("Z-3"), Optics(), input_normalisation="per-window",
+                              architecture="shared-trunk-tiny")
+    model_path = export_model(build_network("shared-trunk-tiny", 3), card, tmp_path / "tiny.pt")
+    sha = json.loads(model_path.with_suffix(".json").read_text())["weights_sha256"]
+    raw = json.loads(standard_calibration().model_dump_json())
+    raw.update(model_name="tiny", model_sha256=sha)
+    cal_path = tmp_path / "tiny_cal.json"
+    cal_path.write_text(json.dumps(raw))
+    image = tmp_path / "frame.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 4000, (320, 384), dtype=np.uint16))
+    code = run_cli(["depth", image, "--calibration", cal_path, "--model", model_path])
+    assert code == 0, capsys.readouterr().err
+    depth = tifffile.imread(tmp_path / "frame_depth.ome.tif")
+    assert depth.shape == (320, 384) and depth.dtype == np.float32 and np.isfinite(depth).all()
+    summary = json.loads((tmp_path / "frame_depth.json").read_text())
+    assert summary["model_sha256"] == sha and len(summary["frames"][0]["grid_depth_um"]) == 4
