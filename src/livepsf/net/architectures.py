@@ -5,7 +5,7 @@ parameters normalised to [0, 1]) and has ``map_frame(frame (1, 1, H, W), stride)
 giving the same outputs for all windows whose top-left corners lie on a ``stride`` grid.
 
 :class:`SharedTrunkNet` is the fast architecture for the live map. Its trunk is fully convolutional and
-runs once over the whole frame; each window's features are an average pool of the trunk over the window.
+runs once over the whole frame; each window's features are average pools of the trunk over the window.
 Two properties make the frame pass give *exactly* the per-window result:
 
 * all trunk convolutions are "valid" (no padding), and each window pools only trunk positions whose
@@ -14,15 +14,24 @@ Two properties make the frame pass give *exactly* the per-window result:
   intensity offset and scales linearly with gain; dividing the pooled feature vector by its norm then
   makes the features independent of offset and gain, per window, without per-window normalisation of
   the input (which could not be shared between overlapping windows).
+
+The pooled features are non-negative "energies" of the window at several scales (one pool per trunk
+stage). Blur is read from their *ratios*, so the head sees ``log(f / |f|)``: gain-free, and a ratio of
+energies becomes a difference, which a small MLP learns from far fewer examples than raw ratios.
+
+:class:`ResNet34` is the paper's reference network, adapted to one grey channel with per-window
+``(x - mean) / std`` normalisation in ``forward``; its ``map_frame`` unfolds the windows.
 """
 
 # No `from __future__ import annotations`: TorchScript needs real annotations on these classes.
+
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SharedTrunkNet", "build_network", "ARCHITECTURES"]
+__all__ = ["ARCHITECTURES", "ResNet34", "SharedTrunkNet", "build_network", "count_parameters"]
 
 
 class _ZeroSumConv(nn.Conv2d):
@@ -45,6 +54,17 @@ class _SeparableBlock(nn.Module):
         return F.relu(self.pointwise(self.depthwise(x)))
 
 
+class _DenseBlock(nn.Module):
+    """Dense 3x3 (valid) conv, ReLU; bias-free. Faster than separable on CPU at small widths."""
+
+    def __init__(self, channels_in: int, channels_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in, channels_out, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x))
+
+
 class SharedTrunkNet(nn.Module):
     """Fast PSF-parameter network whose trunk is shared by overlapping windows.
 
@@ -57,59 +77,158 @@ class SharedTrunkNet(nn.Module):
     width
         Trunk channels.
     depth
-        Number of separable 3x3 blocks after the patchify stem.
+        Number of 3x3 blocks after the patchify stem.
     patch_px
         Side of the non-overlapping pixel blocks the stem projects (the trunk's stride).
+    hidden
+        Width of the head's hidden layers.
+    block
+        ``"separable"`` (depthwise + pointwise) or ``"dense"`` 3x3 convolutions.
+    log_features
+        Feed the head ``log`` of the normalised energies (default) rather than the energies.
     """
 
     window_px: int
     patch_px: int
     n_outputs: int
-    pool_cells: int
+    log_features: bool
+    cells: List[int]
 
     def __init__(self, n_params: int, window_px: int = 128, width: int = 48, depth: int = 3,
-                 patch_px: int = 8, hidden: int = 96) -> None:
+                 patch_px: int = 8, hidden: int = 96, block: str = "separable",
+                 log_features: bool = True) -> None:
         super().__init__()
         if window_px % patch_px:
             raise ValueError(f"window_px ({window_px}) must be a multiple of patch_px ({patch_px})")
-        cells = window_px // patch_px - 2 * depth
-        if cells < 1:
+        if window_px // patch_px - 2 * depth < 1:
             raise ValueError("window too small for the trunk's depth")
+        if block not in ("separable", "dense"):
+            raise ValueError(f"block must be 'separable' or 'dense', got {block!r}")
         self.window_px = window_px
         self.patch_px = patch_px
         self.n_outputs = 1 + n_params
-        self.pool_cells = cells
+        self.log_features = log_features
+        # Trunk cells of stage k that lie wholly inside a window (valid 3x3 convs shrink by 2 each).
+        self.cells = [window_px // patch_px - 2 * k for k in range(depth + 1)]
         self.stem = _ZeroSumConv(1, width, kernel_size=patch_px, stride=patch_px, bias=False)
-        self.blocks = nn.Sequential(*[_SeparableBlock(width, width) for _ in range(depth)])
-        self.head = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, self.n_outputs))
+        make = _SeparableBlock if block == "separable" else _DenseBlock
+        self.blocks = nn.ModuleList([make(width, width) for _ in range(depth)])
+        n_features = width * (depth + 1)
+        self.head = nn.Sequential(
+            nn.Linear(n_features, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, self.n_outputs),
+        )
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(F.relu(self.stem(x)))
+    def stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Trunk feature maps after the stem and after each block."""
+        h = F.relu(self.stem(x))
+        out = [h]
+        for blk in self.blocks:
+            h = blk(h)
+            out.append(h)
+        return out
 
     def _head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``pooled`` is ``(..., width)``; returns ``(..., 1 + N)``."""
+        """``pooled`` is ``(..., features)``, non-negative and linear in gain; returns ``(..., 1 + N)``."""
         norm = torch.linalg.vector_norm(pooled, 2.0, dim=-1, keepdim=True)
-        return self.head(pooled / (norm + 1e-6 * (1.0 + norm)))
+        f = pooled / (norm + 1e-6 * (1.0 + norm))
+        if self.log_features:
+            f = torch.log(f + 1e-4)
+        return self.head(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.trunk(x)
-        pooled = features[:, :, : self.pool_cells, : self.pool_cells].mean(dim=(-2, -1))
-        return self._head(pooled)
+        pooled: List[torch.Tensor] = []
+        for k, h in enumerate(self.stages(x)):
+            c = self.cells[k]
+            pooled.append(h[:, :, :c, :c].mean(dim=(-2, -1)))
+        return self._head(torch.cat(pooled, dim=1))
 
     @torch.jit.export
     def map_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
         if stride % self.patch_px != 0:
             raise ValueError("stride must be a multiple of the network's patch size")
-        features = self.trunk(frame)
         step = stride // self.patch_px
-        pooled = F.avg_pool2d(features, kernel_size=self.pool_cells, stride=step)  # (1, C, gy, gx)
-        return self._head(pooled[0].permute(1, 2, 0)).permute(2, 0, 1)
+        pooled: List[torch.Tensor] = []
+        for k, h in enumerate(self.stages(frame)):
+            pooled.append(F.avg_pool2d(h, kernel_size=self.cells[k], stride=step))  # (1, C, gy, gx)
+        feats = torch.cat(pooled, dim=1)[0].permute(1, 2, 0)
+        return self._head(feats).permute(2, 0, 1)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(channels_out))
+        else:
+            self.shortcut = nn.Sequential()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet34(nn.Module):
+    """The paper's ResNet-34, one grey channel in, ``1 + N`` outputs.
+
+    Each window is normalised to zero mean and unit standard deviation in :meth:`forward` (offset/gain
+    invariance); :meth:`map_frame` unfolds the frame into windows and runs them in chunks.
+    """
+
+    window_px: int
+    n_outputs: int
+
+    def __init__(self, n_params: int, window_px: int = 128, width: int = 64,
+                 layers: List[int] = [3, 4, 6, 3]) -> None:  # noqa: B006 - read-only default
+        super().__init__()
+        self.window_px = window_px
+        self.n_outputs = 1 + n_params
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        stages: List[nn.Module] = []
+        c_in = width
+        for i, n in enumerate(layers):
+            c_out = width * 2**i
+            for j in range(n):
+                stages.append(_BasicBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
+                c_in = c_out
+        self.body = nn.Sequential(*stages)
+        self.fc = nn.Linear(c_in, self.n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(-3, -2, -1), keepdim=True)
+        std = x.std(dim=(-3, -2, -1), keepdim=True)
+        x = (x - mean) / (std + 1e-6 * (1.0 + mean.abs()))
+        h = self.body(self.stem(x))
+        return self.fc(h.mean(dim=(-2, -1)))
+
+    @torch.jit.export
+    def map_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
+        w = self.window_px
+        windows = frame[0, 0].unfold(0, w, stride).unfold(1, w, stride)  # (gy, gx, W, W)
+        gy, gx = windows.shape[0], windows.shape[1]
+        flat = windows.reshape(gy * gx, 1, w, w)
+        outs: List[torch.Tensor] = []
+        for start in range(0, gy * gx, 64):
+            outs.append(self.forward(flat[start:start + 64]))
+        return torch.cat(outs, dim=0).reshape(gy, gx, self.n_outputs).permute(2, 0, 1)
 
 
 ARCHITECTURES = {
     # name: (class, keyword arguments)
     "shared-trunk-tiny": (SharedTrunkNet, {"width": 8, "depth": 1, "hidden": 16}),
-    "shared-trunk": (SharedTrunkNet, {"width": 48, "depth": 3, "hidden": 96}),
+    # The fast default: dense 3x3 convs at width 32 run ~3x faster on CPU than separable ones at 48.
+    "shared-trunk": (SharedTrunkNet, {"width": 32, "depth": 3, "hidden": 96, "block": "dense"}),
+    "shared-trunk-separable": (SharedTrunkNet, {"width": 48, "depth": 3, "hidden": 96, "block": "separable"}),
+    "resnet34": (ResNet34, {}),
+    "resnet34-tiny": (ResNet34, {"width": 4, "layers": [1, 1, 1, 1]}),
 }
 
 
@@ -120,3 +239,8 @@ def build_network(architecture: str, n_params: int, window_px: int = 128) -> nn.
     except KeyError:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}") from None
     return cls(n_params=n_params, window_px=window_px, **kwargs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
