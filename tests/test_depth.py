@@ -64,6 +64,8 @@ def test_metrics_follow_signed_defocus(lens):
     sign = np.where(d >= 0, 1.0, -1.0)
     focus, a0, a45 = np.abs(d), sign * lens[0], sign * lens[1]
     np.testing.assert_allclose(D.signed_metric(focus, a0, a45, lens), d, atol=1e-6)
+    strength = float(np.hypot(*lens))
+    np.testing.assert_allclose(D.projected_metric(focus, a0, a45, lens, strength), d, atol=1e-6)
     # eq. 14 referred to the lens: axis pi/4 on one side, 3 pi/4 on the other -> -d / 2.
     np.testing.assert_allclose(D.eq14_metric(focus, a0, a45, lens), -d / 2, atol=1e-6)
 
@@ -111,7 +113,8 @@ def test_calibration_recovers_known_slope_and_in_focus_positions():
         assert r.in_focus_px == pytest.approx(focus, abs=4)
         assert r.mean_abs_error_um < 0.6
     by_metric = {m.metric: m for m in cal.metrics}
-    assert set(by_metric) == {"signed", "eq14"}
+    assert set(by_metric) == {"signed", "projected", "eq14"}
+    assert cal.lens_strength_waves == pytest.approx(np.hypot(*LENS), rel=0.1)
     # eq. 14 is about -d/2: twice the slope, negative.
     assert by_metric["eq14"].slope_um_per_unit == pytest.approx(-2 * UM_PER_WAVE, rel=0.03)
     # Oriented so the signed metric grows with height.
@@ -413,3 +416,17 @@ def test_cli_depth_with_a_real_network(tmp_path, capsys):
     assert depth.shape == (320, 384) and depth.dtype == np.float32 and np.isfinite(depth).all()
     summary = json.loads((tmp_path / "frame_depth.json").read_text())
     assert summary["model_sha256"] == sha and len(summary["frames"][0]["grid_depth_um"]) == 4
+
+
+def test_projected_metric_passes_smoothly_through_focus():
+    # Near focus a network cannot see the sign and hedges towards zero astigmatism.
+    d = np.linspace(-0.3, 0.3, 61)
+    hedge = np.clip(np.abs(d) / 0.2, 0, 1)  # astigmatism shrinks within 0.2 wave of focus
+    sign = np.where(d >= 0, 1.0, -1.0)
+    a0 = sign * hedge * 0.3
+    projected = D.projected_metric(np.abs(d), a0, np.zeros_like(d), (1.0, 0.0), 0.3)
+    signed = D.signed_metric(np.abs(d), a0, np.zeros_like(d), (1.0, 0.0))
+    assert np.all(np.diff(projected) >= -1e-7)  # monotonic
+    assert np.max(np.abs(np.diff(projected))) < 0.02
+    np.testing.assert_allclose(projected[np.abs(d) >= 0.2], d[np.abs(d) >= 0.2], atol=1e-6)
+    np.testing.assert_allclose(signed, d, atol=1e-6)

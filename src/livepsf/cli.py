@@ -72,8 +72,8 @@ def calibrate(
                                           "image or one for all; estimated from the data when omitted."),
     model: str = typer.Option("default", "--model", help="Shipped model name or path to a .pt file (Z-3)."),
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
-    metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed or eq14 "
-                               "(default: the better of the two)."),
+    metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed, projected "
+                               "or eq14 (default: the best fit)."),
     out: Path = typer.Option(None, "--out", help="Calibration JSON to write (never overwritten); default "
                              "beside the first image."),
 ) -> None:
@@ -182,6 +182,71 @@ def grid(
     layout = write_grid(out, square_um, line_um, paper)
     console.print(f"wrote {out}: {layout.n_squares[0]} x {layout.n_squares[1]} squares of {layout.square_um:g} µm, "
                   f"lines {layout.line_um:g} µm, {layout.paper.upper()}. Print at 100 %.", highlight=False)
+
+
+# -- PSF maps and throughput (issue 5) ----------------------------------------------------------------
+
+
+@app.command("map")
+def map_images(
+    images: list[Path] = typer.Argument(..., help="TIFF (each page is a frame), PNG or JPEG images."),
+    model: str = typer.Option("default", "--model", help="Shipped model name or path to a .pt file."),
+    stride: int = typer.Option(64, "--stride", help="Window step, px (a multiple of 8 for the shipped models)."),
+    out: Path = typer.Option(None, "--out", help="Folder for the outputs (default: beside each image)."),
+) -> None:
+    """PSF maps: <name>_psfmap.ome.tif (one channel per parameter + invalid) and <name>_psfmap.json."""
+    from livepsf.mapping import PSFMapper, map_image_file
+    from livepsf.net import load_model
+
+    mapper = PSFMapper(load_model(model), stride_px=stride)
+    failed = 0
+    for image in images:
+        try:
+            result = map_image_file(image, mapper, out)
+        except InputError as exc:  # report it and go on with the other images; exit code 2 at the end
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            failed += 1
+            continue
+        s = result.summary
+        values = ", ".join(
+            f"{name} {p['median']:.3g} {p['unit']}" if p["median"] is not None else f"{name} n/a"
+            for name, p in s["params"].items()
+        )
+        all_invalid = sum(f["all_invalid"] for f in s["frames"])
+        warn = f" [yellow]({all_invalid} frame(s) without any valid window: raw values kept)[/]" if all_invalid else ""
+        console.print(
+            f"{image} → {result.ome_path.name}, {result.json_path.name}: {s['n_frames']} frame(s), "
+            f"{s['grid_shape'][0]}x{s['grid_shape'][1]} windows, {100 * s['fraction_invalid']:.0f} % invalid, "
+            f"{s['time_per_frame_ms']['median']:.1f} ms/frame; medians: {values}{warn}",
+            highlight=False, soft_wrap=True,
+        )
+    if failed:
+        raise typer.Exit(code=2)
+
+
+@app.command()
+def bench(
+    suite: list[str] = typer.Option(None, "--suite", help="Only these suites (repeatable); default: all."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer runs: rough figures in a few seconds."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch (the README quotes 2)."),
+) -> None:
+    """Throughput table on this machine: median and p95 ms per call."""
+    from rich.table import Table
+
+    from livepsf.throughput import machine_description, run_suites
+
+    if threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    rows = run_suites(suite or None, quick=quick, threads=threads)
+    table = Table(title=f"livepsf throughput — {machine_description(threads)}", title_justify="left")
+    for col, justify in (("task", "left"), ("model", "left"), ("input", "left"), ("device", "left"),
+                         ("median ms", "right"), ("p95 ms", "right"), ("runs", "right"),
+                         ("× first row", "right"), ("note", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r.task, r.subject, r.size, r.device, f"{r.median_ms:.1f}", f"{r.p95_ms:.1f}", str(r.runs),
+                      "" if r.relative is None else f"{r.relative:.1f}×", r.note)
+    console.print(table)
 
 
 @app.command()

@@ -3,12 +3,17 @@
 Paper Sections II-H and III-E. A weak cylindrical lens adds a fixed astigmatism ``A_L`` to every PSF.
 Because PSF(d, A) == PSF(-d, -A), a network reporting the canonical form (focus >= 0) sees
 ``(|d|, +A_L)`` above focus and ``(|d|, -A_L)`` below it: the side of focus is in the sign of the
-measured astigmatism along the lens direction. Two metrics turn a Z-3 PSF map into a number that
+measured astigmatism along the lens direction. Three metrics turn a Z-3 PSF map into a number that
 grows linearly with the distance to the focal plane:
 
 ``"signed"``
     ``focus * sign(<astig, u_L>)`` with ``u_L`` the lens astigmatism direction (a unit vector in the
     ``(astig_0, astig_45)`` plane). Equals the signed defocus ``d`` in waves when the network is right.
+``"projected"``
+    ``focus * clip(<astig, u_L> / s_L, -1, 1)`` with ``s_L`` the lens strength (waves) measured on the
+    calibration frames: the same as ``"signed"`` away from focus, but near focus, where the sign cannot
+    be seen (PSF(0, A) == PSF(0, -A)) and a network hedges towards zero astigmatism, it passes smoothly
+    through zero instead of jumping between +focus and -focus.
 ``"eq14"``
     The paper's eq. 14, ``focus * (2 axis / pi - 1)``, with the axis measured from
     ``theta_L - pi/4`` (``theta_L`` the lens axis), so that a lens at 45° gives exactly the paper's
@@ -16,7 +21,7 @@ grows linearly with the distance to the focal plane:
 
 A calibration fits the metric against the known height of a tilted printed grid with a robust line
 (classical calibration: metric = a * height + b, inverted to height = slope * metric + offset) and
-keeps both metrics' figures; the one with the smaller residual is used. :class:`Calibration` is a
+keeps every metric's figures; the one with the smaller residual is used. :class:`Calibration` is a
 pydantic model stored as JSON.
 """
 
@@ -47,17 +52,19 @@ __all__ = [
     "depth_metric",
     "depth_stats",
     "eq14_metric",
+    "estimate_lens_strength",
     "estimate_lens_direction",
     "fit_metric_profiles",
     "plot_calibration",
     "profile_along_axis",
+    "projected_metric",
     "robust_line_fit",
     "signed_metric",
     "write_depth_outputs",
 ]
 
-Metric = Literal["signed", "eq14"]
-METRICS: tuple[str, ...] = ("signed", "eq14")
+Metric = Literal["signed", "projected", "eq14"]
+METRICS: tuple[str, ...] = ("signed", "projected", "eq14")
 TiltAxis = Literal["x", "y"]
 FORMAT = "livepsf-depth-calibration"
 
@@ -88,6 +95,43 @@ def signed_metric(focus: np.ndarray, astig_0: np.ndarray, astig_45: np.ndarray,
     return (np.asarray(focus, dtype=np.float64) * sign).astype(np.float32)
 
 
+def projected_metric(focus: np.ndarray, astig_0: np.ndarray, astig_45: np.ndarray,
+                     lens_direction: Sequence[float], lens_strength_waves: float) -> np.ndarray:
+    """Focus times the astigmatism's projection on the lens direction, relative to the lens strength.
+
+    ``focus * clip(<astig, u_L> / lens_strength_waves, -1, 1)``: about the signed defocus (waves) where
+    the lens astigmatism is clearly measured, tending smoothly to 0 where it is not.
+    """
+    if not (lens_strength_waves > 0 and math.isfinite(lens_strength_waves)):
+        raise InputError(f"lens strength must be a positive number of waves, got {lens_strength_waves}")
+    u0, u45 = _unit(lens_direction)
+    projection = np.asarray(astig_0, dtype=np.float64) * u0 + np.asarray(astig_45, dtype=np.float64) * u45
+    weight = np.clip(projection / lens_strength_waves, -1.0, 1.0)
+    return (np.asarray(focus, dtype=np.float64) * weight).astype(np.float32)
+
+
+def estimate_lens_strength(focus: np.ndarray, astig_0: np.ndarray, astig_45: np.ndarray,
+                           lens_direction: Sequence[float], valid: np.ndarray | None = None) -> float:
+    """Magnitude of the lens astigmatism (waves) along its direction, from the clearly defocused windows.
+
+    The median ``|<astig, u_L>|`` over valid windows whose focus is above the median focus (near focus
+    the measured astigmatism is ambiguous and shrinks).
+    """
+    u0, u45 = _unit(lens_direction)
+    f = np.asarray(focus, dtype=np.float64).ravel()
+    p = np.abs(np.asarray(astig_0, dtype=np.float64).ravel() * u0 + np.asarray(astig_45, dtype=np.float64).ravel() * u45)
+    keep = np.isfinite(f) & np.isfinite(p)
+    if valid is not None:
+        keep &= np.asarray(valid, dtype=bool).ravel()
+    if not keep.any():
+        raise InputError("too few valid windows to measure the lens astigmatism")
+    far = keep & (f >= np.median(f[keep]))
+    strength = float(np.median(p[far]))
+    if strength <= 1e-6:
+        raise InputError("no astigmatism measured along the lens direction: is the cylindrical lens in?")
+    return strength
+
+
 def eq14_metric(focus: np.ndarray, astig_0: np.ndarray, astig_45: np.ndarray,
                 lens_direction: Sequence[float] = (0.0, 1.0)) -> np.ndarray:
     """The paper's eq. 14, ``focus * (2 axis / pi - 1)``, with the axis referred to the lens.
@@ -106,12 +150,20 @@ def eq14_metric(focus: np.ndarray, astig_0: np.ndarray, astig_45: np.ndarray,
     return (np.asarray(focus, dtype=np.float64) * (2.0 * shifted / np.pi - 1.0)).astype(np.float32)
 
 
-def depth_metric(pmap: PSFMap, metric: str, lens_direction: Sequence[float]) -> np.ndarray:
-    """A depth metric (:data:`METRICS`) on the grid of a PSF map, ``(gy, gx)`` float32."""
+def depth_metric(pmap: PSFMap, metric: str, lens_direction: Sequence[float],
+                 lens_strength_waves: float | None = None) -> np.ndarray:
+    """A depth metric (:data:`METRICS`) on the grid of a PSF map, ``(gy, gx)`` float32.
+
+    ``lens_strength_waves`` is needed by the ``"projected"`` metric only.
+    """
     _require_astigmatic(pmap)
     args = (pmap.values("focus"), pmap.values("astig_0"), pmap.values("astig_45"), lens_direction)
     if metric == "signed":
         return signed_metric(*args)
+    if metric == "projected":
+        if lens_strength_waves is None:
+            raise InputError("the projected depth metric needs the lens strength (waves)")
+        return projected_metric(*args, lens_strength_waves)
     if metric == "eq14":
         return eq14_metric(*args)
     raise InputError(f"unknown depth metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -372,7 +424,7 @@ class TiltResidual(BaseModel):
 
 
 class MetricSummary(BaseModel):
-    """The figures of one metric's fit (both metrics are kept for comparison)."""
+    """The figures of one metric's fit (all metrics are kept for comparison)."""
 
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
@@ -411,6 +463,7 @@ class Calibration(BaseModel):
     slope_um_per_unit: float
     offset_um: float
     lens_direction: tuple[float, float] = Field(description="unit vector in the (astig_0, astig_45) plane")
+    lens_strength_waves: float = Field(gt=0, description="lens astigmatism measured along lens_direction")
     tilt_axis: TiltAxis
     pixel_size_um: float = Field(gt=0)
     model_name: str
@@ -520,7 +573,7 @@ class Calibration(BaseModel):
 
     def metric_map(self, pmap: PSFMap) -> np.ndarray:
         """The calibration's depth metric on the grid of ``pmap``, ``(gy, gx)`` float32."""
-        return depth_metric(pmap, self.metric, self.lens_direction)
+        return depth_metric(pmap, self.metric, self.lens_direction, self.lens_strength_waves)
 
     def depth_um(self, pmap: PSFMap) -> np.ndarray:
         """Depth (height relative to the focal plane) in µm on the window grid, ``(gy, gx)`` float32.
@@ -574,7 +627,7 @@ def calibrate_psf_maps(
         Position along the tilt axis that is in focus, per frame (or one value); ``None`` estimates
         it as the zero crossing of the metric.
     metric
-        Force a metric; by default both are fitted and the one with the smaller mean |error| is used.
+        Force a metric; by default all are fitted and the one with the smaller mean |error| is used.
     lens_direction
         Force the lens direction; by default estimated from the valid windows.
     """
@@ -600,11 +653,14 @@ def calibrate_psf_maps(
                                     np.concatenate([v.ravel() for v in valid]))
     else:
         u = _unit(lens_direction)
+    strength = estimate_lens_strength(*(np.concatenate([p.values(n).ravel() for p in pmaps])
+                                        for n in ("focus", "astig_0", "astig_45")),
+                                      u, np.concatenate([v.ravel() for v in valid]))
 
     def profiles_for(direction: tuple[float, float]) -> list[TiltProfile]:
         out = []
         for p, v, t, f in zip(pmaps, valid, tilts, foci):
-            maps = {name: depth_metric(p, name, direction) for name in METRICS}
+            maps = {name: depth_metric(p, name, direction, strength) for name in METRICS}
             centers = p.centers_x if tilt_axis == "x" else p.centers_y
             extent = p.frame_shape[1] if tilt_axis == "x" else p.frame_shape[0]
             out.append(profile_along_axis(maps, centers, tilt_axis, v, t, f, extent))
@@ -626,6 +682,7 @@ def calibrate_psf_maps(
         slope_um_per_unit=fit.slope_um,
         offset_um=fit.offset_um,
         lens_direction=u,
+        lens_strength_waves=strength,
         tilt_axis=tilt_axis,
         pixel_size_um=pixel_size_um,
         model_name=first.model_name,
@@ -675,7 +732,7 @@ def calibrate_tilted_grid(
     in_focus_px
         Known in-focus column (``"x"``) or row (``"y"``), per frame or one for all; estimated when ``None``.
     metric
-        Force ``"signed"`` or ``"eq14"``; by default the better of the two.
+        Force ``"signed"``, ``"projected"`` or ``"eq14"``; by default the best of them.
 
     Returns
     -------
