@@ -1,0 +1,660 @@
+"""The simulated microscope as real Micro-Manager devices on pymmcore-plus's ``UniMMCore``.
+
+Devices (labels as loaded by :func:`create_core`):
+
+``Camera``  :class:`SimCamera`, 1024×1024 uint16 by default; exposure (ms), offset (ADU), gain (ADU/e⁻),
+            read noise (e⁻), photon flux (e⁻/ms at brightness 1); snap, sequence acquisition, software ROI.
+            Each frame's metadata carries ``SimZ_um`` (the stage Z the image shows), ``StageZ_um`` (where
+            the stage is when the frame is read out), ``SimFrameCounter``, ``SimLens``, ``SimSample``.
+``Z``       :class:`SimZStage`, the focus drive, µm.
+``Lens``    :class:`SimLens`, state device, ``Out`` (0) / ``In`` (1): the cylindrical lens that adds
+            :data:`~livepsf.sim.render.LENS_ASTIG_0_WAVES` of astigmatism.
+``Sample``  :class:`SimSample`, generic device whose properties choose the sample (``Sample``), its
+            tilt (``TiltDeg``, ``TiltAxis``), a curved surface (``CurvaturePerMm``) and ``Seed``.
+``Shutter`` :class:`SimShutter`, the lamp shutter (closed → dark frames: offset and read noise only).
+            Auto-shutter is off and the shutter open after :func:`create_core`: pymmcore-plus's UniMMCore
+            does not drive Python shutters from ``snapImage``, so auto-shutter would give dark frames.
+
+How it runs. A :class:`SimScene` holds the optical state (stage Z, lens, sample, geometry). Whenever it
+changes, a background thread re-renders the noiseless image (``render.DefocusRenderer``); until the new
+render is ready the devices report busy (so ``waitForSystem`` and MDA wait for it) and a running
+sequence acquisition keeps delivering frames of the previous render (``SimZ_um`` says which). Every
+frame draws fresh Poisson–Gaussian noise. ``snapImage`` always waits for the render of the current state.
+
+Ground truth of the last frame (height map, local defocus map, µm): :func:`ground_truth` (or
+``SimCamera.ground_truth()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from pymmcore_plus.experimental.unicore import (
+    GenericDevice,
+    ShutterDevice,
+    SimpleCameraDevice,
+    StageDevice,
+    StateDevice,
+    UniMMCore,
+    pymm_property,
+)
+
+from livepsf.optics import Optics
+from livepsf.sim.render import LENS_ASTIG_0_WAVES, CameraSensor, DefocusRenderer, ExposureModel
+from livepsf.sim.samples import SAMPLES, TILT_AXES, SurfaceGeometry, sample_brightness
+
+__all__ = [
+    "GroundTruth",
+    "SceneState",
+    "SimCamera",
+    "SimLens",
+    "SimSample",
+    "SimScene",
+    "SimShutter",
+    "SimZStage",
+    "create_core",
+    "get_scene",
+    "ground_truth",
+]
+
+# Seconds a snap waits for the render of the current state before giving up.
+_RENDER_TIMEOUT_S = 60.0
+# Sample content beyond each frame edge (px) so edges blur with true neighbours; larger PSFs mirror it.
+_SAMPLE_MARGIN_PX = 64
+
+
+@dataclass(frozen=True)
+class SceneState:
+    """Everything the noiseless image depends on."""
+
+    z_um: float = 0.0
+    lens_in: bool = True
+    sample: str = "printed-grid"
+    seed: int = 0
+    tilt_deg: float = 6.0
+    tilt_axis: str = "x"
+    curvature_per_mm: float = 0.0
+
+    @property
+    def geometry(self) -> SurfaceGeometry:
+        return SurfaceGeometry(self.tilt_deg, self.tilt_axis, self.curvature_per_mm)
+
+    @property
+    def astig_0_waves(self) -> float:
+        return LENS_ASTIG_0_WAVES if self.lens_in else 0.0
+
+
+@dataclass(frozen=True)
+class _Render:
+    state: SceneState
+    brightness: np.ndarray  # (H, W) float32, noiseless relative brightness
+    height_um: np.ndarray  # (H, W) float32
+    render_s: float
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What the simulator knows about one frame.
+
+    Attributes
+    ----------
+    z_um
+        Stage Z the frame shows (the render's, which lags the stage while it re-renders).
+    height_um
+        ``(H, W)`` surface height under each pixel, µm (0 at the frame centre).
+    defocus_um
+        ``(H, W)`` local defocus, ``z_um - height_um``; > 0 where the surface is below the focal plane.
+    astig_0_waves, astig_45_waves
+        Fixed astigmatism of the light path (the cylindrical lens), RMS waves.
+    optics
+        Optical sampling; ``optics.defocus_waves(defocus_um)`` is the Zernike focus coefficient.
+    frame_number
+        The camera's frame counter of that frame (-1 before any frame).
+    state
+        The full scene state (sample, tilt, lens, ...).
+    """
+
+    z_um: float
+    height_um: np.ndarray
+    defocus_um: np.ndarray
+    astig_0_waves: float
+    astig_45_waves: float
+    optics: Optics
+    frame_number: int
+    state: SceneState
+
+    @property
+    def focus_waves(self) -> np.ndarray:
+        """Zernike defocus coefficient of every pixel, RMS waves (signed)."""
+        return self.optics.defocus_waves(self.defocus_um)
+
+    @property
+    def in_focus_mask(self) -> np.ndarray:
+        """Pixels within half a depth of field of the focal plane."""
+        return np.abs(self.defocus_um) <= 0.5 * self.optics.depth_of_field_um
+
+
+class SimScene:
+    """Optical state of the simulated microscope and its background renderer.
+
+    Parameters
+    ----------
+    shape
+        Frame size (rows, cols).
+    optics
+        Optical sampling shared with the PSF models.
+    state
+        Initial state.
+    level_step_waves
+        Defocus level spacing of the renderer.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int] = (1024, 1024),
+        optics: Optics | None = None,
+        state: SceneState | None = None,
+        level_step_waves: float = 0.1,
+    ) -> None:
+        if len(shape) != 2 or min(shape) < 16:
+            raise ValueError(f"frame shape must be two sizes >= 16, got {shape!r}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.optics = optics or Optics()
+        self.renderer = DefocusRenderer(self.optics, level_step_waves)
+        self.shutter_open = True
+        self._target = _validated(state or SceneState())
+        self._current: _Render | None = None
+        self._error: BaseException | None = None
+        self._textures: dict[tuple[str, int], np.ndarray] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="livepsf-sim-render", daemon=True)
+        self._thread.start()
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def state(self) -> SceneState:
+        """The state the stage, lens and sample are in now (the render may lag behind)."""
+        with self._cond:
+            return self._target
+
+    def update(self, **changes: Any) -> None:
+        """Change the state (``z_um=...``, ``lens_in=...``, ...) and start re-rendering if needed."""
+        with self._cond:
+            new = _validated(replace(self._target, **changes))
+            if new != self._target:
+                self._target = new
+                self._cond.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        """True while the image of the current state is being rendered."""
+        with self._cond:
+            return self._current is None or self._current.state != self._target
+
+    # -- renders ---------------------------------------------------------------------------------
+    def latest(self, timeout_s: float = _RENDER_TIMEOUT_S) -> _Render:
+        """The newest finished render (waits only for the very first one)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._current is not None or self._error or self._closed, timeout_s):
+                raise TimeoutError(f"the simulator did not render a first frame within {timeout_s:.0f} s")
+            self._raise_if_failed()
+            return self._current  # type: ignore[return-value]
+
+    def current(self, timeout_s: float = _RENDER_TIMEOUT_S) -> _Render:
+        """The render of the current state, waiting for it if the state just changed."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: (self._current is not None and self._current.state == self._target) or self._error or self._closed,
+                timeout_s,
+            )
+            if not ok:
+                raise TimeoutError(f"the simulator did not render the new state within {timeout_s:.0f} s")
+            self._raise_if_failed()
+            return self._current  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Stop the render thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"the simulator's renderer failed: {self._error}") from self._error
+        if self._closed and self._current is None:
+            raise RuntimeError("the simulator has been shut down")
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._closed or self._current is None or self._current.state != self._target
+                )
+                if self._closed:
+                    return
+                state = self._target
+            try:
+                rendered = self._render(state)
+            except BaseException as exc:  # report to waiters instead of dying silently
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._current = rendered
+                self._error = None
+                self._cond.notify_all()
+
+    def _render(self, state: SceneState) -> _Render:
+        t0 = time.perf_counter()
+        key = (state.sample, state.seed)
+        if key not in self._textures:
+            shape = (self.shape[0] + 2 * _SAMPLE_MARGIN_PX, self.shape[1] + 2 * _SAMPLE_MARGIN_PX)
+            self._textures = {key: sample_brightness(state.sample, shape, self.optics.pixel_size_um, state.seed)}
+        height = state.geometry.height_um(self.shape, self.optics.pixel_size_um)
+        brightness = self.renderer.render(
+            self._textures[key], state.z_um - height, astig_0_waves=state.astig_0_waves
+        )
+        return _Render(state, brightness, height.astype(np.float32), time.perf_counter() - t0)
+
+
+def _validated(state: SceneState) -> SceneState:
+    if state.sample not in SAMPLES:
+        raise ValueError(f"unknown sample {state.sample!r}; choose one of {SAMPLES}")
+    if state.tilt_axis not in TILT_AXES:
+        raise ValueError(f"tilt axis must be one of {TILT_AXES}, got {state.tilt_axis!r}")
+    for name in ("z_um", "tilt_deg", "curvature_per_mm"):
+        if not math.isfinite(getattr(state, name)):
+            raise ValueError(f"{name} must be finite, got {getattr(state, name)!r}")
+    if abs(state.tilt_deg) >= 45:
+        raise ValueError(f"tilt_deg must be within ±45°, got {state.tilt_deg!r}")
+    return replace(state, z_um=float(state.z_um), tilt_deg=float(state.tilt_deg),
+                   curvature_per_mm=float(state.curvature_per_mm), seed=int(state.seed), lens_in=bool(state.lens_in))
+
+
+# -- devices ---------------------------------------------------------------------------------------
+
+
+class SimCamera(SimpleCameraDevice):
+    """Simulated scientific camera imaging the :class:`SimScene` (uint16, Poisson–Gaussian noise)."""
+
+    def __init__(self, scene: SimScene, sensor: CameraSensor | None = None, exposure_ms: float = 10.0, seed: int = 0) -> None:
+        super().__init__()
+        self._scene = scene
+        self._sensor = sensor or CameraSensor()
+        self._exposure_ms = float(exposure_ms)
+        self._generator = torch.Generator().manual_seed(int(seed))
+        self._model: ExposureModel | None = None
+        self._model_key: tuple[Any, ...] = ()
+        self._counter = 0
+        self._counter_lock = threading.Lock()
+        self._truth: GroundTruth | None = None
+        self._due: float | None = None  # when the current exposure ends, while a sequence runs
+        self._wait_for_current = True
+
+    # -- required camera API ---------------------------------------------------------------------
+    def sensor_shape(self) -> tuple[int, int]:
+        return self._scene.shape
+
+    def dtype(self) -> Any:
+        return np.uint16
+
+    def get_exposure(self) -> float:
+        return self._exposure_ms
+
+    def set_exposure(self, exposure: float) -> None:
+        exposure = float(exposure)
+        if not (0 < exposure <= 60_000):
+            raise ValueError(f"exposure must be in (0, 60000] ms, got {exposure}")
+        self._exposure_ms = exposure
+        self.core.events.exposureChanged.emit(self.get_label(), exposure)
+
+    # -- standard and extra properties -----------------------------------------------------------
+    def get_offset(self) -> float:
+        return self._sensor.offset_adu
+
+    def set_offset(self, value: float) -> None:
+        self._sensor = replace(self._sensor, offset_adu=float(value))
+
+    def get_gain(self) -> float:
+        return self._sensor.gain_adu_per_e
+
+    def set_gain(self, value: float) -> None:
+        self._sensor = replace(self._sensor, gain_adu_per_e=float(value))
+
+    @pymm_property(limits=(0.0, 100.0), name="ReadNoise_e", property_type="float")
+    def read_noise_e(self) -> float:
+        """Gaussian read noise, electrons RMS."""
+        return self._sensor.read_noise_e
+
+    @read_noise_e.setter
+    def read_noise_e(self, value: float) -> None:
+        self._sensor = replace(self._sensor, read_noise_e=float(value))
+
+    @pymm_property(limits=(0.01, 1e6), name="PhotonFlux_e_per_ms", property_type="float")
+    def photon_flux_per_ms(self) -> float:
+        """Photo-electrons per ms in a pixel of brightness 1."""
+        return self._sensor.photon_flux_per_ms
+
+    @photon_flux_per_ms.setter
+    def photon_flux_per_ms(self, value: float) -> None:
+        self._sensor = replace(self._sensor, photon_flux_per_ms=float(value))
+
+    # -- acquisition -----------------------------------------------------------------------------
+    def start_sequence(
+        self, n: int | None, get_buffer: Callable[[Sequence[int], Any], np.ndarray]
+    ) -> Iterator[Mapping]:
+        # A single image (snapImage) shows the current state; a sequence streams whatever is rendered.
+        self._wait_for_current = n == 1
+        self._due = time.perf_counter() + self._exposure_ms / 1000.0
+        yield from super().start_sequence(n, get_buffer)
+
+    def snap(self, buffer: np.ndarray) -> Mapping:
+        scene = self._scene
+        render = scene.current() if self._wait_for_current else scene.latest()
+        key = (id(render), self._exposure_ms, self._sensor, scene.shutter_open)
+        if key != self._model_key:
+            brightness = render.brightness if scene.shutter_open else np.zeros_like(render.brightness)
+            self._model = self._sensor.exposure(brightness, self._exposure_ms)
+            self._model_key = key
+        assert self._model is not None
+        self._model.draw(buffer, self._generator)
+        with self._counter_lock:
+            number = self._counter
+            self._counter += 1
+        self._truth = GroundTruth(
+            z_um=render.state.z_um,
+            height_um=render.height_um,
+            defocus_um=(render.state.z_um - render.height_um).astype(np.float32),
+            astig_0_waves=render.state.astig_0_waves,
+            astig_45_waves=0.0,
+            optics=scene.optics,
+            frame_number=number,
+            state=render.state,
+        )
+        self._pace()
+        return {
+            "SimZ_um": f"{render.state.z_um:.4f}",
+            "StageZ_um": f"{scene.state.z_um:.4f}",
+            "SimFrameCounter": str(number),
+            "SimLens": "In" if render.state.lens_in else "Out",
+            "SimSample": render.state.sample,
+            "Exposure-ms": f"{self._exposure_ms:.4f}",
+        }
+
+    def _pace(self) -> None:
+        """Deliver frames no faster than one per exposure time, like a real sensor."""
+        now = time.perf_counter()
+        due = self._due if self._due is not None else now
+        if due > now:
+            time.sleep(due - now)
+        # When rendering is slower than the exposure, restart the clock instead of bursting to catch up.
+        self._due = max(due, time.perf_counter()) + self._exposure_ms / 1000.0
+
+    def ground_truth(self) -> GroundTruth:
+        """Ground truth of the last frame delivered (or of the current render before any frame)."""
+        if self._truth is not None:
+            return self._truth
+        render = self._scene.current()
+        return GroundTruth(render.state.z_um, render.height_um, (render.state.z_um - render.height_um).astype(np.float32),
+                           render.state.astig_0_waves, 0.0, self._scene.optics, -1, render.state)
+
+    def busy(self) -> bool:
+        return False
+
+    def shutdown(self) -> None:
+        self._scene.close()
+
+
+class SimZStage(StageDevice):
+    """Focus drive (µm) of the simulated microscope; busy while the new focal plane renders."""
+
+    def __init__(self, scene: SimScene, limits_um: tuple[float, float] = (-5000.0, 5000.0)) -> None:
+        super().__init__()
+        self._scene = scene
+        self._origin_um = 0.0  # physical Z of the reported zero
+        self._limits_um = limits_um
+
+    def set_position_um(self, val: float) -> None:
+        physical = float(val) + self._origin_um
+        lo, hi = self._limits_um
+        if not (lo <= physical <= hi):
+            raise ValueError(f"Z position {val} µm is outside the stage travel {self._limits_um} µm")
+        self._scene.update(z_um=physical)
+        self.core.events.stagePositionChanged.emit(self.get_label(), float(val))
+
+    def get_position_um(self) -> float:
+        return self._scene.state.z_um - self._origin_um
+
+    def home(self) -> None:
+        self.set_position_um(-self._origin_um)
+
+    def stop(self) -> None:
+        """Moves are instantaneous: nothing to stop."""
+
+    def set_origin(self) -> None:
+        self._origin_um = self._scene.state.z_um
+
+    def set_adapter_origin_um(self, newZUm: float) -> None:
+        self._origin_um = self._scene.state.z_um - float(newZUm)
+
+    def busy(self) -> bool:
+        return self._scene.busy
+
+
+class SimLens(StateDevice):
+    """Cylindrical lens in the detection path: state 0 ``Out``, 1 ``In`` (adds fixed astigmatism)."""
+
+    def __init__(self, scene: SimScene) -> None:
+        super().__init__({0: "Out", 1: "In"})
+        self._scene = scene
+
+    def get_state(self) -> int:
+        return int(self._scene.state.lens_in)
+
+    def set_state(self, position: int) -> None:
+        self._scene.update(lens_in=bool(int(position)))
+
+    @pymm_property(is_read_only=True, name="Astigmatism0_waves", property_type="float")
+    def astig_0_waves(self) -> float:
+        """Astigmatism the lens adds when in, RMS waves (Zernike Z(2,2))."""
+        return LENS_ASTIG_0_WAVES
+
+    def busy(self) -> bool:
+        return self._scene.busy
+
+
+class SimSample(GenericDevice):
+    """The specimen: which sample, its tilt and curvature (changing them re-renders)."""
+
+    def __init__(self, scene: SimScene) -> None:
+        super().__init__()
+        self._scene = scene
+
+    @pymm_property(allowed_values=SAMPLES, name="Sample", property_type="string")
+    def sample(self) -> str:
+        """Sample type."""
+        return self._scene.state.sample
+
+    @sample.setter
+    def sample(self, value: str) -> None:
+        self._scene.update(sample=str(value))
+
+    @pymm_property(limits=(-30.0, 30.0), name="TiltDeg", property_type="float")
+    def tilt_deg(self) -> float:
+        """Tilt of the sample plane, degrees; positive raises it towards higher indices along the tilt axis."""
+        return self._scene.state.tilt_deg
+
+    @tilt_deg.setter
+    def tilt_deg(self, value: float) -> None:
+        self._scene.update(tilt_deg=float(value))
+
+    @pymm_property(allowed_values=TILT_AXES, name="TiltAxis", property_type="string")
+    def tilt_axis(self) -> str:
+        """Array axis along which the height grows: x (columns) or y (rows)."""
+        return self._scene.state.tilt_axis
+
+    @tilt_axis.setter
+    def tilt_axis(self, value: str) -> None:
+        self._scene.update(tilt_axis=str(value))
+
+    @pymm_property(limits=(-10.0, 10.0), name="CurvaturePerMm", property_type="float")
+    def curvature_per_mm(self) -> float:
+        """Surface curvature 1/R, 1/mm; positive bends the edges up (bowl), 0 is flat."""
+        return self._scene.state.curvature_per_mm
+
+    @curvature_per_mm.setter
+    def curvature_per_mm(self, value: float) -> None:
+        self._scene.update(curvature_per_mm=float(value))
+
+    @pymm_property(limits=(0, 2**31 - 1), name="Seed", property_type="integer")
+    def seed(self) -> int:
+        """Seed of the sample's random content."""
+        return self._scene.state.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._scene.update(seed=int(float(value)))
+
+    def busy(self) -> bool:
+        return self._scene.busy
+
+
+class SimShutter(ShutterDevice):
+    """Lamp shutter: closed gives dark frames (offset and read noise only)."""
+
+    def __init__(self, scene: SimScene) -> None:
+        super().__init__()
+        self._scene = scene
+
+    def get_open(self) -> bool:
+        return self._scene.shutter_open
+
+    def set_open(self, open: bool) -> None:
+        self._scene.shutter_open = bool(open)
+
+
+# -- assembly --------------------------------------------------------------------------------------
+
+_SCENES: weakref.WeakKeyDictionary[UniMMCore, tuple[SimScene, SimCamera]] = weakref.WeakKeyDictionary()
+
+
+def create_core(
+    sample: str = "printed-grid",
+    tilt_deg: float = 6.0,
+    tilt_axis: str = "x",
+    lens: bool = True,
+    seed: int = 0,
+    *,
+    z_um: float = 0.0,
+    curvature_per_mm: float = 0.0,
+    shape: tuple[int, int] = (1024, 1024),
+    exposure_ms: float = 10.0,
+    optics: Optics | None = None,
+    sensor: CameraSensor | None = None,
+    level_step_waves: float = 0.1,
+    core: UniMMCore | None = None,
+) -> UniMMCore:
+    """A ``UniMMCore`` with the simulated microscope loaded, initialised and its first image rendered.
+
+    Parameters
+    ----------
+    sample
+        ``"printed-grid"`` (200 µm squares of toner lines on foil), ``"cells"`` or ``"filaments"``.
+    tilt_deg, tilt_axis
+        Tilt of the sample plane; the height grows along ``tilt_axis`` (``"x"``: columns, ``"y"``: rows),
+        upwards towards higher indices for a positive tilt, and is 0 at the frame centre.
+    lens
+        Cylindrical lens in (adds ``LENS_ASTIG_0_WAVES`` of astigmatism).
+    seed
+        Seed of the sample content and of the camera noise.
+    z_um
+        Initial stage Z (µm); 0 puts the frame centre in focus.
+    curvature_per_mm
+        Surface curvature 1/R (1/mm), 0 for a flat sample.
+    shape
+        Camera frame (rows, cols).
+    exposure_ms
+        Initial exposure.
+    optics, sensor
+        Optical sampling (default: 10×/0.3 air, 550 nm, 0.65 µm pixels) and camera noise model.
+    level_step_waves
+        Defocus level spacing of the renderer.
+    core
+        An existing, empty ``UniMMCore`` to load the devices into; a new one when omitted.
+
+    Returns
+    -------
+    UniMMCore
+        Camera ``Camera``, focus stage ``Z``, lens ``Lens``, sample ``Sample``, shutter ``Shutter``;
+        pixel size configuration ``Res10x`` active.
+
+    Examples
+    --------
+    >>> core = create_core(shape=(256, 256))
+    >>> core.snapImage(); core.getImage().shape
+    (256, 256)
+    """
+    optics = optics or Optics()
+    state = SceneState(z_um=z_um, lens_in=lens, sample=sample, seed=seed, tilt_deg=tilt_deg,
+                       tilt_axis=tilt_axis, curvature_per_mm=curvature_per_mm)
+    scene = SimScene(shape, optics, state, level_step_waves)
+    core = core if core is not None else _new_core()
+    camera = SimCamera(scene, sensor, exposure_ms, seed)
+    core.loadPyDevice("Camera", camera)
+    core.loadPyDevice("Z", SimZStage(scene))
+    core.loadPyDevice("Lens", SimLens(scene))
+    core.loadPyDevice("Sample", SimSample(scene))
+    core.loadPyDevice("Shutter", SimShutter(scene))
+    core.initializeAllDevices()
+    core.setCameraDevice("Camera")
+    core.setFocusDevice("Z")
+    core.setShutterDevice("Shutter")
+    core.setAutoShutter(False)
+    core.definePixelSizeConfig("Res10x")
+    core.setPixelSizeUm("Res10x", optics.pixel_size_um)
+    core.setPixelSizeConfig("Res10x")
+    _SCENES[core] = (scene, camera)
+    weakref.finalize(core, scene.close)
+    scene.current()  # the first render, so the first snap is immediate
+    return core
+
+
+def _new_core() -> UniMMCore:
+    # The simulator needs no Micro-Manager device adapters; without an installation pymmcore-plus logs an
+    # error on construction that would only mislead the user of the demo.
+    log = logging.getLogger("pymmcore-plus")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        return UniMMCore()
+    finally:
+        log.setLevel(level)
+
+
+def get_scene(core: UniMMCore) -> SimScene:
+    """The :class:`SimScene` behind a core made by :func:`create_core`."""
+    try:
+        return _SCENES[core][0]
+    except (KeyError, TypeError):
+        raise ValueError("this core was not created by livepsf.sim.create_core") from None
+
+
+def ground_truth(core: UniMMCore) -> GroundTruth:
+    """Ground truth (height and local defocus maps, µm) of the last frame of a simulated core's camera."""
+    try:
+        return _SCENES[core][1].ground_truth()
+    except (KeyError, TypeError):
+        raise ValueError("this core was not created by livepsf.sim.create_core") from None
