@@ -240,7 +240,7 @@ class CameraSensor:
         Camera offset (bias) added to every pixel.
     """
 
-    photon_flux_per_ms: float = 100.0
+    photon_flux_per_ms: float = 300.0
     gain_adu_per_e: float = 0.5
     read_noise_e: float = 2.0
     offset_adu: float = 100.0
