@@ -1,0 +1,405 @@
+"""Degradation of sharp textures into camera frames: PSF blur, illumination, Poisson–Gaussian noise, labels.
+
+The image model of one training patch (paper eq. 9–10, with a camera added)::
+
+    electrons(r) = photons * illumination(r) * (background + (h_a * t)(r))      expected signal
+    raw(r)       = offset + gain * (Poisson(electrons(r)) + N(0, read_noise_e^2)) rounded to ADU
+
+``t`` is the sharp texture in ``[0, 1]``, ``h_a`` the PSF of parameters ``a``, ``photons`` the
+expected photo-electrons at texture value 1 (global illumination level x exposure x quantum
+efficiency: the paper's beta), ``illumination`` a smooth linear ramp (non-uniform illumination),
+``gain`` in ADU per electron and ``offset`` in ADU. Patches are *raw* camera values: brightness,
+offset and gain vary from patch to patch so that nothing can be learnt from absolute intensities; the
+network normalises its input itself (see :func:`livepsf.data.textures.standardise`).
+
+Blur is an FFT convolution of a texture crop that is larger than the patch by the PSF radius on every
+side; only the "valid" part is kept, so no wrap-around and no padding artefact reaches the patch. When
+a texture is too small, :func:`blur_fft` mirror-pads it (reflect padding).
+
+Invalid rule (label a_0 = 1, paper Section II-E1: "minimal variance and white pixel ratio"), decided on
+the sharp texture inside the central window, independently of the blur (a strongly blurred but textured
+patch is still a valid sample of a large PSF). With ``tw`` the window of the sharp texture, a patch is
+invalid when any of these holds:
+
+* **SNR**: ``photons * modulation < min_snr * sqrt(photons * (median(tw) + background) + read_noise_e^2)``
+  with ``modulation = max(max(tw) - median(tw), median(tw) - min(tw))``: not even the strongest
+  feature (a single bead counts) stands out of one pixel's noise (covers black and very dim patches);
+* **contrast**: ``std(tw) < min_contrast * (mean(tw) + background)`` — a flat field, whatever the light;
+* **white ratio**: more than ``max_white_ratio`` of the window's pixels are within 2 % of the window's
+  maximum (saturated or blank areas with a few specks).
+
+Explicit blank (flat grey) and black (no light) patches are added at ``invalid_fraction``.
+
+For the robustness sweep of the paper's Fig. 7, :func:`apply_strength` applies one degradation of a
+given *strength* to clean (noise-free) patches; see its docstring for the definition of strength.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "DegradationConfig",
+    "DEGRADATION_KINDS",
+    "apply_strength",
+    "blur_fft",
+    "camera_noise",
+    "invalid_rule",
+    "psf_spectrum",
+]
+
+Range = tuple[float, float]
+DegradationKind = Literal["gaussian", "poisson", "mixed", "illumination", "gradient"]
+DEGRADATION_KINDS: tuple[str, ...] = ("gaussian", "poisson", "mixed", "illumination", "gradient")
+
+# From this expected count up, Poisson(lam) is drawn as lam + sqrt(lam) N(0, 1): same mean and
+# variance, skewness 1/sqrt(lam) <= 0.32 ignored (read noise dilutes it further); torch.poisson costs
+# ~70 ns per pixel and would dominate the batch time.
+_POISSON_EXACT_BELOW = 10.0
+_ADC_MAX = 65535.0
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """Ranges of the random degradations applied to training patches (drawn independently per patch).
+
+    Attributes
+    ----------
+    photons
+        Expected photo-electrons per pixel at texture value 1, drawn log-uniformly: the global
+        illumination level (exposure x brightness x quantum efficiency).
+    background
+        Uniform background added to the texture, as a fraction of the texture's full scale (uniform).
+    read_noise_e
+        Camera read noise, RMS electrons (uniform).
+    gain_adu
+        Camera gain, ADU per electron (log-uniform).
+    offset_adu
+        Camera offset (bias), ADU (uniform).
+    gradient
+        Non-uniform illumination: relative drop of a linear ramp across the patch in a random direction
+        (uniform; 0.5 means one edge gets half the light of the opposite edge).
+    invert_fraction
+        Fraction of textures inverted (``1 - t``: dark objects on a bright background, transmitted light).
+    invalid_fraction
+        Fraction of explicit invalid patches (flat grey or black).
+    black_fraction
+        Among the explicit invalid patches, the fraction that are black (no light at all).
+    min_snr, min_contrast, max_white_ratio
+        Thresholds of the invalid rule (module docstring).
+    noise
+        Draw Poisson and read noise; ``False`` gives the expected values (still with offset and gain).
+    quantise
+        Round to whole ADU and clip to the 16-bit range, as an ADC does.
+    """
+
+    photons: Range = (30.0, 20000.0)
+    background: Range = (0.0, 0.3)
+    read_noise_e: Range = (0.5, 6.0)
+    gain_adu: Range = (0.5, 4.0)
+    offset_adu: Range = (0.0, 1000.0)
+    gradient: Range = (0.0, 0.6)
+    invert_fraction: float = 0.3
+    invalid_fraction: float = 0.08
+    black_fraction: float = 0.5
+    min_snr: float = 1.0
+    min_contrast: float = 0.02
+    max_white_ratio: float = 0.98
+    noise: bool = True
+    quantise: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("photons", "background", "read_noise_e", "gain_adu", "offset_adu", "gradient"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+                raise ValueError(f"DegradationConfig.{name} must be a range 0 <= lo <= hi, got {(lo, hi)}")
+        for name in ("photons", "gain_adu"):
+            if getattr(self, name)[0] <= 0:
+                raise ValueError(f"DegradationConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.gradient[1] > 1:
+            raise ValueError(f"DegradationConfig.gradient must lie in [0, 1], got {self.gradient}")
+        for name in ("invert_fraction", "invalid_fraction", "black_fraction", "max_white_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"DegradationConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
+
+    @classmethod
+    def clean(cls, **overrides) -> DegradationConfig:
+        """No noise, no camera, no illumination changes: patches are ``background + h * t`` in texture units.
+
+        The starting point of the robustness sweep (:func:`apply_strength`). Textured patches are all
+        valid unless the contrast or white-ratio rule flags them.
+        """
+        base = dict(photons=(1.0, 1.0), background=(0.0, 0.0), read_noise_e=(0.0, 0.0), gain_adu=(1.0, 1.0),
+                    offset_adu=(0.0, 0.0), gradient=(0.0, 0.0), noise=False, quantise=False, min_snr=0.0)
+        return cls(**(base | overrides))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> DegradationConfig:
+        return replace(self, **changes)
+
+
+@dataclass
+class PatchConditions:
+    """Per-patch random draws of a batch (all ``(B,)`` float64 tensors), kept for inspection and tests."""
+
+    photons: torch.Tensor
+    background: torch.Tensor
+    read_noise_e: torch.Tensor
+    gain_adu: torch.Tensor
+    offset_adu: torch.Tensor
+    gradient: torch.Tensor
+    gradient_angle: torch.Tensor
+    invert: torch.Tensor
+    blank: torch.Tensor
+    black: torch.Tensor
+    extras: dict = field(default_factory=dict)
+
+    @classmethod
+    def draw(cls, n: int, config: DegradationConfig, generator: torch.Generator) -> PatchConditions:
+        def uni(r: Range) -> torch.Tensor:
+            return r[0] + (r[1] - r[0]) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+        def logu(r: Range) -> torch.Tensor:
+            return torch.exp(uni((math.log(r[0]), math.log(r[1]))))
+
+        u_invalid = torch.rand(n, generator=generator, dtype=torch.float64)
+        u_black = torch.rand(n, generator=generator, dtype=torch.float64)
+        explicit = u_invalid < config.invalid_fraction
+        return cls(
+            photons=logu(config.photons),
+            background=uni(config.background),
+            read_noise_e=uni(config.read_noise_e),
+            gain_adu=logu(config.gain_adu),
+            offset_adu=uni(config.offset_adu),
+            gradient=uni(config.gradient),
+            gradient_angle=uni((0.0, 2 * math.pi)),
+            invert=torch.rand(n, generator=generator, dtype=torch.float64) < config.invert_fraction,
+            blank=explicit & (u_black >= config.black_fraction),
+            black=explicit & (u_black < config.black_fraction),
+        )
+
+
+# -- blur ------------------------------------------------------------------------------------------
+
+
+def psf_spectrum(psfs: torch.Tensor, fft_px: int) -> torch.Tensor:
+    """``rfft2`` of odd-sized PSFs ``(B, S, S)`` embedded in an ``fft_px`` square with their centre at (0, 0)."""
+    b, s, s2 = psfs.shape
+    if s != s2 or s % 2 == 0 or s > fft_px:
+        raise ValueError(f"PSFs must be odd squares no larger than {fft_px}, got {tuple(psfs.shape)}")
+    r = s // 2
+    kernel = torch.zeros(b, fft_px, fft_px, dtype=torch.float32, device=psfs.device)
+    kernel[:, :s, :s] = psfs.to(torch.float32)
+    kernel = torch.roll(kernel, shifts=(-r, -r), dims=(-2, -1))
+    return torch.fft.rfft2(kernel)
+
+
+def blur_fft(
+    textures: torch.Tensor, spectra: torch.Tensor, psf_size_px: int, out_px: int
+) -> torch.Tensor:
+    """Blur texture crops with PSFs by FFT and return the central ``out_px`` square of each.
+
+    Parameters
+    ----------
+    textures
+        ``(B, C, C)`` sharp crops. The output is exact ("valid" convolution, no wrap-around) when
+        ``C >= out_px + psf_size_px - 1``; smaller crops are first mirror-padded (reflect) up to the
+        spectra's size.
+    spectra
+        ``(B, F, F // 2 + 1)`` from :func:`psf_spectrum` with ``F >= out_px + psf_size_px - 1``.
+    psf_size_px
+        Side ``S`` of the PSFs the spectra were made from.
+    out_px
+        Side of the returned patches.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, out_px, out_px)`` float32: the patch centred in the crop.
+    """
+    fft_px = spectra.shape[-2]
+    r = psf_size_px // 2
+    if fft_px < out_px + 2 * r:
+        raise ValueError(f"FFT size {fft_px} cannot hold a {out_px}px patch with a {psf_size_px}px PSF")
+    c = textures.shape[-1]
+    x = textures.to(torch.float32)
+    if c < fft_px:
+        # Mirror-pad (reflect) to the FFT size: whatever wraps around is then mirrored texture.
+        lo = (fft_px - c) // 2
+        x = torch.nn.functional.pad(x[:, None], (lo, fft_px - c - lo, lo, fft_px - c - lo), mode="reflect")[:, 0]
+        c = fft_px
+    elif c > fft_px:
+        lo = (c - fft_px) // 2
+        x = x[:, lo : lo + fft_px, lo : lo + fft_px]
+        c = fft_px
+    blurred = torch.fft.irfft2(torch.fft.rfft2(x) * spectra, s=(fft_px, fft_px))
+    # Output pixel i sees inputs i - r .. i + r; the patch is centred in the crop.
+    start = (fft_px - out_px) // 2
+    if start < r:
+        raise ValueError("patch does not fit inside the valid region of the convolution")
+    return blurred[:, start : start + out_px, start : start + out_px]
+
+
+# -- illumination and camera -----------------------------------------------------------------------
+
+
+def illumination_ramp(n_px: int, drop: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Linear illumination ramps ``(B, n, n)``: 1 at one edge, ``1 - drop`` at the opposite one, along ``angle``."""
+    coord = torch.linspace(-0.5, 0.5, n_px, dtype=torch.float32)
+    c, s = torch.cos(angle).float(), torch.sin(angle).float()
+    norm = c.abs() + s.abs()
+    # proj = (x cos + y sin) / (|cos| + |sin|) lies in [-0.5, 0.5] over the square: separable in x and y.
+    px = (c / norm)[:, None] * coord[None, :]
+    py = (s / norm)[:, None] * coord[None, :]
+    d = drop.float()[:, None, None]
+    return (1.0 - 0.5 * d) + d * (py[:, :, None] + px[:, None, :])
+
+
+def camera_noise(
+    electrons: torch.Tensor,
+    read_noise_e: torch.Tensor | float,
+    gain_adu: torch.Tensor | float,
+    offset_adu: torch.Tensor | float,
+    generator: torch.Generator | None = None,
+    *,
+    noise: bool = True,
+    quantise: bool = True,
+) -> torch.Tensor:
+    """Mixed Poisson–Gaussian camera model (paper eq. 10 with gain and offset), per image.
+
+    ``raw = offset + gain * (Poisson(electrons) + N(0, read_noise_e^2))``, rounded to whole ADU and
+    clipped to ``[0, 65535]`` when ``quantise``. Expected value ``offset + gain * electrons``; variance
+    ``gain^2 (electrons + read_noise_e^2)`` (+ 1/12 ADU² of rounding). Counts of 10 and more are drawn from the
+    matching normal distribution (same mean and variance).
+
+    Parameters
+    ----------
+    electrons
+        ``(B, ...)`` expected photo-electrons per pixel (>= 0).
+    read_noise_e, gain_adu, offset_adu
+        Scalars or ``(B,)`` per image.
+    """
+    lam = electrons.to(torch.float32).clamp_min(0)
+    read, gain, offset = (_per_image(v, lam.ndim) for v in (read_noise_e, gain_adu, offset_adu))
+    if noise:
+        z = torch.randn(lam.shape, generator=generator, dtype=torch.float32)
+        counts = lam + lam.sqrt() * z
+        small = lam < _POISSON_EXACT_BELOW
+        if bool(small.any()):
+            counts[small] = torch.poisson(lam[small], generator=generator)
+        counts = counts + read * torch.randn(lam.shape, generator=generator, dtype=torch.float32)
+    else:
+        counts = lam
+    raw = offset + gain * counts
+    if quantise:
+        raw = raw.round().clamp_(0.0, _ADC_MAX)
+    return raw
+
+
+def _per_image(value: torch.Tensor | float, ndim: int) -> torch.Tensor:
+    """A scalar, or a ``(B,)`` tensor reshaped to broadcast over the trailing image axes."""
+    v = torch.as_tensor(value, dtype=torch.float32)
+    return v.reshape((-1,) + (1,) * (ndim - 1)) if v.ndim else v
+
+
+# -- labels ----------------------------------------------------------------------------------------
+
+
+def invalid_rule(
+    windows: torch.Tensor,
+    photons: torch.Tensor,
+    background: torch.Tensor,
+    read_noise_e: torch.Tensor,
+    config: DegradationConfig,
+) -> torch.Tensor:
+    """The invalid label (1.0 = textureless) of each sharp texture window ``(B, W, W)`` in ``[0, 1]``.
+
+    See the module docstring for the three criteria (SNR, contrast, white ratio).
+    """
+    t = windows.to(torch.float32).flatten(1)
+    mean = t.mean(dim=1, dtype=torch.float64)
+    std = t.std(dim=1, unbiased=False).to(torch.float64)
+    top, bottom = t.max(dim=1).values, t.min(dim=1).values
+    median = t.median(dim=1).values
+    modulation = torch.maximum(top - median, median - bottom).to(torch.float64)
+    photons, background, read = (v.to(torch.float64) for v in (photons, background, read_noise_e))
+    noise = torch.sqrt(photons * (median.to(torch.float64) + background) + read**2)
+    low_snr = photons * modulation < config.min_snr * noise
+    low_contrast = std < config.min_contrast * (mean + background)
+    white = (t >= top[:, None] - 0.02).sum(dim=1) > config.max_white_ratio * t.shape[1]
+    return (low_snr | low_contrast | white).to(torch.float32)
+
+
+# -- the robustness sweep (paper Fig. 7) -----------------------------------------------------------
+
+
+def apply_strength(
+    clean: torch.Tensor,
+    kind: DegradationKind,
+    strength: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Apply one degradation of a given strength to clean patches (paper Section III-C, Fig. 7).
+
+    Strength is dimensionless, 0 = no degradation, and is defined relative to each patch's peak value
+    ``p = max(patch)`` (its white level), so that it means the same for any brightness:
+
+    * ``"gaussian"`` — add zero-mean Gaussian noise of standard deviation ``strength * p``
+      (strength 0.5: the noise std is half the white level);
+    * ``"poisson"`` — photon noise with ``1 / strength^2`` photons at the white level: each pixel
+      becomes ``Poisson(x / p / strength^2) * p * strength^2``, so the noise std at the white level is
+      ``strength * p`` (strength 0.5: 4 photons at the white level, SNR 2);
+    * ``"mixed"`` — both of the above at the same strength (total std at the white level
+      ``sqrt(2) * strength * p``);
+    * ``"illumination"`` — global illumination level scaled by ``1 - strength`` (strength in [0, 1));
+    * ``"gradient"`` — non-uniform illumination: a linear ramp from 1 to ``1 - strength`` across the
+      patch along a random direction (strength in [0, 1]).
+
+    Parameters
+    ----------
+    clean
+        ``(B, ..., H, W)`` non-negative noise-free patches, e.g. from
+        ``eval_set(..., degradation=DegradationConfig.clean())``.
+
+    Returns
+    -------
+    torch.Tensor
+        Degraded patches, float32, same shape (not clipped: Gaussian noise may go negative, as
+        offset-subtracted camera data do).
+    """
+    if kind not in DEGRADATION_KINDS:
+        raise ValueError(f"unknown degradation {kind!r}; choose from {', '.join(DEGRADATION_KINDS)}")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise ValueError(f"strength must be a finite number >= 0, got {strength}")
+    x = clean.to(torch.float32)
+    if strength == 0:
+        return x.clone()
+    b = x.shape[0]
+    flat = x.reshape(b, -1)
+    peak = flat.max(dim=1).values.clamp_min(1e-12).reshape((b,) + (1,) * (x.ndim - 1))
+    if kind == "illumination":
+        if strength >= 1:
+            raise ValueError("illumination strength must be below 1 (1 would be no light at all)")
+        return x * (1.0 - strength)
+    if kind == "gradient":
+        if strength > 1:
+            raise ValueError("gradient strength must lie in [0, 1]")
+        angle = 2 * math.pi * torch.rand(b, generator=generator, dtype=torch.float64)
+        ramp = illumination_ramp(x.shape[-1], torch.full((b,), strength, dtype=torch.float64), angle)
+        if x.shape[-2] != x.shape[-1]:
+            raise ValueError("gradient degradation needs square patches")
+        return x * ramp.reshape((b,) + (1,) * (x.ndim - 3) + ramp.shape[-2:])
+    out = x
+    if kind in ("poisson", "mixed"):
+        photons_at_peak = 1.0 / strength**2
+        lam = (x / peak).clamp_min(0) * photons_at_peak
+        out = torch.poisson(lam, generator=generator) * (peak / photons_at_peak)
+    if kind in ("gaussian", "mixed"):
+        out = out + strength * peak * torch.randn(x.shape, generator=generator, dtype=torch.float32)
+    return out
