@@ -50,6 +50,7 @@ class Simulator:
         from livepsf.sim import create_core
 
         self.core = create_core(sample="printed-grid", tilt_deg=6.0, tilt_axis="x", lens=True, seed=0, shape=shape)
+        self.core.setTimeoutMs(120_000)  # re-rendering a curved surface on a busy 2-core machine is slow
         self.shape = shape
         self.pixel_size_um = self.core.getPixelSizeUm() or 0.65
 
