@@ -331,6 +331,161 @@ def evaluate(
         console.print(f"plot: {plot}")
 
 
+# -- live: demo (simulator) and live (Micro-Manager) -------------------------------------------------
+
+
+def _live_model(model: str | None):
+    """The network for the live commands: ``--model``, else the shipped default, else a clear error."""
+    from livepsf.net import available_models, load_model
+
+    if model is not None:
+        return load_model(model)
+    if "default" not in available_models():
+        raise InputError("no trained model is shipped in this installation yet (livepsf/models has no "
+                         "default.pt); pass --model PATH to a .pt model with its .json card")
+    return load_model("default")
+
+
+def _live_calibration(net, calibration: Path | None):
+    from livepsf.depth import Calibration
+    from livepsf.gui.app import find_calibration
+
+    if calibration is not None:
+        return Calibration.load(calibration, model=net), calibration
+    found = find_calibration(net)
+    return (Calibration.load(found, model=net), found) if found is not None else (None, None)
+
+
+def _run_live(core, net, cal, *, headless: bool, frames: int, stride: int, snapshot: Path | None,
+              overlay: str | None, demo: bool, label: str) -> None:
+    from livepsf.gui.app import has_display, run_headless, run_window
+
+    if not headless and has_display():
+        raise typer.Exit(code=run_window(core, net, stride_px=stride, calibration=cal, demo=demo))
+    if snapshot is None:
+        from livepsf.imageio import output_path
+
+        snapshot = output_path(Path.cwd() / f"livepsf-{label}.png", "_snapshot.png")
+    console.print(f"[bold]{label}[/]: model {net.name} ({net.spec.name}), stride {stride} px, "
+                  f"{frames} maps, headless" + ("" if cal is not None else ", depth uncalibrated"))
+    run = run_headless(core, net, frames=frames, stride_px=stride, calibration=cal, snapshot=snapshot,
+                       overlay=overlay, on_tick=lambda st: console.print(f"  {st.line()}", highlight=False),
+                       on_error=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}", highlight=False))
+    console.print(f"[bold]summary[/]: {run.summary()}", highlight=False)
+    if run.snapshot is not None:
+        console.print(f"snapshot: {run.snapshot}")
+    if not run.completed:
+        err_console.print(f"[bold red]error:[/] live view ended early: {run.reason}", highlight=False)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    sample: str = typer.Option("printed-grid", "--sample", help="printed-grid, cells or filaments."),
+    tilt_deg: float = typer.Option(6.0, "--tilt-deg", help="Tilt of the simulated sample, degrees."),
+    headless: bool = typer.Option(False, "--headless", help="No window (automatic without a display)."),
+    frames: int = typer.Option(300, "--frames", help="Headless: number of frames to map."),
+    snapshot: Path = typer.Option(None, "--snapshot", help="Headless: PNG of the last frame with its overlay "
+                                  "(default livepsf-demo_snapshot.png here, never overwritten)."),
+    model: str = typer.Option(None, "--model", help="Shipped model name or .pt file (default: the shipped "
+                              "default model)."),
+    calibration: Path = typer.Option(None, "--calibration", help="Depth calibration JSON (default: one in "
+                                     "./calibration made with this model, if any)."),
+    stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
+    overlay: str = typer.Option(None, "--overlay", help="Snapshot overlay: focus, astigmatism, depth, ..."),
+    size: int = typer.Option(1024, "--size", help="Simulated camera frame side, px."),
+) -> None:
+    """Live PSF maps of a simulated microscope (tilted printed grid, cylindrical lens)."""
+    import logging
+
+    from livepsf.sim import create_core
+    from livepsf.sim.samples import SAMPLES
+
+    if sample not in SAMPLES:
+        raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
+    if not 128 <= size <= 4096:
+        raise InputError(f"--size {size}: use 128 to 4096 px")
+    net = _live_model(model)
+    cal, cal_path = _live_calibration(net, calibration)
+    if cal_path is not None:
+        console.print(f"depth calibration: {cal_path}")
+    # pymmcore-plus looks for a Micro-Manager installation the simulator does not need; keep it quiet.
+    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
+    core = create_core(sample=sample, tilt_deg=tilt_deg, shape=(size, size), optics=net.optics)
+    _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
+              overlay=overlay, demo=True, label="demo")
+
+
+@app.command()
+def live(
+    mm_config: Path = typer.Option(..., "--mm-config", help="Micro-Manager configuration file (.cfg)."),
+    camera: str = typer.Option(None, "--camera", help="Camera device label (default: the configuration's)."),
+    model: str = typer.Option(None, "--model", help="Shipped model name or .pt file (default: default)."),
+    calibration: Path = typer.Option(None, "--calibration", help="Depth calibration JSON."),
+    stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
+    headless: bool = typer.Option(False, "--headless", help="No window (automatic without a display)."),
+    frames: int = typer.Option(300, "--frames", help="Headless: number of frames to map."),
+    snapshot: Path = typer.Option(None, "--snapshot", help="Headless: PNG of the last frame with its overlay."),
+) -> None:
+    """Live PSF maps on a real microscope through Micro-Manager (pymmcore-plus)."""
+    from pymmcore_plus import CMMCorePlus
+
+    if not mm_config.is_file():
+        raise InputError(f"{mm_config}: no such Micro-Manager configuration file")
+    net = _live_model(model)
+    cal, _ = _live_calibration(net, calibration)
+    core = CMMCorePlus()
+    try:
+        core.loadSystemConfiguration(str(mm_config))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{mm_config}: Micro-Manager could not load this configuration ({first})") from None
+    if camera is not None:
+        if camera not in core.getLoadedDevices():
+            raise InputError(f"{mm_config}: no device {camera!r}; loaded: {', '.join(core.getLoadedDevices())}")
+        core.setCameraDevice(camera)
+    if not core.getCameraDevice():
+        raise InputError(f"{mm_config}: the configuration has no camera; name one with --camera")
+    _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
+              overlay=None, demo=False, label="live")
+
+
+
+# -- training data (issue 3) -------------------------------------------------------------------------
+
+
+@data_app.command("preview")
+def data_preview(
+    psf_model: str = typer.Option("Z-3", "--psf-model", help="Z-1, Z-2, Z-3, G-1 or G-2."),
+    out: Path = typer.Option(Path("preview.png"), "--out", help="PNG to write (a new name if it exists)."),
+    n: int = typer.Option(24, "--n", help="Number of patches."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the training stream."),
+    columns: int = typer.Option(6, "--columns", help="Patches per row."),
+    split: str = typer.Option("train", "--split", help="train (random stream) or the fixed val / test sets."),
+) -> None:
+    """A contact sheet of training patches with their PSF parameters printed above each."""
+    from livepsf.data.preview import write_preview
+    from livepsf.imageio import output_path
+    from livepsf.optics import get_psf_model
+
+    try:
+        get_psf_model(psf_model)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if not 1 <= n <= 1000:
+        raise InputError(f"--n must be between 1 and 1000, got {n}")
+    if columns < 1:
+        raise InputError(f"--columns must be at least 1, got {columns}")
+    if split not in ("train", "val", "test"):
+        raise InputError(f"--split must be train, val or test, got {split!r}")
+    if out.suffix.lower() != ".png":
+        raise InputError(f"{out}: the preview is written as PNG; give a .png name")
+    if out.exists():
+        out = output_path(out, ".png")
+    path = write_preview(out, psf_model, n=n, seed=seed, columns=columns, split=split)
+    console.print(f"wrote {path}: {n} {psf_model.upper()} patches (seed {seed}, {split})", highlight=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``livepsf`` console script and of ``python -m livepsf``.
 
