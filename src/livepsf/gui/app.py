@@ -1,0 +1,208 @@
+"""Running the live view: in a window, or headless with a stats line per second and a snapshot PNG.
+
+Used by ``livepsf demo`` (the simulator) and ``livepsf live`` (a Micro-Manager configuration). Headless
+runs need no display: Qt is only started (offscreen) at the end, to draw the snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livepsf.acquisition.loop import LiveLoop, LiveResult, LiveStats
+from livepsf.errors import InputError
+from livepsf.mapping import PSFMapper
+
+__all__ = ["HeadlessRun", "find_calibration", "has_display", "run_headless", "run_window", "save_snapshot"]
+
+
+def has_display() -> bool:
+    """Whether a window can be shown (an X11 or Wayland display, or a non-Linux desktop)."""
+    if os.environ.get("QT_QPA_PLATFORM", "") in ("offscreen", "minimal"):
+        return False
+    if os.name == "nt" or os.uname().sysname == "Darwin":
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def calibration_folders() -> list[Path]:
+    """Where default calibrations are looked for: ``./calibration`` and the source checkout's."""
+    here = Path(__file__).resolve()
+    folders = [Path.cwd() / "calibration"]
+    if len(here.parents) > 3:
+        folders.append(here.parents[3] / "calibration")
+    unique: list[Path] = []
+    for f in folders:
+        if f.is_dir() and f.resolve() not in [u.resolve() for u in unique]:
+            unique.append(f)
+    return unique
+
+
+def find_calibration(model: Any, folders: list[Path] | None = None) -> Path | None:
+    """The newest calibration JSON in ``folders`` made with exactly this model's weights, if any.
+
+    Matching is by the weights' SHA-256 recorded in the calibration, so a calibration is never applied
+    to another network whatever its file name.
+    """
+    sha = getattr(getattr(model, "card", None), "weights_sha256", "")
+    if not sha:
+        return None
+    found: list[tuple[str, Path]] = []
+    for folder in folders if folders is not None else calibration_folders():
+        for path in folder.glob("*.json"):
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(raw, dict) and raw.get("format") == "livepsf-depth-calibration" \
+                    and raw.get("model_sha256") == sha:
+                found.append((str(raw.get("created", "")), path))
+    return max(found)[1] if found else None
+
+
+@dataclass
+class HeadlessRun:
+    """What a headless run did."""
+
+    stats: LiveStats
+    results: int
+    reason: str
+    snapshot: Path | None
+    last: LiveResult | None
+
+    @property
+    def completed(self) -> bool:
+        return self.reason in ("completed", "stopped")
+
+    def summary(self) -> str:
+        s = self.stats
+
+        def f(v: float, fmt: str) -> str:
+            return "–" if not np.isfinite(v) else format(v, fmt)
+
+        shape = f"{s.frame_shape[1]}×{s.frame_shape[0]} px" if s.frame_shape else "no frames"
+        return (f"{self.results} maps of {shape} frames · camera {f(s.camera_fps, '.1f')} fps · "
+                f"maps {f(s.maps_per_s, '.1f')}/s · latency buffer→map median {f(s.latency_ms_median, '.1f')} ms, "
+                f"p95 {f(s.latency_ms_p95, '.1f')} ms · skipped {s.skipped} of {s.frames} frames · "
+                f"errors {s.errors}")
+
+
+def run_headless(core: Any, model: Any, *, frames: int = 300, stride_px: int = 64, calibration: Any = None,
+                 snapshot: Path | None = None, overlay: str | None = None,
+                 on_tick: Callable[[LiveStats], None] | None = None,
+                 on_error: Callable[[str], None] | None = None, tick_s: float = 1.0,
+                 timeout_s: float | None = None) -> HeadlessRun:
+    """Map ``frames`` camera frames without a window; call ``on_tick(stats)`` every ``tick_s`` seconds.
+
+    Parameters
+    ----------
+    snapshot
+        PNG to write at the end: the last frame with its overlay, glyphs and colour bars, drawn
+        offscreen exactly as the window draws it.
+    overlay
+        Overlay of the snapshot (default: depth when calibrated, else defocus).
+    timeout_s
+        Give up after this long (default: generous, ``10 + frames`` seconds).
+    """
+    if frames < 1:
+        raise InputError(f"--frames must be at least 1, got {frames}")
+    loop = LiveLoop(core, PSFMapper(model, stride_px=stride_px), calibration=calibration)
+    done = threading.Event()
+    count = {"n": 0}
+    reason = {"text": "completed"}
+
+    def on_result(result: LiveResult) -> None:
+        count["n"] += 1
+        if count["n"] >= frames:
+            done.set()
+            loop.stop()  # from the consumer thread: it ends after this result
+
+    def on_stopped(text: str) -> None:
+        if count["n"] < frames:
+            reason["text"] = text
+        done.set()
+
+    loop.resultReady.connect(on_result)
+    loop.stopped.connect(on_stopped)
+    if on_error is not None:
+        loop.errorOccurred.connect(on_error)
+    deadline = time.monotonic() + (timeout_s if timeout_s is not None else 10.0 + frames)
+    loop.start()
+    try:
+        while not done.wait(tick_s):
+            if on_tick is not None:
+                on_tick(loop.stats())
+            if time.monotonic() > deadline:
+                reason["text"] = f"timed out after {count['n']} of {frames} maps"
+                break
+    finally:
+        loop.stop()
+        loop.wait(2.0)
+    stats = loop.stats(window_s=None)
+    last = loop.latest()
+    path = None
+    if snapshot is not None and last is not None:
+        path = save_snapshot(core, model, last, snapshot, calibration=calibration, overlay=overlay,
+                             stride_px=stride_px)
+    return HeadlessRun(stats=stats, results=count["n"], reason=reason["text"], snapshot=path, last=last)
+
+
+def _qt_app() -> Any:
+    if not has_display():
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from qtpy import QtWidgets
+
+    app = QtWidgets.QApplication.instance()
+    return app if app is not None else QtWidgets.QApplication(["livepsf"])
+
+
+def save_snapshot(core: Any, model: Any, result: LiveResult, path: Path, *, calibration: Any = None,
+                  overlay: str | None = None, stride_px: int = 64, demo: bool = False) -> Path:
+    """Draw ``result`` as the live window would and save the image, overlay and colour bars as PNG."""
+    app = _qt_app()
+    from livepsf.gui.window import LiveWindow
+
+    window = LiveWindow(core, model, stride_px=stride_px, calibration=calibration, demo=demo)
+    try:
+        kind = overlay or ("depth" if calibration is not None else "focus")
+        if kind not in [window.overlay_combo.itemData(i) for i in range(window.overlay_combo.count())]:
+            kind = window.overlay_combo.itemData(0)
+        window.set_overlay(kind)
+        window.resize(1280, 900)
+        window.show()
+        app.processEvents()
+        window.draw_result(result)
+        app.processEvents()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not window.grab_view().save(str(path)):
+            raise InputError(f"{path}: could not write the snapshot PNG")
+    finally:
+        window.shutdown()
+        window.close()
+        window.deleteLater()
+        app.processEvents()
+    return path
+
+
+def run_window(core: Any, model: Any, *, stride_px: int = 64, calibration: Any = None, demo: bool = False,
+               start: bool = True) -> int:
+    """Show the live window until it is closed; returns the Qt exit code."""
+    app = _qt_app()
+    from livepsf.gui.window import LiveWindow
+
+    window = LiveWindow(core, model, stride_px=stride_px, calibration=calibration, demo=demo)
+    window.show()
+    if start:
+        window.start()
+    code = app.exec()
+    window.shutdown()
+    return int(code)

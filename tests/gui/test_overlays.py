@@ -1,0 +1,97 @@
+"""Overlay computations: colour ranges, glyph geometry against real PSFs, axis sticks, ROI means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from livepsf.gui import overlays as ov
+from livepsf.mapping import PSFMap
+from livepsf.optics import Optics, make_psf
+
+
+def make_map(focus, astig_0, astig_45, invalid=None, frame_shape=(256, 256), stride=64) -> PSFMap:
+    focus = np.asarray(focus, np.float32)
+    gy, gx = focus.shape
+    return PSFMap(
+        params={"focus": focus, "astig_0": np.asarray(astig_0, np.float32) * np.ones_like(focus),
+                "astig_45": np.asarray(astig_45, np.float32) * np.ones_like(focus)},
+        invalid=np.zeros_like(focus) if invalid is None else np.asarray(invalid, np.float32),
+        centers_y=np.arange(gy) * float(stride) + 63.5, centers_x=np.arange(gx) * float(stride) + 63.5,
+        window_px=128, stride_px=stride, frame_shape=frame_shape, psf_model="Z-3", optics=Optics())
+
+
+def psf_moments(focus: float, astig_0: float, astig_45: float) -> np.ndarray:
+    p = make_psf("Z-3", 129, Optics(), focus=focus, astig_0=astig_0, astig_45=astig_45).astype(np.float64)
+    y, x = np.mgrid[:129, :129] - 64.0
+    return np.array([[(p * x * x).sum(), (p * x * y).sum()], [(p * x * y).sum(), (p * y * y).sum()]])
+
+
+@pytest.mark.parametrize("params", [(1.0, 0.0, 0.0), (1.0, 0.3, 0.0), (1.0, 0.0, 0.3), (1.5, -0.4, 0.2)])
+def test_glyph_covariance_matches_the_real_psf(params):
+    """Size, elongation and orientation of the glyph follow the Fourier-optics PSF of the package."""
+    cov = ov.psf_covariance_px(make_map(np.full((1, 1), params[0]), params[1], params[2]))[0, 0]
+    truth = psf_moments(*params)
+    # The Airy tails add a few px² the geometric model leaves out; the defocused blur itself agrees.
+    np.testing.assert_allclose(cov, truth, atol=0.1 * np.abs(truth).max() + 8.0)
+    evals, evecs = np.linalg.eigh(cov)
+    tvals, tvecs = np.linalg.eigh(truth)
+    assert abs(abs(evecs[:, 1] @ tvecs[:, 1]) - 1) < 0.02  # same long axis
+
+
+def test_overlay_field_units_and_fixed_ranges():
+    pmap = make_map(np.array([[0.0, 1.0], [2.0, 0.5]]), 0.3, 0.0, invalid=[[0, 0], [1, 0]])
+    focus = ov.overlay_field(pmap, "focus")
+    optics = Optics()
+    np.testing.assert_allclose(focus.grid, np.abs(optics.defocus_um(pmap.params["focus"])), rtol=1e-6)
+    assert focus.levels == pytest.approx((0.0, optics.defocus_um(2.0))) and "µm" in focus.label
+    astig = ov.overlay_field(pmap, "astigmatism")
+    np.testing.assert_allclose(astig.grid, 0.3, rtol=1e-5)
+    uncal = ov.overlay_field(pmap, "depth")
+    assert uncal.grid is None and "uncalibrated" in uncal.message
+    depth = ov.overlay_field(pmap, "depth", depth_um=np.array([[-10, 0], [10, 20]]), depth_range_um=30)
+    assert depth.levels == (-30.0, 30.0) and depth.colormap.startswith("CET-D")
+    assert ov.available_overlays("G-2") == ["blur", "invalid", "none"]
+    assert "depth" in ov.available_overlays("Z-3")
+    with pytest.raises(ValueError, match="unknown overlay"):
+        ov.overlay_field(pmap, "colour")
+
+
+def test_overlay_rgba_interpolates_and_dims_invalid_windows():
+    pmap = make_map(np.array([[0.0, 1.0], [2.0, 0.5]]), 0.0, 0.0, invalid=[[0, 0], [1, 0]], frame_shape=(192, 192))
+    field = ov.overlay_field(pmap, "focus")
+    rgba = ov.overlay_rgba(pmap, field, (192, 192), opacity=0.8)
+    assert rgba.shape == (192, 192, 4) and rgba.dtype == np.uint8
+    # Same field as PSFMap.upsample (bilinear between centres, constant beyond).
+    np.testing.assert_allclose(ov.upsample_grid(pmap, field.grid, (192, 192)),
+                               _reference_upsample(pmap, field.grid), rtol=1e-5, atol=1e-4)
+    assert rgba[5, 5, 3] == round(255 * 0.8)              # valid window: full opacity
+    assert rgba[186, 5, 3] == round(255 * 0.8 * 0.25)     # textureless window: dimmed
+    assert ov.overlay_rgba(pmap, ov.overlay_field(pmap, "none"), (10, 10), 0.5) is None
+
+
+def _reference_upsample(pmap, grid):
+    import dataclasses
+
+    carrier = dataclasses.replace(pmap, params={"variance": np.asarray(grid, np.float32)}, psf_model="G-1")
+    return carrier.upsample((192, 192), name="variance")
+
+
+def test_axis_sticks_follow_the_astigmatism_axis_and_invalid_cells():
+    pmap = make_map(np.ones((1, 1)), 0.0, 0.4, invalid=[[1.0]])
+    x, y, connect = ov.axis_sticks(pmap)
+    angle = np.degrees(np.arctan2(y[1] - y[0], x[1] - x[0])) % 180
+    assert angle == pytest.approx(45.0, abs=1e-3)  # astig_45 > 0: the row = column diagonal
+    assert list(connect) == [True, False]
+    assert ov.invalid_cells(pmap) == [(31.5, 31.5, 64.0, 64.0)]
+    xs, ys, conn = ov.ellipse_polyline(pmap, points=16)
+    assert xs.shape == ys.shape == conn.shape == (16,) and not conn[-1]
+
+
+def test_region_mean_uses_valid_windows_inside_the_roi():
+    pmap = make_map(np.array([[0.0, 1.0], [2.0, 0.5]]), 0.0, 0.0, invalid=[[0, 0], [1, 0]])
+    field = ov.overlay_field(pmap, "focus")
+    um = Optics().defocus_um
+    assert ov.region_mean(field, pmap) == pytest.approx(np.mean([0.0, um(1.0), um(0.5)]), rel=1e-5)
+    assert ov.region_mean(field, pmap, roi=(100, 0, 100, 100)) == pytest.approx(um(1.0), rel=1e-5)
+    assert np.isnan(ov.region_mean(field, pmap, roi=(0, 100, 100, 100)))  # only the invalid window

@@ -1,0 +1,86 @@
+"""The live window on the simulator (offscreen): start/stop, overlays, snapshot; the headless demo."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("pytestqt")
+sim = pytest.importorskip("livepsf.sim")
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def sim_core():
+    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
+    return sim.create_core(shape=(256, 256))
+
+
+def test_window_runs_switches_overlays_and_snapshots(qtbot, sim_core, tiny_model, tmp_path):
+    from qtpy import QtGui
+
+    from livepsf.gui.window import LiveWindow
+
+    window = LiveWindow(sim_core, tiny_model, demo=True)
+    qtbot.addWidget(window)
+    window.show()
+    window.start()
+    qtbot.waitUntil(lambda: window.draw_count >= 3, timeout=20000)
+    assert window.loop.is_running and window.start_button.text() == "Stop"
+
+    for kind in ("astigmatism", "depth", "invalid", "focus"):
+        window.set_overlay(kind)
+        assert window.overlay_kind() == kind
+    window.set_overlay("depth")  # no calibration: the message says so and no colours are drawn
+    assert "uncalibrated" in window.message_item.textItem.toPlainText()
+    assert not window.overlay_item.isVisible()
+    window.set_overlay("focus")
+    assert window.overlay_item.isVisible() and window.glyph_item.isVisible()
+
+    window.set_stride(32)
+    n = window.draw_count
+    qtbot.waitUntil(lambda: window.draw_count > n + 1 and window._drawn.pmap.stride_px == 32, timeout=20000)
+    stats = window.loop.stats()
+    assert stats.maps > 0 and np.isfinite(stats.drawn_latency_ms_median)
+    assert "maps" in window.stats_label.text()
+
+    path = tmp_path / "window.png"
+    assert window.grab().save(str(path))
+    image = QtGui.QImage(str(path))
+    assert image.width() > 600 and image.height() > 400
+    arr = np.asarray([[QtGui.QColor(image.pixel(x, y)).value() for x in range(0, image.width(), 17)]
+                      for y in range(0, image.height(), 17)])
+    assert arr.std() > 10  # not a blank grab
+
+    window.stop()
+    qtbot.waitUntil(lambda: not window.loop.is_running, timeout=2000)
+    assert window.start_button.text() == "Start" and not sim_core.isSequenceRunning()
+    window.shutdown()
+
+
+def test_headless_demo_prints_summary_and_writes_snapshot(tiny_model, tmp_path, monkeypatch):
+    from livepsf.cli import app
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    snap = tmp_path / "snap.png"
+    result = CliRunner().invoke(app, ["demo", "--frames", "30", "--size", "256", "--model", str(tiny_model.path),
+                                      "--snapshot", str(snap)])
+    assert result.exit_code == 0, result.output
+    assert "summary" in result.output and "30 maps" in result.output and "latency" in result.output
+    assert snap.is_file() and snap.stat().st_size > 10_000
+
+
+def test_demo_without_a_model_says_what_to_do(monkeypatch, capsys):
+    from livepsf import net
+    from livepsf.cli import main
+
+    monkeypatch.setattr(net, "available_models", lambda: [])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--headless", "--frames", "1"])
+    assert exit_info.value.code == 2
+    assert "--model" in capsys.readouterr().err
