@@ -47,19 +47,19 @@ def snapshot(out: Path, sample: str = "printed-grid", tilt_deg: float = 6.0, til
         truth = ground_truth(core)
         panels.append((frame, truth, lens))
 
-    caption_h, strip_h, gap = 56, 40, 16
+    caption_h, strip_h, gap = 64, 40, 16
     width = size_px * len(panels) + gap * (len(panels) - 1)
     canvas = QImage(width, size_px + caption_h + strip_h, QImage.Format.Format_RGB32)
     canvas.fill(QColor("white"))
     painter = QPainter(canvas)
     font = QFont()
-    font.setPixelSize(22)
+    font.setPixelSize(20)
     painter.setFont(font)
     for i, (frame, truth, lens) in enumerate(panels):
         x0 = i * (size_px + gap)
         painter.setPen(QColor("black"))
         text = (f"{sample}, tilt {tilt_deg:g}° along {tilt_axis}, cylindrical lens {'in' if lens else 'out'}, "
-                f"stage Z {truth.z_um:g} µm")
+                f"stage Z {truth.z_um:g} µm\nbelow: true local defocus Z − height (> 0: sample below focus)")
         painter.drawText(QRect(x0, 0, size_px, caption_h), int(Qt.AlignmentFlag.AlignCenter), text)
         painter.drawImage(x0, caption_h, frame_to_qimage(frame))
         # Strip: the true local defocus along the tilt axis (sampled every 256 px), µm.
@@ -68,11 +68,11 @@ def snapshot(out: Path, sample: str = "printed-grid", tilt_deg: float = 6.0, til
         painter.setFont(font)
         for j in range(0, size_px + 1, size_px // 4):
             jj = min(j, size_px - 1)
-            label = f"defocus {defocus[jj]:+.1f} µm" if tilt_axis == "x" else f"row {jj}: {defocus[jj]:+.1f} µm"
+            label = f"{defocus[jj]:+.1f} µm" if tilt_axis == "x" else f"row {jj}: {defocus[jj]:+.1f} µm"
             align = Qt.AlignmentFlag.AlignLeft if j == 0 else (Qt.AlignmentFlag.AlignRight if j == size_px else Qt.AlignmentFlag.AlignHCenter)
             left = x0 + (j if j == 0 else j - 200 if j == size_px else j - 100)
             painter.drawText(QRect(left, caption_h + size_px, 200, strip_h), int(align | Qt.AlignmentFlag.AlignVCenter), label)
-        font.setPixelSize(22)
+        font.setPixelSize(20)
         painter.setFont(font)
     painter.end()
     out.parent.mkdir(parents=True, exist_ok=True)

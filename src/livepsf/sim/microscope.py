@@ -175,6 +175,7 @@ class SimScene:
         self._current: _Render | None = None
         self._error: BaseException | None = None
         self._textures: dict[tuple[str, int], np.ndarray] = {}
+        self._height: tuple[SurfaceGeometry, np.ndarray] | None = None
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="livepsf-sim-render", daemon=True)
@@ -263,11 +264,14 @@ class SimScene:
         if key not in self._textures:
             shape = (self.shape[0] + 2 * _SAMPLE_MARGIN_PX, self.shape[1] + 2 * _SAMPLE_MARGIN_PX)
             self._textures = {key: sample_brightness(state.sample, shape, self.optics.pixel_size_um, state.seed)}
-        height = state.geometry.height_um(self.shape, self.optics.pixel_size_um)
+        if self._height is None or self._height[0] != state.geometry:
+            height = state.geometry.height_um(self.shape, self.optics.pixel_size_um).astype(np.float32)
+            self._height = (state.geometry, height)
+        height = self._height[1]
         brightness = self.renderer.render(
-            self._textures[key], state.z_um - height, astig_0_waves=state.astig_0_waves
+            self._textures[key], np.float32(state.z_um) - height, astig_0_waves=state.astig_0_waves
         )
-        return _Render(state, brightness, height.astype(np.float32), time.perf_counter() - t0)
+        return _Render(state, brightness, height, time.perf_counter() - t0)
 
 
 def _validated(state: SceneState) -> SceneState:

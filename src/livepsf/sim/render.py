@@ -128,7 +128,7 @@ class DefocusRenderer:
             ``(H, W)`` float32 blurred image (same units as ``sample``).
         """
         sample = np.asarray(sample, dtype=np.float32)
-        defocus_um = np.asarray(defocus_um, dtype=np.float64)
+        defocus_um = np.asarray(defocus_um)
         if sample.ndim != 2 or defocus_um.ndim != 2:
             raise ValueError("sample and defocus_um must be 2D arrays")
         pad_y, pad_x = (sample.shape[0] - defocus_um.shape[0]), (sample.shape[1] - defocus_um.shape[1])
@@ -141,10 +141,10 @@ class DefocusRenderer:
         margin = pad_y // 2
         h, w = defocus_um.shape
 
-        level_pos = torch.from_numpy(self.optics.defocus_waves(defocus_um) / self.level_step_waves)
+        level_pos = torch.from_numpy(self.optics.defocus_waves(defocus_um) / self.level_step_waves).float()
         lower = torch.floor(level_pos)
-        frac = (level_pos - lower).to(torch.float32)
-        lower = lower.to(torch.int64)
+        frac = level_pos - lower
+        lower = lower.to(torch.int32)
         k_min, k_max = int(lower.min()), int(lower.max()) + 1
 
         radii = {k: self.psf_radius_px(k * self.level_step_waves, astig_0_waves, astig_45_waves) for k in range(k_min, k_max + 1)}

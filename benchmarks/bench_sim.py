@@ -1,0 +1,63 @@
+"""Simulated microscope speed (issue 6): sequence frame rate with a still stage, re-render after a move.
+
+Run: ``.venv/bin/python -m pytest benchmarks/bench_sim.py --benchmark-only``.
+
+- ``test_continuous_fps_1024``: frames per second of ``startContinuousSequenceAcquisition`` at 1024²
+  with a still stage, 1 ms exposure (so the camera's own pacing does not cap it) — target >= 30 fps.
+  fps = FRAMES / median time from start to the FRAMES-th frame in the buffer.
+- ``test_rerender_after_stage_move_1024``: seconds from ``setPosition`` to the new focal plane's image
+  being ready (printed grid, 6° tilt, lens in; PSF caches warm as when focusing) — target <= 0.5 s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from livepsf.sim import create_core, get_scene
+
+FRAMES = 60
+
+
+@pytest.fixture(scope="module")
+def core():
+    return create_core(sample="printed-grid", tilt_deg=6.0, lens=True, shape=(1024, 1024), exposure_ms=1.0)
+
+
+def _acquire(core, n: int) -> int:
+    core.startContinuousSequenceAcquisition(0)
+    try:
+        deadline = time.perf_counter() + 60
+        while core.getRemainingImageCount() < n and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        return core.getRemainingImageCount()
+    finally:
+        core.stopSequenceAcquisition()
+        core.clearCircularBuffer()
+
+
+def test_continuous_fps_1024(benchmark, core) -> None:
+    _acquire(core, 5)  # warm: exposure model, buffers
+    got = benchmark.pedantic(_acquire, args=(core, FRAMES), rounds=3, iterations=1)
+    assert got >= FRAMES
+    benchmark.extra_info["fps"] = FRAMES / benchmark.stats.stats.median
+
+
+def test_rerender_after_stage_move_1024(benchmark, core) -> None:
+    scene = get_scene(core)
+    positions = itertools.cycle([3.0, -4.0, 5.0, -2.0, 1.0, 0.0])
+
+    def move_and_wait() -> None:
+        core.setPosition(next(positions))
+        scene.current()  # the render of the new focal plane
+
+    move_and_wait()  # warm the PSF caches of the levels in range
+    benchmark.pedantic(move_and_wait, rounds=6, iterations=1)
+    benchmark.extra_info["seconds"] = benchmark.stats.stats.median
+
+
+def test_first_render_cold_1024(benchmark) -> None:
+    """Cold start of a new core: sample texture, level PSFs and the first render (for the demo's start-up)."""
+    benchmark.pedantic(lambda: create_core(sample="printed-grid", tilt_deg=6.0, shape=(1024, 1024)), rounds=1, iterations=1)
