@@ -158,10 +158,22 @@ def run_headless(core: Any, model: Any, *, frames: int = 300, stride_px: int = 6
 def _qt_app() -> Any:
     if not has_display():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
-    from qtpy import QtWidgets
+    from qtpy import QtCore, QtWidgets
 
     app = QtWidgets.QApplication.instance()
-    return app if app is not None else QtWidgets.QApplication(["livepsf"])
+    if app is None:
+        QtCore.qInstallMessageHandler(_qt_message)
+        app = QtWidgets.QApplication(["livepsf"])
+    return app
+
+
+def _qt_message(mode: Any, context: Any, message: str) -> None:
+    # The offscreen platform warns about window hints it cannot honour; nothing a user can act on.
+    if "propagateSizeHints" in message:
+        return
+    import logging
+
+    logging.getLogger("livepsf.qt").warning("%s", message)
 
 
 def save_snapshot(core: Any, model: Any, result: LiveResult, path: Path, *, calibration: Any = None,

@@ -35,6 +35,7 @@ _DRAW_INTERVAL_MS = 15
 _STATS_INTERVAL_MS = 500
 _STRIDES = (32, 64, 128)
 _TRACE_INTERVAL_S = 0.25
+_HISTOGRAM_INTERVAL_S = 0.5
 
 
 class _Bridge(QtCore.QObject):
@@ -83,6 +84,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._trace: deque[tuple[float, float, float]] = deque()
         self._trace_kind = ""
         self._trace_drawn_at = 0.0
+        self._histogram_at = 0.0
         self._lut_cache: dict[str, np.ndarray] = {}
         self._levels: tuple[float, float] | None = None
         self._colorbar_look: tuple | None = None
@@ -120,7 +122,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.overlay_item = pg.ImageItem(axisOrder="row-major")
         self.overlay_item.setZValue(10)
         self.view.addItem(self.overlay_item)
-        hatch = QtGui.QBrush(QtGui.QColor(230, 230, 230, 150), QtCore.Qt.BrushStyle.BDiagPattern)
+        hatch = QtGui.QBrush(QtGui.QColor(255, 255, 255, 210), QtCore.Qt.BrushStyle.BDiagPattern)
         self.invalid_item = QtWidgets.QGraphicsPathItem()
         self.invalid_item.setBrush(hatch)
         self.invalid_item.setPen(QtGui.QPen(QtCore.Qt.PenStyle.NoPen))
@@ -145,15 +147,25 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.scale_item = pg.TextItem("", color="#ffffff", fill=pg.mkBrush(0, 0, 0, 140), anchor=(1, 1))
         self.scale_item.setZValue(50)
         self.view.addItem(self.scale_item)
+        self.scalebar_item = QtWidgets.QGraphicsRectItem()
+        self.scalebar_item.setBrush(QtGui.QBrush(QtGui.QColor("white")))
+        self.scalebar_item.setPen(QtGui.QPen(QtCore.Qt.PenStyle.NoPen))
+        self.scalebar_item.setZValue(50)
+        self.view.addItem(self.scalebar_item)
+        self.scalebar_label = pg.TextItem("", color="#ffffff", anchor=(0.5, 1))
+        self.scalebar_label.setZValue(50)
+        self.view.addItem(self.scalebar_label)
 
         self.histogram = pg.HistogramLUTItem(self.frame_item, orientation="vertical")
         self.histogram.axis.setLabel("camera (ADU)")
-        # The histogram of a megapixel frame is not needed at camera rate: refreshed with the stats.
+        # Refreshed from draw_result a couple of times a second, not on every frame.
         self.frame_item.sigImageChanged.disconnect(self.histogram.imageChanged)
         self.graphics.addItem(self.histogram, row=0, col=1)
         self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get("viridis"), interactive=False,
                                         width=18, orientation="vertical")
         self.colorbar.axis.setStyle(tickFont=QtGui.QFont("", 10))
+        self.colorbar.axis.enableAutoSIPrefix(False)
+        self.histogram.axis.enableAutoSIPrefix(False)
         self.graphics.addItem(self.colorbar, row=0, col=2)
         self.graphics.ci.layout.setColumnStretchFactor(0, 10)
 
@@ -211,7 +223,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         form.addRow("Overlay", self.overlay_combo)
         self.opacity_slider = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
-        self.opacity_slider.setValue(45)
+        self.opacity_slider.setValue(40)
         self.opacity_slider.valueChanged.connect(self._redraw)
         form.addRow("Opacity", self.opacity_slider)
         self.glyph_check = QtWidgets.QCheckBox("PSF glyphs")
@@ -567,6 +579,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         if shape != self._frame_shape:
             self._frame_shape = shape
             self.view.setRange(QtCore.QRectF(0, 0, shape[1], shape[0]), padding=0)
+            self._place_scalebar(shape, pmap.optics.pixel_size_um)
         levels = None
         if self.autolevel_check.isChecked():
             sample = frame[::4, ::4]
@@ -583,6 +596,11 @@ class LiveWindow(QtWidgets.QMainWindow):
         if levels != self._levels:
             self._levels = levels
             self.histogram.setLevels(*levels)
+        now = time.monotonic()
+        if now - self._histogram_at > _HISTOGRAM_INTERVAL_S:
+            # The histogram of a megapixel frame is not needed at camera rate.
+            self._histogram_at = now
+            self.histogram.imageChanged(autoLevel=False)
 
         kind = self.overlay_kind()
         cal = self.calibration
@@ -643,6 +661,18 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._drawn = result
         self.draw_count += 1
 
+    def _place_scalebar(self, shape: tuple[int, int], pixel_size_um: float) -> None:
+        """A round-length scale bar (about a sixth of the field) at the bottom left."""
+        field_um = shape[1] * pixel_size_um
+        target = field_um / 6
+        length_um = max(v for v in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if v <= max(target, 1))
+        length_px = length_um / pixel_size_um
+        margin = shape[1] * 0.03
+        height = max(3.0, shape[0] * 0.008)
+        self.scalebar_item.setRect(QtCore.QRectF(margin, shape[0] - margin - height, length_px, height))
+        self.scalebar_label.setText(f"{length_um:g} µm")
+        self.scalebar_label.setPos(margin + length_px / 2, shape[0] - margin - height - 0.02 * shape[0])
+
     def _trace_field(self, result: LiveResult, field: ov.OverlayField) -> ov.OverlayField:
         # The trace follows depth when calibrated and depth is shown, else the defocus (or blur width).
         if field.kind == "depth" and field.grid is not None:
@@ -679,8 +709,6 @@ class LiveWindow(QtWidgets.QMainWindow):
             self.trace_plot.setXRange(-self.trace_seconds.value(), 0, padding=0)
 
     def _update_stats(self) -> None:
-        if self._drawn is not None:
-            self.histogram.imageChanged(autoLevel=False)
         stats = self.loop.stats()
         state = "live" if stats.running else "stopped"
         shape = f"{stats.frame_shape[1]}×{stats.frame_shape[0]}" if stats.frame_shape else ""
