@@ -431,10 +431,11 @@ def eval_set(
                 return torch.from_numpy(data["patches"].astype(np.float32)), torch.from_numpy(data["targets"])
         except (OSError, ValueError, KeyError):
             pass  # damaged cache file: regenerate it below
-    batch = 64
+    batch = min(64, n)
     synth = BatchSynthesizer(spec, optics, window_px, patch_px, batch, degradation,
                              np.random.SeedSequence(EVAL_ENTROPY, spawn_key=(SPLITS[split],)), split, sources,
-                             psf_pool=batch, psf_refresh=batch, texture_pool=32, texture_refresh=1.0)
+                             psf_pool=batch, psf_refresh=batch, texture_pool=min(32, math.ceil(n / 8)),
+                             texture_refresh=1.0)
     parts = [synth.next_batch() for _ in range(math.ceil(n / batch))]
     patches = torch.cat([q for q, _ in parts])[:n]
     targets = torch.cat([t for _, t in parts])[:n]
