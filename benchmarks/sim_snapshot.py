@@ -47,13 +47,14 @@ def snapshot(out: Path, sample: str = "printed-grid", tilt_deg: float = 6.0, til
         truth = ground_truth(core)
         panels.append((frame, truth, lens))
 
-    caption_h, strip_h, gap = 64, 40, 16
+    text_px = max(10, size_px // 50)  # captions scale with the frame
+    caption_h, strip_h, gap = 3 * text_px + 4, 2 * text_px, 16
     width = size_px * len(panels) + gap * (len(panels) - 1)
     canvas = QImage(width, size_px + caption_h + strip_h, QImage.Format.Format_RGB32)
     canvas.fill(QColor("white"))
     painter = QPainter(canvas)
     font = QFont()
-    font.setPixelSize(20)
+    font.setPixelSize(text_px)
     painter.setFont(font)
     for i, (frame, truth, lens) in enumerate(panels):
         x0 = i * (size_px + gap)
@@ -64,15 +65,16 @@ def snapshot(out: Path, sample: str = "printed-grid", tilt_deg: float = 6.0, til
         painter.drawImage(x0, caption_h, frame_to_qimage(frame))
         # Strip: the true local defocus along the tilt axis (sampled every 256 px), µm.
         defocus = truth.defocus_um[size_px // 2, :] if tilt_axis == "x" else truth.defocus_um[:, size_px // 2]
-        font.setPixelSize(18)
+        font.setPixelSize(max(9, text_px - 2))
         painter.setFont(font)
         for j in range(0, size_px + 1, size_px // 4):
             jj = min(j, size_px - 1)
             label = f"{defocus[jj]:+.1f} µm" if tilt_axis == "x" else f"row {jj}: {defocus[jj]:+.1f} µm"
             align = Qt.AlignmentFlag.AlignLeft if j == 0 else (Qt.AlignmentFlag.AlignRight if j == size_px else Qt.AlignmentFlag.AlignHCenter)
-            left = x0 + (j if j == 0 else j - 200 if j == size_px else j - 100)
-            painter.drawText(QRect(left, caption_h + size_px, 200, strip_h), int(align | Qt.AlignmentFlag.AlignVCenter), label)
-        font.setPixelSize(20)
+            box = 10 * text_px
+            left = x0 + (j if j == 0 else j - box if j == size_px else j - box // 2)
+            painter.drawText(QRect(left, caption_h + size_px, box, strip_h), int(align | Qt.AlignmentFlag.AlignVCenter), label)
+        font.setPixelSize(text_px)
         painter.setFont(font)
     painter.end()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ _FLUORESCENCE_BACKGROUND = 0.03
 # Typical cell radius (µm) and filament width (µm) at the sample.
 _CELL_RADIUS_UM = 10.0
 _FILAMENT_WIDTH_UM = 0.4
+_FILAMENT_AREA_UM2 = 50.0**2
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,10 @@ def sample_brightness(name: str, shape: tuple[int, int], pixel_size_um: float = 
     if name == "cells":
         content = textures.cells((h, w), rng, cell_radius_px=_CELL_RADIUS_UM / pixel_size_um)
     else:
-        content = textures.filaments((h, w), rng, width_px=max(1.0, _FILAMENT_WIDTH_UM / pixel_size_um))
+        # About one filament per (50 µm)² keeps the network readable at 10x (and the generator quick).
+        n_filaments = max(3, int(h * w * pixel_size_um**2 / _FILAMENT_AREA_UM2))
+        content = textures.filaments(
+            (h, w), rng, n_filaments=n_filaments, width_px=max(1.0, _FILAMENT_WIDTH_UM / pixel_size_um)
+        )
     bright = _FLUORESCENCE_BACKGROUND + (1.0 - _FLUORESCENCE_BACKGROUND) * content
     return bright.astype(np.float32)
