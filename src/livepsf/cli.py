@@ -411,7 +411,9 @@ def demo(
         console.print(f"depth calibration: {cal_path}")
     # pymmcore-plus looks for a Micro-Manager installation the simulator does not need; keep it quiet.
     logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
-    core = create_core(sample=sample, tilt_deg=tilt_deg, shape=(size, size), optics=net.optics)
+    # 20 ms exposure (~50 fps): the simulated camera spends CPU on every frame (noise), which a real
+    # camera does not; frames beyond the map rate would only be skipped.
+    core = create_core(sample=sample, tilt_deg=tilt_deg, shape=(size, size), optics=net.optics, exposure_ms=20.0)
     _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
               overlay=overlay, demo=True, label="demo")
 
@@ -428,10 +430,16 @@ def live(
     snapshot: Path = typer.Option(None, "--snapshot", help="Headless: PNG of the last frame with its overlay."),
 ) -> None:
     """Live PSF maps on a real microscope through Micro-Manager (pymmcore-plus)."""
-    from pymmcore_plus import CMMCorePlus
+    import logging
+
+    from pymmcore_plus import CMMCorePlus, find_micromanager
 
     if not mm_config.is_file():
         raise InputError(f"{mm_config}: no such Micro-Manager configuration file")
+    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)  # its discovery error, said better below
+    if not find_micromanager():
+        raise InputError(f"{mm_config}: no Micro-Manager installation (device adapters) found; install one "
+                         "with `mmcore install` or set MICROMANAGER_PATH")
     net = _live_model(model)
     cal, _ = _live_calibration(net, calibration)
     core = CMMCorePlus()

@@ -84,3 +84,12 @@ def test_demo_without_a_model_says_what_to_do(monkeypatch, capsys):
         main(["demo", "--headless", "--frames", "1"])
     assert exit_info.value.code == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_live_refuses_bad_configurations_with_one_line(tmp_path, tiny_model, capsys):
+    from livepsf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["live", "--mm-config", str(tmp_path / "missing.cfg"), "--model", str(tiny_model.path)])
+    assert exit_info.value.code == 2
+    assert "no such Micro-Manager configuration file" in capsys.readouterr().err

@@ -117,7 +117,8 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.graphics.setBackground("#202124")
         self.view = self.graphics.addViewBox(row=0, col=0, lockAspect=True, invertY=True, enableMenu=False)
         self.view.setDefaultPadding(0.0)
-        self.frame_item = pg.ImageItem(axisOrder="row-major")
+        # autoDownsample: a megapixel frame shown in ~700 screen pixels is reduced before colouring.
+        self.frame_item = pg.ImageItem(axisOrder="row-major", autoDownsample=True)
         self.view.addItem(self.frame_item)
         self.overlay_item = pg.ImageItem(axisOrder="row-major")
         self.overlay_item.setZValue(10)
