@@ -62,6 +62,42 @@ def test_window_runs_switches_overlays_and_snapshots(qtbot, sim_core, tiny_model
     window.shutdown()
 
 
+def test_calibration_dialog_snaps_fits_and_sets_the_depth_overlay(qtbot, sim_core, tiny_model):
+    from livepsf.gui.window import LiveWindow
+
+    window = LiveWindow(sim_core, tiny_model, demo=True)
+    qtbot.addWidget(window)
+    dialog = window.open_calibration_dialog()
+    for tilt in (3.0, 6.0, 10.0):
+        dialog.tilt_spin.setValue(tilt)  # demo: tilts the simulated sample too
+        assert float(sim_core.getProperty("Sample", "TiltDeg")) == tilt
+        sim_core.waitForSystem()
+        dialog.snap()
+    assert dialog.frame_list.count() == 3 and dialog.tilts == [3.0, 6.0, 10.0]
+    dialog.fit()
+    # The untrained network sees no texture anywhere: the dialog says so and offers nothing to save.
+    assert dialog.calibration is None and "fit failed" in dialog.result_label.text()
+    assert not dialog.save_button.isEnabled() and not dialog.use_button.isEnabled()
+
+    class FittedCalibration:  # what a successful fit hands over (see livepsf.depth.Calibration)
+        points: list = []
+
+        def check_model(self, model):
+            pass
+
+        def depth_um(self, pmap):
+            return np.zeros(pmap.grid_shape, np.float32)
+
+        def summary(self):
+            return "signed metric: 50 µm/unit, R² 0.99"
+
+    dialog.calibration = FittedCalibration()
+    dialog.use()
+    assert window.calibration is dialog.calibration and "R²" in window.calibration_label.text()
+    assert window.loop.calibration is dialog.calibration
+    window.shutdown()
+
+
 def test_headless_demo_prints_summary_and_writes_snapshot(tiny_model, tmp_path, monkeypatch):
     from livepsf.cli import app
 

@@ -474,11 +474,16 @@ class LiveWindow(QtWidgets.QMainWindow):
             QtWidgets.QMessageBox.warning(self, "Calibration not loaded", str(exc))
 
     def _on_calibrate(self) -> None:
+        self.open_calibration_dialog()
+
+    def open_calibration_dialog(self) -> Any:
+        """Show the tilted-grid calibration dialog; its "Use" button sets this window's calibration."""
         from livepsf.gui.calibration import CalibrationDialog
 
         dialog = CalibrationDialog(self, demo=self.demo)
         dialog.calibrated.connect(self.set_calibration)
         dialog.show()
+        return dialog
 
     def current_frame(self) -> np.ndarray:
         """The newest frame: from the live loop when running, else a fresh snap."""
