@@ -58,7 +58,7 @@ def test_blur_of_a_small_crop_mirror_pads_instead_of_wrapping():
 
 def test_blur_rejects_too_small_fft():
     with pytest.raises(ValueError, match="FFT size"):
-        blur_fft(torch.zeros(1, 64, 64), torch.zeros(1, 64, 33, dtype=torch.complex64), 33, 40)
+        blur_fft(torch.zeros(1, 64, 64), torch.zeros(1, 33, 64, dtype=torch.complex64), 33, 40)
 
 
 # -- camera noise (paper eq. 10) -------------------------------------------------------------------

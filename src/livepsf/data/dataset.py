@@ -203,7 +203,7 @@ class BatchSynthesizer:
         self._dihedral_index = _dihedral_index(self.patch_px)
         self._psf_debt = 0.0
         self.pool_values = torch.empty(0, spec.n_params, dtype=torch.float64)
-        self.pool_spectra = torch.empty(0, self.fft_px, self.fft_px // 2 + 1, dtype=torch.complex64)
+        self.pool_spectra = torch.empty(0, self.fft_px // 2 + 1, self.fft_px, dtype=torch.complex64)
         self._refresh_psfs(self.psf_pool)
 
     # -- pools ---------------------------------------------------------------------------------------
@@ -248,15 +248,18 @@ class BatchSynthesizer:
         cond = PatchConditions.draw(b, cfg, self.gen)
 
         crops = np.empty((b, f, f), dtype=np.float32)
+        which = self.rng.integers(len(self.textures), size=b)
         for i in range(b):
             if cond.blank[i]:
                 crops[i] = blank(f, self.rng)
                 continue
-            tex = self.textures[int(self.rng.integers(len(self.textures)))]
+            tex = self.textures[int(which[i])]
             oy, ox = (int(v) for v in self.rng.integers(0, tex.shape[0] - f + 1, 2))
-            crops[i] = tex[oy : oy + f, ox : ox + f]
+            if cond.invert[i]:
+                np.subtract(1.0, tex[oy : oy + f, ox : ox + f], out=crops[i])
+            else:
+                crops[i] = tex[oy : oy + f, ox : ox + f]
         t = torch.from_numpy(crops)
-        t = torch.where(cond.invert[:, None, None], 1.0 - t, t)
         photons = torch.where(cond.black, 0.0, cond.photons)
 
         lo = (f - w) // 2
@@ -276,7 +279,7 @@ class BatchSynthesizer:
         scale = photons.float()[:, None, None]
         if bool((cond.gradient > 0).any()):
             scale = scale * illumination_ramp(p, cond.gradient, cond.gradient_angle)
-        electrons = scale * (cond.background.float()[:, None, None] + blurred)
+        electrons = blurred.add_(cond.background.float()[:, None, None]).mul_(scale)
         raw = camera_noise(electrons, cond.read_noise_e, cond.gain_adu, cond.offset_adu, self.gen,
                            noise=cfg.noise, quantise=cfg.quantise)
         targets = torch.cat([invalid[:, None], self.spec.normalise(values).float()], dim=1)

@@ -21,8 +21,8 @@ the sharp texture inside the central window, independently of the blur (a strong
 patch is still a valid sample of a large PSF). With ``tw`` the window of the sharp texture, a patch is
 invalid when any of these holds:
 
-* **SNR**: ``photons * modulation < min_snr * sqrt(photons * (median(tw) + background) + read_noise_e^2)``
-  with ``modulation = max(max(tw) - median(tw), median(tw) - min(tw))``: not even the strongest
+* **SNR**: ``photons * modulation < min_snr * sqrt(photons * (mean(tw) + background) + read_noise_e^2)``
+  with ``modulation = max(max(tw) - mean(tw), mean(tw) - min(tw))``: not even the strongest
   feature (a single bead counts) stands out of one pixel's noise (covers black and very dim patches);
 * **contrast**: ``std(tw) < min_contrast * (mean(tw) + background)`` — a flat field, whatever the light;
 * **white ratio**: more than ``max_white_ratio`` of the window's pixels are within 2 % of the window's
@@ -188,8 +188,20 @@ class PatchConditions:
 # -- blur ------------------------------------------------------------------------------------------
 
 
+def _spectrum(x: torch.Tensor) -> torch.Tensor:
+    """2D real FFT of ``(B, F, F)`` laid out transposed, ``(B, F // 2 + 1, F)`` (x frequency first).
+
+    One 1D transform per axis with the second one on contiguous memory: ~1.5-2x faster on CPU than
+    ``torch.fft.rfft2``, whose transform along the strided axis is slow.
+    """
+    return torch.fft.fft(torch.fft.rfft(x, dim=-1).transpose(-2, -1).contiguous(), dim=-1)
+
+
 def psf_spectrum(psfs: torch.Tensor, fft_px: int) -> torch.Tensor:
-    """``rfft2`` of odd-sized PSFs ``(B, S, S)`` embedded in an ``fft_px`` square with their centre at (0, 0)."""
+    """Spectra of odd-sized PSFs ``(B, S, S)`` embedded in an ``fft_px`` square with their centre at (0, 0).
+
+    Layout ``(B, fft_px // 2 + 1, fft_px)``: the transpose of ``torch.fft.rfft2``'s, as :func:`blur_fft` wants.
+    """
     b, s, s2 = psfs.shape
     if s != s2 or s % 2 == 0 or s > fft_px:
         raise ValueError(f"PSFs must be odd squares no larger than {fft_px}, got {tuple(psfs.shape)}")
@@ -197,7 +209,7 @@ def psf_spectrum(psfs: torch.Tensor, fft_px: int) -> torch.Tensor:
     kernel = torch.zeros(b, fft_px, fft_px, dtype=torch.float32, device=psfs.device)
     kernel[:, :s, :s] = psfs.to(torch.float32)
     kernel = torch.roll(kernel, shifts=(-r, -r), dims=(-2, -1))
-    return torch.fft.rfft2(kernel)
+    return _spectrum(kernel)
 
 
 def blur_fft(
@@ -212,7 +224,7 @@ def blur_fft(
         ``C >= out_px + psf_size_px - 1``; smaller crops are first mirror-padded (reflect) up to the
         spectra's size.
     spectra
-        ``(B, F, F // 2 + 1)`` from :func:`psf_spectrum` with ``F >= out_px + psf_size_px - 1``.
+        ``(B, F // 2 + 1, F)`` from :func:`psf_spectrum` with ``F >= out_px + psf_size_px - 1``.
     psf_size_px
         Side ``S`` of the PSFs the spectra were made from.
     out_px
@@ -223,7 +235,7 @@ def blur_fft(
     torch.Tensor
         ``(B, out_px, out_px)`` float32: the patch centred in the crop.
     """
-    fft_px = spectra.shape[-2]
+    fft_px = spectra.shape[-1]
     r = psf_size_px // 2
     if fft_px < out_px + 2 * r:
         raise ValueError(f"FFT size {fft_px} cannot hold a {out_px}px patch with a {psf_size_px}px PSF")
@@ -238,12 +250,15 @@ def blur_fft(
         lo = (c - fft_px) // 2
         x = x[:, lo : lo + fft_px, lo : lo + fft_px]
         c = fft_px
-    blurred = torch.fft.irfft2(torch.fft.rfft2(x) * spectra, s=(fft_px, fft_px))
     # Output pixel i sees inputs i - r .. i + r; the patch is centred in the crop.
     start = (fft_px - out_px) // 2
     if start < r:
         raise ValueError("patch does not fit inside the valid region of the convolution")
-    return blurred[:, start : start + out_px, start : start + out_px]
+    # Inverse transform one axis at a time (contiguous each time), keeping only the patch's rows
+    # before the second axis: cheaper than a full irfft2 followed by a crop.
+    spec = _spectrum(x).mul_(spectra)
+    rows = torch.fft.ifft(spec, dim=-1)[..., start : start + out_px].transpose(-2, -1).contiguous()
+    return torch.fft.irfft(rows, n=fft_px, dim=-1)[..., start : start + out_px]
 
 
 # -- illumination and camera -----------------------------------------------------------------------
@@ -288,17 +303,20 @@ def camera_noise(
     lam = electrons.to(torch.float32).clamp_min(0)
     read, gain, offset = (_per_image(v, lam.ndim) for v in (read_noise_e, gain_adu, offset_adu))
     if noise:
+        # Where the Poisson part is drawn as a normal, shot and read noise are one normal of variance
+        # lam + read^2: a single draw per pixel. Elsewhere, exact Poisson plus read * the same draw.
         z = torch.randn(lam.shape, generator=generator, dtype=torch.float32)
-        counts = lam + lam.sqrt() * z
+        var = lam + read**2
+        counts = var.sqrt_().mul_(z).add_(lam)
         small = lam < _POISSON_EXACT_BELOW
         if bool(small.any()):
-            counts[small] = torch.poisson(lam[small], generator=generator)
-        counts = counts + read * torch.randn(lam.shape, generator=generator, dtype=torch.float32)
+            read_small = (read * torch.ones_like(lam))[small] if read.ndim else read
+            counts[small] = torch.poisson(lam[small], generator=generator) + read_small * z[small]
     else:
-        counts = lam
-    raw = offset + gain * counts
+        counts = lam.clone()
+    raw = counts.mul_(gain).add_(offset)
     if quantise:
-        raw = raw.round().clamp_(0.0, _ADC_MAX)
+        raw = raw.round_().clamp_(0.0, _ADC_MAX)
     return raw
 
 
@@ -323,16 +341,15 @@ def invalid_rule(
     See the module docstring for the three criteria (SNR, contrast, white ratio).
     """
     t = windows.to(torch.float32).flatten(1)
-    mean = t.mean(dim=1, dtype=torch.float64)
-    std = t.std(dim=1, unbiased=False).to(torch.float64)
-    top, bottom = t.max(dim=1).values, t.min(dim=1).values
-    median = t.median(dim=1).values
-    modulation = torch.maximum(top - median, median - bottom).to(torch.float64)
+    var, mean = torch.var_mean(t, dim=1, unbiased=False)
+    mean, std = mean.to(torch.float64), var.to(torch.float64).sqrt()
+    top, bottom = t.max(dim=1).values.to(torch.float64), t.min(dim=1).values.to(torch.float64)
+    modulation = torch.maximum(top - mean, mean - bottom)
     photons, background, read = (v.to(torch.float64) for v in (photons, background, read_noise_e))
-    noise = torch.sqrt(photons * (median.to(torch.float64) + background) + read**2)
+    noise = torch.sqrt(photons * (mean + background) + read**2)
     low_snr = photons * modulation < config.min_snr * noise
     low_contrast = std < config.min_contrast * (mean + background)
-    white = (t >= top[:, None] - 0.02).sum(dim=1) > config.max_white_ratio * t.shape[1]
+    white = (t >= top.float()[:, None] - 0.02).sum(dim=1) > config.max_white_ratio * t.shape[1]
     return (low_snr | low_contrast | white).to(torch.float32)
 
 
