@@ -148,3 +148,16 @@ def test_camera_sensor_rejects_nonsense() -> None:
         CameraSensor(gain_adu_per_e=0.0)
     with pytest.raises(ValueError, match="exposure"):
         CameraSensor().exposure(np.zeros((4, 4), np.float32), -1.0)
+
+
+def test_cached_level_images_give_the_same_render_and_survive_stage_moves() -> None:
+    sample = sample_brightness("filaments", (96 + 128, 160 + 128), OPTICS.pixel_size_um, seed=2)
+    height = SurfaceGeometry(8.0, "x").height_um((96, 160), OPTICS.pixel_size_um)
+    cached = DefocusRenderer(OPTICS, level_cache_mb=64)
+    for z_um in (0.0, 6.0, -3.0):
+        band = DefocusRenderer(OPTICS).render(sample, z_um - height, astig_0_waves=0.3)
+        mixed = cached.render(sample, z_um - height, astig_0_waves=0.3, cache_key="filaments-2")
+        np.testing.assert_allclose(mixed, band, atol=2e-5)
+    # A tiny budget still renders correctly (levels are evicted and recomputed).
+    small = DefocusRenderer(OPTICS, level_cache_mb=0.01)
+    np.testing.assert_allclose(small.render(sample, -height, cache_key="k"), DefocusRenderer(OPTICS).render(sample, -height), atol=2e-5)

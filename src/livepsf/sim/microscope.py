@@ -264,12 +264,14 @@ class SimScene:
         if key not in self._textures:
             shape = (self.shape[0] + 2 * _SAMPLE_MARGIN_PX, self.shape[1] + 2 * _SAMPLE_MARGIN_PX)
             self._textures = {key: sample_brightness(state.sample, shape, self.optics.pixel_size_um, state.seed)}
+            self.renderer.clear_level_cache()  # level images of the previous sample are of no further use
         if self._height is None or self._height[0] != state.geometry:
             height = state.geometry.height_um(self.shape, self.optics.pixel_size_um).astype(np.float32)
             self._height = (state.geometry, height)
         height = self._height[1]
         brightness = self.renderer.render(
-            self._textures[key], np.float32(state.z_um) - height, astig_0_waves=state.astig_0_waves
+            self._textures[key], np.float32(state.z_um) - height, astig_0_waves=state.astig_0_waves,
+            cache_key=(state.sample, state.seed),
         )
         return _Render(state, brightness, height, time.perf_counter() - t0)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,16 +65,26 @@ class DefocusRenderer:
         difference to a per-pixel-exact render at the percent level; smaller is finer and slower.
     max_cached_psfs
         How many level PSFs to keep (they are reused across stage positions).
+    level_cache_mb
+        Memory for whole-frame level images when :meth:`render` is given a ``cache_key`` (see there).
     """
 
-    def __init__(self, optics: Optics | None = None, level_step_waves: float = 0.1, max_cached_psfs: int = 256) -> None:
+    def __init__(
+        self,
+        optics: Optics | None = None,
+        level_step_waves: float = 0.1,
+        max_cached_psfs: int = 256,
+        level_cache_mb: float = 256.0,
+    ) -> None:
         if not (math.isfinite(level_step_waves) and level_step_waves > 0):
             raise ValueError(f"level_step_waves must be positive, got {level_step_waves!r}")
         self.optics = optics or Optics()
         self.level_step_waves = float(level_step_waves)
         self._psfs: OrderedDict[tuple[int, float, float], torch.Tensor] = OrderedDict()
         self._spectra: OrderedDict[tuple[int, float, float, tuple[int, int]], torch.Tensor] = OrderedDict()
+        self._levels: OrderedDict[tuple[Hashable, int, float, float], torch.Tensor] = OrderedDict()
         self._max_cached = int(max_cached_psfs)
+        self._level_cache_bytes = int(level_cache_mb * 2**20)
         self._lock = threading.Lock()
 
     # -- PSFs of the levels ----------------------------------------------------------------------
@@ -108,8 +119,15 @@ class DefocusRenderer:
         *,
         astig_0_waves: float = 0.0,
         astig_45_waves: float = 0.0,
+        cache_key: Hashable | None = None,
     ) -> np.ndarray:
         """Blur ``sample`` with the local PSF given by ``defocus_um`` at every output pixel.
+
+        Without ``cache_key`` each level is convolved only over the band of pixels that needs it (the
+        cheapest one-off render). With a ``cache_key`` naming the sample (the caller promises the same
+        key means the same sample), every level is blurred over the whole frame once and kept: a
+        level image does not depend on the stage Z or the surface, so re-rendering after a stage move
+        or a tilt change only re-mixes cached levels and blurs the few new ones that come into range.
 
         Parameters
         ----------
@@ -172,13 +190,43 @@ class DefocusRenderer:
             # Hat weight of level k: 1 - frac where k is the lower level, frac where it is the upper one.
             low, fr = lower[y0:y1, x0:x1], frac[y0:y1, x0:x1]
             weight = torch.where(low == k, 1.0 - fr, torch.where(low == k - 1, fr, 0.0))
-            psf = self.level_psf(k, astig_0_waves, astig_45_waves)
-            r = psf.shape[-1] // 2
-            crop = canvas[offset + y0 - r : offset + y1 + r, offset + x0 - r : offset + x1 + r]
-            fft_shape = (fast_fft_size(crop.shape[0]), fast_fft_size(crop.shape[1]))
-            spectrum = self._psf_spectrum(k, astig_0_waves, astig_45_waves, fft_shape)
-            out[y0:y1, x0:x1] += weight * _fft_convolve_valid(crop, spectrum, r, fft_shape)
+            if cache_key is None:
+                blurred = self._blur(canvas, offset, (y0, y1, x0, x1), k, astig_0_waves, astig_45_waves)
+            else:
+                blurred = self._level_image(cache_key, canvas, offset, (h, w), k, astig_0_waves, astig_45_waves)[y0:y1, x0:x1]
+            out[y0:y1, x0:x1] += weight * blurred
         return out.numpy()
+
+    def _blur(self, canvas: torch.Tensor, offset: int, box: tuple[int, int, int, int], level: int,
+              astig_0_waves: float, astig_45_waves: float) -> torch.Tensor:
+        """Output pixels ``box`` = (y0, y1, x0, x1) of the canvas blurred with the PSF of ``level``."""
+        y0, y1, x0, x1 = box
+        r = self.level_psf(level, astig_0_waves, astig_45_waves).shape[-1] // 2
+        crop = canvas[offset + y0 - r : offset + y1 + r, offset + x0 - r : offset + x1 + r]
+        fft_shape = (fast_fft_size(crop.shape[0]), fast_fft_size(crop.shape[1]))
+        spectrum = self._psf_spectrum(level, astig_0_waves, astig_45_waves, fft_shape)
+        return _fft_convolve_valid(crop, spectrum, r, fft_shape)
+
+    def _level_image(self, cache_key: Hashable, canvas: torch.Tensor, offset: int, shape: tuple[int, int],
+                     level: int, astig_0_waves: float, astig_45_waves: float) -> torch.Tensor:
+        key = (cache_key, level, float(astig_0_waves), float(astig_45_waves))
+        with self._lock:
+            if key in self._levels and self._levels[key].shape == shape:
+                self._levels.move_to_end(key)
+                return self._levels[key]
+        image = self._blur(canvas, offset, (0, shape[0], 0, shape[1]), level, astig_0_waves, astig_45_waves).contiguous()
+        with self._lock:
+            self._levels[key] = image
+            used = sum(v.numel() * v.element_size() for v in self._levels.values())
+            while used > self._level_cache_bytes and len(self._levels) > 1:
+                _, dropped = self._levels.popitem(last=False)
+                used -= dropped.numel() * dropped.element_size()
+        return image
+
+    def clear_level_cache(self) -> None:
+        """Forget the cached whole-frame level images (e.g. after the sample changed under the same key)."""
+        with self._lock:
+            self._levels.clear()
 
     def _psf_spectrum(self, level: int, astig_0_waves: float, astig_45_waves: float, fft_shape: tuple[int, int]) -> torch.Tensor:
         # Band sizes repeat between nearby stage positions, so the transformed PSFs are worth keeping.
