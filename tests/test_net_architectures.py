@@ -15,7 +15,8 @@ def _unfolded_forward(net: torch.nn.Module, frame: torch.Tensor, stride: int) ->
     return net(windows.reshape(gy * gx, 1, w, w)).reshape(gy, gx, -1).permute(2, 0, 1)
 
 
-@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-tiny", "resnet34-tiny"])
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-tiny", "shared-trunk-m2",
+                                  "shared-trunk-deep", "resnet34-tiny"])
 def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.manual_seed(0)
     net = build_network(arch, n_params=3).eval()
@@ -27,7 +28,7 @@ def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.testing.assert_close(mapped, reference, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "resnet34-tiny"])
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-deep", "resnet34-tiny"])
 def test_offset_and_gain_invariance(arch: str) -> None:
     torch.manual_seed(1)
     net = build_network(arch, n_params=2).double().eval()

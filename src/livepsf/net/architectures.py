@@ -86,34 +86,58 @@ class SharedTrunkNet(nn.Module):
         ``"separable"`` (depthwise + pointwise) or ``"dense"`` 3x3 convolutions.
     log_features
         Feed the head ``log`` of the normalised energies (default) rather than the energies.
+    second_moment
+        Also pool ``sqrt(mean(h²))`` of every channel: with the mean it measures how sparse a response
+        is (edges and points are sparse, noise is not), still linear in gain.
+    downsample
+        Indices of blocks followed by a 2x2 stride-2 convolution (larger receptive field for large
+        blurs at little cost). ``map_frame`` then needs strides that are multiples of the total stride.
     """
 
     window_px: int
     patch_px: int
     n_outputs: int
     log_features: bool
+    second_moment: bool
     cells: List[int]
+    scales: List[int]
 
     def __init__(self, n_params: int, window_px: int = 128, width: int = 48, depth: int = 3,
                  patch_px: int = 8, hidden: int = 96, block: str = "separable",
-                 log_features: bool = True) -> None:
+                 log_features: bool = True, second_moment: bool = False,
+                 downsample: List[int] = []) -> None:  # noqa: B006 - read-only default
         super().__init__()
         if window_px % patch_px:
             raise ValueError(f"window_px ({window_px}) must be a multiple of patch_px ({patch_px})")
-        if window_px // patch_px - 2 * depth < 1:
-            raise ValueError("window too small for the trunk's depth")
         if block not in ("separable", "dense"):
             raise ValueError(f"block must be 'separable' or 'dense', got {block!r}")
         self.window_px = window_px
         self.patch_px = patch_px
         self.n_outputs = 1 + n_params
         self.log_features = log_features
-        # Trunk cells of stage k that lie wholly inside a window (valid 3x3 convs shrink by 2 each).
-        self.cells = [window_px // patch_px - 2 * k for k in range(depth + 1)]
+        self.second_moment = second_moment
+        # Trunk cells of stage k that lie wholly inside a window (valid 3x3 convs shrink by 2 each,
+        # a 2x2 stride-2 conv halves), and the stage's stride in units of the stem's cells.
+        cells, scale = window_px // patch_px, 1
+        self.cells, self.scales = [cells], [scale]
         self.stem = _ZeroSumConv(1, width, kernel_size=patch_px, stride=patch_px, bias=False)
         make = _SeparableBlock if block == "separable" else _DenseBlock
-        self.blocks = nn.ModuleList([make(width, width) for _ in range(depth)])
-        n_features = width * (depth + 1)
+        blocks: List[nn.Module] = []
+        for k in range(depth):
+            cells -= 2
+            if k in downsample:
+                if cells % 2:
+                    raise ValueError("a downsampling stage needs an even number of cells")
+                blocks.append(nn.Sequential(make(width, width), nn.Conv2d(width, width, 2, 2, bias=False), nn.ReLU()))
+                cells, scale = cells // 2, scale * 2
+            else:
+                blocks.append(make(width, width))
+            if cells < 1:
+                raise ValueError("window too small for the trunk's depth")
+            self.cells.append(cells)
+            self.scales.append(scale)
+        self.blocks = nn.ModuleList(blocks)
+        n_features = width * (depth + 1) * (2 if second_moment else 1)
         self.head = nn.Sequential(
             nn.Linear(n_features, hidden), nn.ReLU(),
             nn.Linear(hidden, hidden), nn.ReLU(),
@@ -141,17 +165,22 @@ class SharedTrunkNet(nn.Module):
         pooled: List[torch.Tensor] = []
         for k, h in enumerate(self.stages(x)):
             c = self.cells[k]
-            pooled.append(h[:, :, :c, :c].mean(dim=(-2, -1)))
+            inside = h[:, :, :c, :c]
+            pooled.append(inside.mean(dim=(-2, -1)))
+            if self.second_moment:
+                pooled.append(torch.sqrt((inside * inside).mean(dim=(-2, -1)) + 1e-30))
         return self._head(torch.cat(pooled, dim=1))
 
     @torch.jit.export
     def map_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
-        if stride % self.patch_px != 0:
-            raise ValueError("stride must be a multiple of the network's patch size")
-        step = stride // self.patch_px
+        if stride % (self.patch_px * self.scales[-1]) != 0:
+            raise ValueError("stride must be a multiple of the network's patch size (times its downsampling)")
         pooled: List[torch.Tensor] = []
         for k, h in enumerate(self.stages(frame)):
+            step = stride // (self.patch_px * self.scales[k])
             pooled.append(F.avg_pool2d(h, kernel_size=self.cells[k], stride=step))  # (1, C, gy, gx)
+            if self.second_moment:
+                pooled.append(torch.sqrt(F.avg_pool2d(h * h, kernel_size=self.cells[k], stride=step) + 1e-30))
         feats = torch.cat(pooled, dim=1)[0].permute(1, 2, 0)
         return self._head(feats).permute(2, 0, 1)
 
@@ -226,9 +255,14 @@ ARCHITECTURES = {
     "shared-trunk-tiny": (SharedTrunkNet, {"width": 8, "depth": 1, "hidden": 16}),
     # The fast default: dense 3x3 convs at width 32 run ~3x faster on CPU than separable ones at 48.
     "shared-trunk": (SharedTrunkNet, {"width": 32, "depth": 3, "hidden": 96, "block": "dense"}),
+    "shared-trunk-m2": (SharedTrunkNet, {"width": 32, "depth": 3, "hidden": 96, "block": "dense",
+                                         "second_moment": True}),
+    "shared-trunk-deep": (SharedTrunkNet, {"width": 32, "depth": 4, "hidden": 128, "block": "dense",
+                                           "second_moment": True, "downsample": [1]}),
     "shared-trunk-separable": (SharedTrunkNet, {"width": 48, "depth": 3, "hidden": 96, "block": "separable"}),
     "resnet34": (ResNet34, {}),
     "resnet34-tiny": (ResNet34, {"width": 4, "layers": [1, 1, 1, 1]}),
+    "resnet18-narrow": (ResNet34, {"width": 16, "layers": [2, 2, 2, 2]}),
 }
 
 

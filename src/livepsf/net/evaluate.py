@@ -176,6 +176,8 @@ def robustness_plot(result: RobustnessResult, path: str | Path, title: str = "")
     plot.setLabel("left", "mean R² (valid patches)")
     plot.setYRange(min(0.0, *(min(v) for v in result.mean_r2.values() if v)), 1.02)
     plot.showGrid(x=True, y=True, alpha=0.3)
+    for side in ("bottom", "left"):
+        plot.getAxis(side).enableAutoSIPrefix(False)  # strengths are plain numbers, not milli-units
     legend = plot.addLegend(offset=(-10, -10))
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
     symbols = ["o", "s", "t", "d", "+"]
@@ -220,6 +222,7 @@ def evaluate_model(
     n_robustness: int = 500,
     strengths: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
     device: torch.device | str = "cpu",
+    test_set: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ModelReport:
     """Score a network on the fixed-seed test set and run the robustness sweep.
 
@@ -232,6 +235,8 @@ def evaluate_model(
         The PSF model the network regresses (parameters normalised by its default ranges).
     n_test, n_robustness
         Sizes of the test set (default degradations) and of the clean set for the sweep (0: no sweep).
+    test_set
+        ``(patches, targets)`` to score instead of the fixed-seed test set.
     """
     from livepsf.data.dataset import eval_set
     from livepsf.data.degrade import DegradationConfig
@@ -239,11 +244,15 @@ def evaluate_model(
 
     spec = get_psf_model(psf_model)
     optics = optics or Optics()
-    x, t = eval_set(spec, "test", n=n_test, window_px=window_px, optics=optics)
+    if test_set is None:
+        x, t = eval_set(spec, "test", n=n_test, window_px=window_px, optics=optics)
+        what = (f"livepsf.data.dataset.eval_set({spec.name!r}, 'test', n={n_test}): fixed seed, default "
+                "degradations, random streams and shipped-image regions never used in training")
+    else:
+        (x, t), what = test_set, f"{len(test_set[0])} patches given by the caller"
     test = evaluate_outputs(predict_raw(module, x, device=device), t, spec.names)
     robustness = None
-    description = {"test_set": f"livepsf.data.dataset.eval_set({spec.name!r}, 'test', n={n_test}): fixed seed, "
-                                "default degradations, textures and shipped-image regions never used in training"}
+    description = {"test_set": what}
     if n_robustness:
         xc, tc = eval_set(spec, "test", n=n_robustness, window_px=window_px, optics=optics,
                           degradation=DegradationConfig.clean())

@@ -79,6 +79,7 @@ class TrainConfig:
     workers: int = 1
     optics: dict[str, float] = field(default_factory=lambda: Optics().to_dict())
     data: dict[str, Any] = field(default_factory=dict)
+    synth: dict[str, Any] = field(default_factory=dict)
 
     def budget(self) -> str:
         parts = []
@@ -162,7 +163,7 @@ def _train_stream(config: TrainConfig, spec: PSFModelSpec, optics: Optics, start
     With ``workers`` > 0 the batches are made in background processes while the network trains.
     """
     dataset = PatchDataset(spec, optics, window_px=config.window_px, seed=config.seed, split="train",
-                           batch_size=config.batch_size, degradation=_degradation(config))
+                           batch_size=config.batch_size, degradation=_degradation(config), **config.synth)
     dataset.set_epoch(start_step)
     if config.workers <= 0:
         return iter(dataset)
@@ -188,6 +189,7 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    val_set: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a network as ``config`` says; checkpoints go to ``out_dir/<name>.ckpt``.
 
@@ -204,6 +206,8 @@ def train(
         Show a rich progress bar with the loss and the validation R².
     on_step
         Called with ``(step, loss)`` after each optimisation step (tests, logging).
+    val_set
+        ``(patches, targets)`` for validation; default: ``eval_set(psf_model, "val", n=config.val_n)``.
     """
     config.validate()
     if config.threads:
@@ -231,8 +235,10 @@ def train(
         step, seconds, history = int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"])
 
     stream = _train_stream(config, spec, optics, start_step=step)
-    val_x, val_t = eval_set(spec, "val", n=config.val_n, window_px=config.window_px, optics=optics,
-                            degradation=_degradation(config))
+    if val_set is None:
+        val_set = eval_set(spec, "val", n=config.val_n, window_px=config.window_px, optics=optics,
+                           degradation=_degradation(config))
+    val_x, val_t = val_set
 
     def validate() -> EvalResult:
         module.eval()
@@ -372,16 +378,20 @@ def export_trained(result: TrainResult, path: str | Path, evaluation: dict[str, 
 
 def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Path | None = None,
                  resume: str | Path | None = None, command: str = "", progress: bool = True,
-                 n_test: int = 2000, n_robustness: int = 500, notes: str = "") -> tuple[TrainResult, Path | None]:
+                 n_test: int = 2000, n_robustness: int = 500, notes: str = "",
+                 val_set: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 test_set: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[TrainResult, Path]:
     """Train, evaluate on the test set (+ robustness sweep) and export with a full card.
 
-    ``export_path`` defaults to ``out_dir/<name>.pt``. Returns the training result and the exported path.
+    ``export_path`` defaults to ``out_dir/<name>.pt``; ``val_set``/``test_set`` replace the fixed-seed
+    sets of :func:`livepsf.data.dataset.eval_set`. Returns the training result and the exported path.
     """
     from livepsf.net.evaluate import evaluate_model
 
-    result = train(config, out_dir, resume=resume, progress=progress)
+    result = train(config, out_dir, resume=resume, progress=progress, val_set=val_set)
     report = evaluate_model(result.module, config.psf_model, Optics(**config.optics), config.window_px,
-                            n_test=n_test, n_robustness=n_robustness, device=pick_device(config.device))
+                            n_test=n_test, n_robustness=n_robustness, device=pick_device(config.device),
+                            test_set=test_set)
     result.module.cpu()
     path = Path(export_path) if export_path else Path(out_dir) / f"{config.name}.pt"
     data = (f"livepsf.data.dataset.PatchDataset({config.psf_model!r}, split='train', seed={config.seed}, "
@@ -392,3 +402,25 @@ def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Pa
             "generated on the fly")
     export_trained(result, path, report.to_dict(), command, data, notes)
     return result, path
+
+
+def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: str = "",
+                      n_test: int = 2000, n_robustness: int = 500, notes: str = "",
+                      test_set: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+    """Evaluate and export the network of a (possibly unfinished) training checkpoint with its card."""
+    from livepsf.net.evaluate import evaluate_model
+
+    ckpt = load_checkpoint(checkpoint)
+    known = set(TrainConfig.__dataclass_fields__)
+    config = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    spec = get_psf_model(config.psf_model)
+    module = build_network(config.architecture, spec.n_params, config.window_px)
+    module.load_state_dict(ckpt["model"])
+    module.eval()
+    result = TrainResult(module, config, int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"]),
+                         None, Path(checkpoint))
+    report = evaluate_model(module, config.psf_model, Optics(**config.optics), config.window_px,
+                            n_test=n_test, n_robustness=n_robustness, test_set=test_set)
+    data = (f"livepsf.data.dataset.PatchDataset({config.psf_model!r}, split='train', seed={config.seed}, "
+            f"batch_size={config.batch_size}) with the default DegradationConfig; generated on the fly")
+    return export_trained(result, export_path, report.to_dict(), command, data, notes)

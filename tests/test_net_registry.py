@@ -1,0 +1,104 @@
+"""Export and loading: round trip, card checks, predict on any real dtype, shipped models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from livepsf.errors import InputError
+from livepsf.net import ModelCard, available_models, export_model, load_model
+from livepsf.net.architectures import build_network
+from livepsf.optics import Optics, get_psf_model
+
+
+def _export(tmp_path, psf_model: str = "Z-3", name: str = "m"):
+    spec = get_psf_model(psf_model)
+    torch.manual_seed(7)
+    net = build_network("shared-trunk", spec.n_params).eval()
+    card = ModelCard.for_spec(name, spec, Optics(), architecture="shared-trunk", input_normalisation="none")
+    return net, export_model(net, card, tmp_path / f"{name}.pt")
+
+
+def test_export_load_round_trip_gives_identical_outputs(tmp_path) -> None:
+    net, path = _export(tmp_path)
+    loaded = load_model(path)
+    x = torch.rand(5, 1, 128, 128) * 3000
+    frame = torch.rand(1, 1, 256, 320) * 3000
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), net(x))
+        assert torch.equal(loaded.module.map_frame(frame, 64), net.map_frame(frame, 64))
+    assert loaded.card.weights_sha256 and loaded.spec.names == ("focus", "astig_0", "astig_45")
+    out = loaded.predict(x[:, 0].numpy())
+    assert set(out) == {"focus", "astig_0", "astig_45", "cylinder", "axis", "invalid"}
+    assert np.all((out["focus"] >= 0) & (out["focus"] <= 2)) and np.all((out["axis"] >= 0) & (out["axis"] < np.pi))
+
+
+def test_card_mismatch_is_refused(tmp_path) -> None:
+    _, path = _export(tmp_path)
+    card_path = path.with_suffix(".json")
+    original = json.loads(card_path.read_text())
+
+    edited = dict(original, weights_sha256="0" * 64)
+    card_path.write_text(json.dumps(edited))
+    with pytest.raises(InputError, match="does not match its card"):
+        load_model(path)
+
+    # A card for another PSF model (4 outputs expected, the network gives 2) is refused too.
+    spec = get_psf_model("Z-1")
+    other = dict(original, psf_model="Z-1", params=[{"name": "focus", "unit": spec.params[0].unit,
+                                                     "min": 0.0, "max": 2.0}])
+    card_path.write_text(json.dumps(other))
+    with pytest.raises(InputError, match="outputs of shape"):
+        load_model(path)
+
+    card_path.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_model(path)
+    card_path.unlink()
+    with pytest.raises(InputError, match="model card not found"):
+        load_model(path)
+
+
+def test_predict_handles_any_real_dtype(tmp_path) -> None:
+    _, path = _export(tmp_path, "Z-1")
+    model = load_model(path)
+    rng = np.random.default_rng(0)
+    as_u8 = rng.integers(0, 256, size=(3, 128, 128), dtype=np.uint8)
+    ref = model.predict(as_u8.astype(np.float64))
+    for arr in (as_u8, as_u8.astype(np.uint16), as_u8.astype(np.float32), as_u8.astype(np.int32),
+                torch.from_numpy(as_u8.astype(np.float64))):
+        out = model.predict(arr)
+        np.testing.assert_allclose(out["focus"], ref["focus"], rtol=1e-5, atol=1e-6)
+        assert out["focus"].dtype == np.float32
+    # A uint16 camera frame (gain x 200, offset 100) gives the same answer: invariance by construction.
+    np.testing.assert_allclose(model.predict(as_u8.astype(np.uint16) * 200 + 100)["focus"], ref["focus"],
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="windows"):
+        model.predict(np.zeros((2, 64, 64)))
+    with pytest.raises(InputError, match="NaN"):
+        model.predict(np.full((1, 128, 128), np.nan))
+    with pytest.raises(InputError, match="complex"):
+        model.predict(np.zeros((1, 128, 128), dtype=complex))
+
+
+def test_unknown_names_are_refused(tmp_path) -> None:
+    with pytest.raises(InputError, match="unknown model"):
+        load_model("no-such-model")
+    with pytest.raises(InputError, match="no such model file"):
+        load_model(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name, psf_model", [("default", "Z-3"), ("focus", "Z-1"), ("gaussian", "G-2")])
+def test_shipped_models_load_with_their_cards(name: str, psf_model: str) -> None:
+    if name not in available_models():
+        pytest.skip(f"shipped model {name!r} not present in this checkout")
+    model = load_model(name)
+    assert model.spec.name == psf_model
+    assert model.card.training.get("command", "").startswith("livepsf train")
+    assert "test" in model.card.evaluation
+    x = np.random.default_rng(1).random((2, 128, 128)) * 1000
+    out = model.predict(x)
+    assert out["invalid"].shape == (2,)
