@@ -156,8 +156,11 @@ def test_any_real_dtype_and_layout_gives_the_same_map(tiny_model):
         "negative strides": base.astype(np.float32)[::-1, ::-1].copy()[::-1, ::-1],
         "column view": np.ascontiguousarray(np.hstack([base, base]).astype(np.uint16))[:, : base.shape[1]],
         "torch tensor": torch.from_numpy(base.astype(np.float32)),
+        "read-only": np.frombuffer(base.astype(np.uint16).tobytes(), np.uint16).reshape(base.shape),
     }
     for label, frame in variants.items():
+        if label == "read-only":
+            assert not frame.flags.writeable
         before = frame.clone() if isinstance(frame, torch.Tensor) else frame.copy()
         pmap = mapper(frame)
         np.testing.assert_allclose(pmap.invalid, reference.invalid, rtol=1e-5, atol=1e-6, err_msg=label)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -349,7 +350,10 @@ class PSFMapper:
         if not array.dtype.isnative:  # big-endian TIFF data: torch shares only native byte order
             array = array.astype(array.dtype.newbyteorder("="))
         try:
-            return torch.from_numpy(array)
+            with warnings.catch_warnings():
+                # Read-only frames (e.g. from Pillow) are fine: the tensor is only read, into the buffer.
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+                return torch.from_numpy(array)
         except (TypeError, ValueError):  # dtypes torch lacks (longdouble), negative strides
             return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
@@ -634,7 +638,7 @@ def map_image_file(source: str | Path, mapper: PSFMapper, out_dir: str | Path | 
     frame, and gets its own map, stored along T). Outputs go beside the input or in ``out_dir`` under
     new names (``-1``, ``-2``... when taken): nothing is overwritten. The summary holds, per parameter,
     the mean and median over *valid* windows of all frames (``null`` when none is valid), the fraction
-    of invalid windows, and the time per frame (one warm-up pass on the first frame is not timed).
+    of invalid windows, and the time per frame (two warm-up passes on the first frame are not timed).
 
     Raises
     ------
@@ -652,8 +656,9 @@ def map_image_file(source: str | Path, mapper: PSFMapper, out_dir: str | Path | 
     for i, frame in enumerate(frames):
         where = str(source) if len(frames) == 1 else f"{source} (page {i})"
         try:
-            if i == 0:
-                mapper(frame)  # warm-up: buffers and TorchScript's first-call optimisation
+            if i == 0:  # warm-up: buffers, and TorchScript optimises a graph on its first two calls
+                mapper(frame)
+                mapper(frame)
             start = time.perf_counter()
             maps.append(mapper(frame))
             times_ms.append((time.perf_counter() - start) * 1e3)

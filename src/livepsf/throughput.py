@@ -119,7 +119,7 @@ def mapping_suite(sizes: tuple[int, ...] = (1024, 2048), stride_px: int = 64, qu
                     mapper = PSFMapper(model, stride_px=stride_px)
                     heavy = label == "ResNet-34" and device == "cpu"
                     runs = (2 if heavy else 5) if quick else (3 if heavy else 30)
-                    times = time_calls(lambda: mapper(frame), runs=runs, warmup=1 if heavy else 3, sync=sync)
+                    times = time_calls(lambda: mapper(frame), runs=runs, warmup=2 if heavy else 3, sync=sync)
                     median = float(np.median(times))
                     gy, gx = mapper.grid_shape(frame.shape)
                     rows.append(BenchRow(
