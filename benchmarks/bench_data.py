@@ -7,6 +7,11 @@ patches/s = batch size / median time per batch (``extra_info["patches_per_second
   batch, 48 textures refreshed at 0.25 per batch — the pool refreshes are part of the measured time).
 - ``test_blur_64``: the FFT blur of 64 crops (240²) alone.
 - ``test_camera_noise_64``: the Poisson–Gaussian camera model on 64 patches alone.
+- ``test_dataloader_2_workers``: the training configuration, ``DataLoader(num_workers=2)`` (each worker
+  one torch thread, as DataLoader sets it), time per batch received once the workers are warm.
+
+On a shared, oversubscribed machine 2 OpenMP threads per process can be ~10x slower than 1 (spin
+waits); compare with ``LIVEPSF_BENCH_THREADS=1``.
 """
 
 from __future__ import annotations
@@ -49,3 +54,15 @@ def test_camera_noise_64(benchmark) -> None:
     out = benchmark.pedantic(camera_noise, args=(electrons, 3.0, 1.5, 100.0, gen), rounds=20, iterations=1)
     assert out.shape == (BATCH, 128, 128)
     benchmark.extra_info["patches_per_second"] = BATCH / benchmark.stats.stats.median
+
+
+def test_dataloader_2_workers(benchmark) -> None:
+    ds = PatchDataset("Z-3", window_px=128, batch_size=BATCH, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, prefetch_factor=2)
+    it = iter(loader)
+    for _ in range(4):  # both workers started and warm
+        next(it)
+    patches, targets = benchmark.pedantic(next, args=(it,), rounds=30, iterations=1)
+    assert patches.shape == (BATCH, 1, 128, 128)
+    benchmark.extra_info["patches_per_second"] = BATCH / benchmark.stats.stats.median
+    del it

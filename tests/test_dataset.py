@@ -158,3 +158,23 @@ def test_clean_eval_set_feeds_the_robustness_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv("LIVEPSF_CACHE_DIR", str(tmp_path))
     clean, _ = eval_set("G-1", "test", n=6, window_px=32, degradation=DegradationConfig.clean())
     assert clean.dtype == torch.float32 and float(clean.min()) >= 0.0 and float(clean.max()) <= 1.0 + 1e-5
+
+
+def test_preview_command_writes_a_png_and_never_overwrites(tmp_path):
+    from qtpy.QtGui import QImage
+
+    from livepsf.cli import main
+
+    out = tmp_path / "preview.png"
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "preview", "--psf-model", "G-1", "--out", str(out), "--n", "4", "--columns", "2"])
+    assert exc.value.code in (0, None)
+    img = QImage(str(out))
+    assert not img.isNull() and img.width() > 2 * 128 and img.height() > 2 * 128
+    before = out.read_bytes()
+    with pytest.raises(SystemExit):
+        main(["data", "preview", "--psf-model", "G-1", "--out", str(out), "--n", "2"])
+    assert out.read_bytes() == before and (tmp_path / "preview-1.png").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "preview", "--psf-model", "Q-7", "--out", str(tmp_path / "x.png")])
+    assert exc.value.code == 2
