@@ -81,7 +81,7 @@ _SPLIT_IMAGES = {
     "test": (EVAL_IMAGES, (0.0, 1.0, 0.5, 1.0)),
 }
 # Bump when the synthesis changes so that cached evaluation sets are regenerated.
-_DATA_VERSION = 1
+_DATA_VERSION = 2
 
 
 def default_psf_size_px(spec: PSFModelSpec, optics: Optics) -> int:
