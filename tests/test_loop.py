@@ -209,6 +209,26 @@ def test_acquisition_stopped_elsewhere_ends_the_loop(mapper):
     assert reasons and "outside the live loop" in reasons[0]
 
 
+def test_roi_change_with_a_restart_elsewhere_is_followed(mapper):
+    core = make_core(PatternCamera())
+    loop = LiveLoop(core, mapper)
+    shapes: list[tuple] = []
+    loop.frameShapeChanged.connect(shapes.append)
+    collect(loop, 2)
+    # What Micro-Manager's live mode does around an ROI change: stop, set the ROI, start again.
+    core.stopSequenceAcquisition()
+    core.setROI(0, 0, 192, 128)
+    core.startContinuousSequenceAcquisition(0)
+    deadline = time.monotonic() + 10
+    while (loop.latest().frame.shape != (128, 192)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert loop.is_running and shapes == [(128, 192)]
+    assert loop.latest().pmap.frame_shape == (128, 192) and loop.latest().pmap.grid_shape == (1, 2)
+    loop.stop()
+    assert core.isSequenceRunning()  # restarted by somebody else: theirs to stop
+    core.stopSequenceAcquisition()
+
+
 def test_mapper_exceptions_are_reported_then_stop_the_loop(mapper):
     calls = {"n": 0}
 

@@ -14,8 +14,9 @@ loop either recovers or stops cleanly (:attr:`LiveLoop.stopped` says why):
   ``max_consecutive_errors`` failures in a row it stops;
 * the camera fails mid-stream (its acquisition ends without anybody stopping it): reported with the
   camera's error message, the acquisition is restarted up to ``restart_attempts`` times, then it stops;
-* the sequence acquisition is stopped elsewhere (another widget, a script): the loop stops, leaving the
-  camera as the other party left it;
+* the sequence acquisition is stopped elsewhere (another widget, a script): if it is restarted within
+  ``restart_grace_s`` (Micro-Manager does so around an ROI or binning change) the loop follows it,
+  otherwise it stops, leaving the camera as the other party left it;
 * a frame of a new size (ROI or binning changed): reported through :attr:`LiveLoop.frameShapeChanged`,
   and mapped at its new size.
 
@@ -205,6 +206,11 @@ class LiveLoop:
         Stop after this many mapping failures in a row.
     restart_attempts
         Times to restart the acquisition after the camera fails on its own.
+    stats_window_s
+        Window of the rolling statistics (:meth:`stats`).
+    restart_grace_s
+        After the acquisition is stopped elsewhere, how long to wait for it to be restarted (as
+        Micro-Manager does around an ROI or binning change) before the loop stops.
 
     Signals
     -------
@@ -237,6 +243,7 @@ class LiveLoop:
         max_consecutive_errors: int = 5,
         restart_attempts: int = 1,
         stats_window_s: float = 2.0,
+        restart_grace_s: float = 0.5,
     ) -> None:
         self.core = core
         self._mapper = mapper
@@ -246,12 +253,15 @@ class LiveLoop:
         self.max_consecutive_errors = int(max_consecutive_errors)
         self.restart_attempts = int(restart_attempts)
         self.stats_window_s = float(stats_window_s)
+        self.restart_grace_s = float(restart_grace_s)
 
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._stopped_elsewhere = threading.Event()
+        self._restarted = threading.Event()
         self._thread: threading.Thread | None = None
         self._owns_acquisition = False
+        self._self_starting = False
         self._sinks: list[FrameSink] = []
         self._latest: LiveResult | None = None
         self._z_um: float | None = None
@@ -315,18 +325,26 @@ class LiveLoop:
         self._reset_stats()
         self._stop_requested.clear()
         self._stopped_elsewhere.clear()
+        self._restarted.clear()
         self._connect_events()
         self._owns_acquisition = not core.isSequenceRunning()
+        self._t_start = time.monotonic()
         try:
             if self._owns_acquisition:
-                core.startContinuousSequenceAcquisition(self.interval_ms)
+                self._start_acquisition()
         except Exception:
             self._disconnect_events()
             raise
-        self._t_start = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="livepsf-live-loop", daemon=True)
         self._thread.start()
         self.started.emit()
+
+    def _start_acquisition(self) -> None:
+        self._self_starting = True
+        try:
+            self.core.startContinuousSequenceAcquisition(self.interval_ms)
+        finally:
+            self._self_starting = False
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop consuming frames (and the acquisition, if this loop started it); returns within ``timeout_s``.
@@ -423,11 +441,28 @@ class LiveLoop:
 
     def _on_acquisition_stopped(self, camera_label: str = "") -> None:
         if not self._stop_requested.is_set():
+            self._restarted.clear()
             self._stopped_elsewhere.set()
 
     def _on_acquisition_started(self, *args: Any) -> None:
         # Somebody (re)started live mode: frames flow again, it was not "stopped elsewhere" for good.
+        if self._self_starting:
+            return
         self._stopped_elsewhere.clear()
+        self._restarted.set()
+        self._owns_acquisition = False  # somebody else's acquisition now: theirs to stop
+
+    def _wait_for_restart(self) -> bool:
+        """After a stop from elsewhere: wait up to ``restart_grace_s`` for live mode to come back."""
+        deadline = time.monotonic() + self.restart_grace_s
+        while time.monotonic() < deadline and not self._stop_requested.is_set():
+            if self._restarted.wait(0.02):
+                self._restarted.clear()
+                try:
+                    return bool(self.core.isSequenceRunning())
+                except Exception:
+                    return False
+        return False
 
     def _on_stage_moved(self, label: str, position_um: float) -> None:
         try:
@@ -463,6 +498,11 @@ class LiveLoop:
                         self._stop_requested.wait(_POLL_S)
                         continue
                     if ended == "elsewhere":
+                        # Micro-Manager restarts live mode after an ROI or binning change: follow it.
+                        if self._wait_for_restart():
+                            logger.info("sequence acquisition restarted elsewhere; following it")
+                            self._owns_acquisition = False
+                            continue
                         reason = "sequence acquisition was stopped outside the live loop"
                         self._report(reason)
                         break
@@ -471,8 +511,8 @@ class LiveLoop:
                         restarts_left -= 1
                         self._report(f"camera stopped: {ended}; restarting the acquisition")
                         try:
-                            self.core.startContinuousSequenceAcquisition(self.interval_ms)
                             self._t_start = time.monotonic()
+                            self._start_acquisition()
                             continue
                         except Exception as exc:
                             ended = f"{ended}; restart failed: {exc}"
@@ -521,12 +561,26 @@ class LiveLoop:
             return "elsewhere"
         message = _thread_error_since(self._t_start)
         if message is None:
-            # The core emits sequenceAcquisitionStopped just after the acquisition has stopped: give a
-            # stop from elsewhere the time to announce itself before calling it a failure.
-            if self._stopped_elsewhere.wait(_STOP_EVENT_GRACE_S) or self._stop_requested.is_set():
-                return "elsewhere" if not self._stop_requested.is_set() else None
+            # The core emits sequenceAcquisitionStopped just after the acquisition has stopped, and
+            # somebody may already be starting it again: give both the time to show before calling the
+            # end a camera failure.
+            deadline = time.monotonic() + _STOP_EVENT_GRACE_S
+            while time.monotonic() < deadline:
+                if self._stop_requested.is_set():
+                    return None
+                if self._stopped_elsewhere.is_set():
+                    return "elsewhere"
+                if self._restarted.is_set() or self._sequence_running():
+                    return None
+                time.sleep(0.01)
             message = _thread_error_since(self._t_start) or "the acquisition ended without a stop request"
-        return message
+        return None if self._sequence_running() else message
+
+    def _sequence_running(self) -> bool:
+        try:
+            return bool(self.core.isSequenceRunning())
+        except Exception:
+            return False
 
     def _drain(self) -> tuple[np.ndarray, dict[str, str], int, int, float] | None:
         """Pop everything in the buffer, hand each frame to the sinks, keep the newest."""
