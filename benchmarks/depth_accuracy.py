@@ -46,10 +46,10 @@ class SimFrame:
 class Simulator:
     """One simulated microscope reused for every frame (creating a core costs ~10 s)."""
 
-    def __init__(self, shape=(1024, 1024)) -> None:
+    def __init__(self, shape=(1024, 1024), sample: str = "printed-grid") -> None:
         from livepsf.sim import create_core
 
-        self.core = create_core(sample="printed-grid", tilt_deg=6.0, tilt_axis="x", lens=True, seed=0, shape=shape)
+        self.core = create_core(sample=sample, tilt_deg=6.0, tilt_axis="x", lens=True, seed=0, shape=shape)
         self.core.setTimeoutMs(120_000)  # re-rendering a curved surface on a busy 2-core machine is slow
         self.shape = shape
         self.pixel_size_um = self.core.getPixelSizeUm() or 0.65
@@ -170,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-noise", type=float, default=0.02, help="waves of noise on oracle parameters")
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--test-frames", type=int, default=2, help="fresh test frames per tilt")
+    parser.add_argument("--sample", default="printed-grid", help="simulator sample: printed-grid, cells, filaments")
     parser.add_argument("--out", type=Path, default=None, help="folder for the calibration, plot and error map")
     args = parser.parse_args(argv)
 
-    sim = Simulator()
+    sim = Simulator(sample=args.sample)
     if args.oracle:
         mapper = OracleMapper(args.oracle_noise, stride_px=args.stride)
         label = f"oracle (ground-truth parameters + {args.oracle_noise} waves noise)"
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     # Calibration set: in focus mid-field, 10 ms exposure, seeds 1..3.
     cal_frames = [sim.snap(t, seed=1 + i, in_focus_shift_px=0.0, exposure_ms=10.0) for i, t in enumerate(TILTS)]
     cal = calibrate_psf_maps([map_frame(f) for f in cal_frames], list(TILTS), sim.pixel_size_um, "x")
-    print(f"# depth accuracy — {label}")
+    print(f"# depth accuracy — {label}, sample {args.sample}")
     print(f"calibration: {cal.summary()}")
     for s in cal.metrics:
         print(f"  {s.metric:>6}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['abs'].mean():.2f} ± {m['abs'].std():.2f} µm, R² {m['r2']:.3f}, valid {100 * m['valid_fraction']:.0f} %")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = "oracle" if args.oracle else Path(str(args.model)).stem
+        stem = ("oracle" if args.oracle else Path(str(args.model)).stem) + f"_{args.sample}"
         save_error_map(m["err_map"], m["depth"], m["truth"], args.out / f"curved_error_{stem}.png",
                        f"Curved surface (1/R = 1 /mm), {label}: mean |error| {m['abs'].mean():.2f} µm")
         cal_path = args.out / f"bench_calibration_{stem}.json"
