@@ -95,3 +95,21 @@ def test_region_mean_uses_valid_windows_inside_the_roi():
     assert ov.region_mean(field, pmap) == pytest.approx(np.mean([0.0, um(1.0), um(0.5)]), rel=1e-5)
     assert ov.region_mean(field, pmap, roi=(100, 0, 100, 100)) == pytest.approx(um(1.0), rel=1e-5)
     assert np.isnan(ov.region_mean(field, pmap, roi=(0, 100, 100, 100)))  # only the invalid window
+
+
+def test_gaussian_and_focus_only_maps_draw():
+    common = dict(invalid=np.zeros((1, 2), np.float32), centers_y=np.array([63.5]),
+                  centers_x=np.array([63.5, 127.5]), window_px=128, stride_px=64, frame_shape=(128, 192),
+                  optics=Optics())
+    g2 = PSFMap(params={"variance_x": np.array([[4.0, 9.0]], np.float32),
+                        "variance_y": np.array([[1.0, 9.0]], np.float32)}, psf_model="G-2", **common)
+    cov = ov.psf_covariance_px(g2)
+    assert cov[0, 0, 0, 0] == 4.0 and cov[0, 0, 1, 1] == 1.0 and cov[0, 0, 0, 1] == 0.0
+    blur = ov.overlay_field(g2, "blur")
+    np.testing.assert_allclose(blur.grid, np.sqrt([[2.5, 9.0]]) * 0.65, rtol=1e-5)
+    assert ov.glyph_scale(g2) == 1.0  # the widest Gaussian (6 px) fits a 64 px cell at true scale
+    z1 = PSFMap(params={"focus": np.array([[0.2, 1.0]], np.float32)}, psf_model="Z-1", **common)
+    assert ov.available_overlays("Z-1") == ["focus", "invalid", "none"]
+    c = ov.psf_covariance_px(z1)
+    assert c[0, 1, 0, 0] == pytest.approx(c[0, 1, 1, 1]) and c[0, 1, 0, 0] > c[0, 0, 0, 0]
+    assert ov.axis_sticks(z1)[0].size == 0
