@@ -310,7 +310,7 @@ def camera_noise(
         counts = var.sqrt_().mul_(z).add_(lam)
         small = lam < _POISSON_EXACT_BELOW
         if bool(small.any()):
-            read_small = (read * torch.ones_like(lam))[small] if read.ndim else read
+            read_small = read.expand_as(lam)[small] if read.ndim else read
             counts[small] = torch.poisson(lam[small], generator=generator) + read_small * z[small]
     else:
         counts = lam.clone()
@@ -340,16 +340,17 @@ def invalid_rule(
 
     See the module docstring for the three criteria (SNR, contrast, white ratio).
     """
-    t = windows.to(torch.float32).flatten(1)
-    var, mean = torch.var_mean(t, dim=1, unbiased=False)
+    t = windows.to(torch.float32)  # (B, W, W), possibly a strided view: reduce without copying
+    dims = (-2, -1)
+    var, mean = torch.var_mean(t, dim=dims, unbiased=False)
     mean, std = mean.to(torch.float64), var.to(torch.float64).sqrt()
-    top, bottom = t.max(dim=1).values.to(torch.float64), t.min(dim=1).values.to(torch.float64)
+    top, bottom = t.amax(dim=dims).to(torch.float64), t.amin(dim=dims).to(torch.float64)
     modulation = torch.maximum(top - mean, mean - bottom)
     photons, background, read = (v.to(torch.float64) for v in (photons, background, read_noise_e))
     noise = torch.sqrt(photons * (mean + background) + read**2)
     low_snr = photons * modulation < config.min_snr * noise
     low_contrast = std < config.min_contrast * (mean + background)
-    white = (t >= top.float()[:, None] - 0.02).sum(dim=1) > config.max_white_ratio * t.shape[1]
+    white = (t >= top.float()[:, None, None] - 0.02).sum(dim=dims) > config.max_white_ratio * t[0].numel()
     return (low_snr | low_contrast | white).to(torch.float32)
 
 
