@@ -85,6 +85,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._trace_kind = ""
         self._trace_drawn_at = 0.0
         self._histogram_at = 0.0
+        self._z_ref = float("nan")
         self._lut_cache: dict[str, np.ndarray] = {}
         self._levels: tuple[float, float] | None = None
         self._colorbar_look: tuple | None = None
@@ -178,10 +179,10 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.trace_plot.setLabel("bottom", "time (s)")
         self.trace_plot.getAxis("left").enableAutoSIPrefix(False)
         self.trace_plot.addLegend(offset=(10, 5))
-        self.trace_curve = self.trace_plot.plot([], [], pen=pg.mkPen("#ffd54f", width=2), name="frame mean")
+        self.trace_curve = self.trace_plot.plot([], [], pen=pg.mkPen("#ffd54f", width=2), name="mean over the frame")
         self.stage_curve = self.trace_plot.plot([], [], pen=pg.mkPen("#80cbc4", width=1.5,
                                                                       style=QtCore.Qt.PenStyle.DashLine),
-                                                name="stage Z (µm)")
+                                                name="stage Z − Z₀ (µm)")
         splitter = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         splitter.addWidget(self.graphics)
         splitter.addWidget(self.trace_plot)
@@ -698,6 +699,12 @@ class LiveWindow(QtWidgets.QMainWindow):
             roi = (float(x), float(y), float(w), float(h))
         value = ov.region_mean(tfield, pmap, roi)
         z = result.stage_z_um if result.stage_z_um is not None else float("nan")
+        if not self._trace:
+            # A real focus drive reads thousands of µm: plot its moves relative to where the trace began.
+            self._z_ref = z
+            self._set_legend(1, f"stage Z − {z:.1f} µm" if np.isfinite(z) and abs(z) > 1e-6 else "stage Z (µm)")
+            self._set_legend(0, "mean over the ROI" if roi is not None else "mean over the frame")
+        z -= self._z_ref if np.isfinite(self._z_ref) else 0.0
         now = time.monotonic()
         self._trace.append((now, value, z))
         horizon = now - self.trace_seconds.value()
@@ -713,6 +720,11 @@ class LiveWindow(QtWidgets.QMainWindow):
             self.stage_curve.setData(t, data[:, 2], connect="finite")
         if self.trace_plot.viewRange()[0] != [-self.trace_seconds.value(), 0]:
             self.trace_plot.setXRange(-self.trace_seconds.value(), 0, padding=0)
+
+    def _set_legend(self, index: int, text: str) -> None:
+        legend = self.trace_plot.plotItem.legend
+        if legend is not None and index < len(legend.items):
+            legend.items[index][1].setText(text)
 
     def _update_stats(self) -> None:
         stats = self.loop.stats()
