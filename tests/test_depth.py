@@ -107,7 +107,7 @@ def test_calibration_recovers_known_slope_and_in_focus_positions():
     assert cal.metric == "signed"
     assert cal.slope_um_per_unit == pytest.approx(UM_PER_WAVE, rel=0.01)
     assert abs(cal.offset_um) < 0.5
-    assert cal.r2 > 0.999
+    assert cal.r2 > 0.999 and cal.notes == ""
     for r, focus in zip(cal.per_tilt, (500, 530, 470)):
         assert r.in_focus_estimated
         assert r.in_focus_px == pytest.approx(focus, abs=4)
@@ -430,3 +430,16 @@ def test_projected_metric_passes_smoothly_through_focus():
     assert np.max(np.abs(np.diff(projected))) < 0.02
     np.testing.assert_allclose(projected[np.abs(d) >= 0.2], d[np.abs(d) >= 0.2], atol=1e-6)
     np.testing.assert_allclose(signed, d, atol=1e-6)
+
+
+def test_poor_fit_carries_a_warning():
+    # A network that reads no depth: astigmatism sign at random.
+    maps = []
+    for i, t in enumerate((3, 6, 10)):
+        pmap, _ = synthetic_map(t, 512, seed=i)
+        flip = np.random.default_rng(40 + i).random(pmap.grid_shape) < 0.45
+        for name in ("astig_0", "astig_45"):
+            pmap.params[name][flip] *= -1
+        maps.append(pmap)
+    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=512.0)
+    assert cal.r2 < 0.9 and "poor fit" in cal.notes

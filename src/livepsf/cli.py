@@ -117,6 +117,8 @@ def calibrate(
     console.print(f"slope {cal.slope_um_per_unit:.3f} µm/unit, R² {cal.r2:.4f}, residual "
                   f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm  (* in-focus position estimated)",
                   highlight=False)
+    if cal.notes:
+        err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
 
 

@@ -67,6 +67,8 @@ Metric = Literal["signed", "projected", "eq14"]
 METRICS: tuple[str, ...] = ("signed", "projected", "eq14")
 TiltAxis = Literal["x", "y"]
 FORMAT = "livepsf-depth-calibration"
+#: Below this R² of the depth fit a calibration carries a warning in :attr:`Calibration.notes`.
+POOR_FIT_R2 = 0.9
 
 
 # -- depth metrics ---------------------------------------------------------------------------------
@@ -675,6 +677,10 @@ def calibrate_psf_maps(
         fits = {name: fit_metric_profiles(profiles, name, pixel_size_um) for name in METRICS}
     chosen = metric or min(METRICS, key=lambda n: (fits[n].mean_abs_error_um, METRICS.index(n)))
     fit = fits[chosen]
+    notes = ""
+    if not fit.r2 >= POOR_FIT_R2:
+        notes = (f"poor fit (R² {fit.r2:.3f} < {POOR_FIT_R2}): the network does not read depth from these frames "
+                 "reliably; check the lens is in, the tilt values and the texture of the frames")
 
     first = pmaps[0]
     return Calibration(
@@ -701,6 +707,7 @@ def calibrate_psf_maps(
         stride_px=int(first.stride_px),
         created=datetime.now(timezone.utc),
         livepsf_version=_version(),
+        notes=notes,
     )
 
 
