@@ -67,6 +67,10 @@ def test_shipped_images_load_offline_and_crops_respect_zoom():
         assert img.ndim == 2 and img.dtype == np.float32 and img.max() == 1.0 and img.min() == 0.0
     crop = T.shipped_crop((200, 150), np.random.default_rng(1), names=["microaneurysms"])  # 102 px: padded
     assert crop.shape == (200, 150)
+    small = T.shipped_crop((512, 512), np.random.default_rng(1), names=["coins"], zoom=(1.0, 1.0), min_shape=240)
+    assert small.shape == (303, 384)  # the whole image, no mirror padding
+    tiny = T.shipped_crop((512, 512), np.random.default_rng(1), names=["microaneurysms"], min_shape=240)
+    assert tiny.shape == (240, 240)  # padded up to the minimum only
     with pytest.raises(ValueError, match="zoom"):
         T.shipped_crop(64, np.random.default_rng(1), zoom=(1.0, 2.0))
     with pytest.raises(ValueError, match="unknown shipped image"):

@@ -81,7 +81,7 @@ _SPLIT_IMAGES = {
     "test": (EVAL_IMAGES, (0.0, 1.0, 0.5, 1.0)),
 }
 # Bump when the synthesis changes so that cached evaluation sets are regenerated.
-_DATA_VERSION = 2
+_DATA_VERSION = 3
 
 
 def default_psf_size_px(spec: PSFModelSpec, optics: Optics) -> int:
@@ -195,7 +195,7 @@ class BatchSynthesizer:
         self.psf_pool, self.psf_refresh = int(psf_pool), int(psf_refresh)
         self.texture_pool_size, self.texture_refresh = int(texture_pool), float(texture_refresh)
         names, region = _SPLIT_IMAGES[split]
-        self._shipped = {"names": names, "region": region}
+        self._shipped = {"names": names, "region": region, "min_shape": self.fft_px}
         seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
         self.rng = np.random.default_rng(seq)
         self.gen = _seed_torch(seq.spawn(1)[0])
@@ -253,8 +253,9 @@ class BatchSynthesizer:
             if cond.blank[i]:
                 crops[i] = blank(f, self.rng)
                 continue
-            tex = self.textures[int(which[i])]
-            oy, ox = (int(v) for v in self.rng.integers(0, tex.shape[0] - f + 1, 2))
+            tex = self.textures[int(which[i])]  # at least f x f; shipped images may be smaller than texture_px
+            oy = int(self.rng.integers(0, tex.shape[0] - f + 1))
+            ox = int(self.rng.integers(0, tex.shape[1] - f + 1))
             if cond.invert[i]:
                 np.subtract(1.0, tex[oy : oy + f, ox : ox + f], out=crops[i])
             else:

@@ -470,6 +470,7 @@ def shipped_crop(
     names: Sequence[str] | None = None,
     zoom: tuple[float, float] = (0.5, 1.0),
     region: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
+    min_shape: Sequence[int] | int | None = None,
 ) -> np.ndarray:
     """A random crop of a random shipped image, downscaled by a random factor in ``zoom``.
 
@@ -484,8 +485,12 @@ def shipped_crop(
     region
         ``(y0, y1, x0, x1)`` fractions of the image the crop may come from; the dataset uses disjoint
         regions for its train/val/test splits.
+    min_shape
+        When given, the crop may be smaller than ``shape`` (down to ``min_shape``) where the image is:
+        less mirror padding (whose seams are not microscopy).
     """
     h, w = _shape(shape)
+    min_h, min_w = _shape(min_shape) if min_shape is not None else (h, w)
     names = tuple(names) if names is not None else SHIPPED_IMAGES
     if not names:
         raise ValueError("no shipped images to choose from")
@@ -503,6 +508,7 @@ def shipped_crop(
                                               align_corners=False)
         image = out[0, 0].numpy()
     ih, iw = image.shape
+    h, w = max(min(h, ih), min_h), max(min(w, iw), min_w)
     if ih < h or iw < w:
         py, px = max(0, h - ih), max(0, w - iw)
         image = np.pad(image, ((py // 2, py - py // 2), (px // 2, px - px // 2)), mode="symmetric")
