@@ -41,6 +41,10 @@ def test_window_runs_switches_overlays_and_snapshots(qtbot, sim_core, tiny_model
     window.set_overlay("focus")
     assert window.overlay_item.isVisible() and window.glyph_item.isVisible()
 
+    sim_core.setPosition(7.0)  # moved elsewhere: the Z box follows
+    qtbot.waitUntil(lambda: window.z_spin.value() == 7.0, timeout=2000)
+    sim_core.setPosition(0.0)
+
     window.set_stride(32)
     n = window.draw_count
     qtbot.waitUntil(lambda: window.draw_count > n + 1 and window._drawn.pmap.stride_px == 32, timeout=20000)

@@ -43,6 +43,7 @@ class _Bridge(QtCore.QObject):
 
     error = QtCore.Signal(str)
     stopped = QtCore.Signal(str)
+    stage_moved = QtCore.Signal(str, float)
 
 
 class LiveWindow(QtWidgets.QMainWindow):
@@ -86,6 +87,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._trace_drawn_at = 0.0
         self._histogram_at = 0.0
         self._z_ref = float("nan")
+        self._shut_down = False
         self._lut_cache: dict[str, np.ndarray] = {}
         self._levels: tuple[float, float] | None = None
         self._colorbar_look: tuple | None = None
@@ -103,6 +105,10 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.loop.resultReady.connect(self._store_result)
         self.loop.errorOccurred.connect(self._bridge.error.emit)
         self.loop.stopped.connect(self._bridge.stopped.emit)
+        if demo:
+            # Keep the Z box honest when the stage is moved elsewhere (a script, another widget).
+            self._bridge.stage_moved.connect(self._on_stage_moved)
+            core.events.stagePositionChanged.connect(self._forward_stage_move)
         self._draw_timer = QtCore.QTimer(self)
         self._draw_timer.timeout.connect(self._draw_latest)
         self._draw_timer.start(_DRAW_INTERVAL_MS)
@@ -330,6 +336,16 @@ class LiveWindow(QtWidgets.QMainWindow):
         form.addRow("Tilt", self.tilt_spin)
         return box
 
+    def _forward_stage_move(self, label: str, position_um: float) -> None:
+        # Any thread: hop to the GUI thread through the bridge's queued signal.
+        self._bridge.stage_moved.emit(str(label), float(position_um))
+
+    def _on_stage_moved(self, label: str, position_um: float) -> None:
+        if label == self.core.getFocusDevice() and abs(self.z_spin.value() - position_um) > 1e-6:
+            self.z_spin.blockSignals(True)
+            self.z_spin.setValue(position_um)
+            self.z_spin.blockSignals(False)
+
     def _build_status(self) -> None:
         self.stats_label = QtWidgets.QLabel("stopped")
         self.statusBar().addPermanentWidget(self.stats_label, 1)
@@ -375,8 +391,16 @@ class LiveWindow(QtWidgets.QMainWindow):
 
     def shutdown(self) -> None:
         """Stop timers, recording and the loop (idempotent)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self._draw_timer.stop()
         self._stats_timer.stop()
+        if self.demo:
+            try:
+                self.core.events.stagePositionChanged.disconnect(self._forward_stage_move)
+            except (TypeError, ValueError, RuntimeError):
+                pass  # already disconnected
         if self._recorder is not None:
             self.record_button.setChecked(False)
         self.loop.stop()
