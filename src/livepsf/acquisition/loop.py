@@ -143,6 +143,19 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return float(np.median(arr)), float(np.percentile(arr, 95))
 
 
+def _since(history: deque, lo: float) -> list:
+    """Entries of a time-ordered history with ``t >= lo``, walking back from the newest only."""
+    if lo == -np.inf:
+        return list(history)
+    out = []
+    for item in reversed(history):
+        if item[0] < lo:
+            break
+        out.append(item)
+    out.reverse()
+    return out
+
+
 def _rate(times: list[float], counts: list[int] | None = None) -> float:
     """Events per second between the first and last timestamps (counts: a monotonic counter instead)."""
     if len(times) < 2 or times[-1] <= times[0]:
@@ -383,9 +396,9 @@ class LiveLoop:
         now = time.perf_counter()
         lo = -np.inf if window is None else now - window
         with self._lock:
-            frames = [(t, n) for t, n in self._frame_times if t >= lo]
-            maps = [(t, lat) for t, lat in self._map_times if t >= lo]
-            drawn = [lat for t, lat in self._drawn if t >= lo]
+            frames = _since(self._frame_times, lo)
+            maps = _since(self._map_times, lo)
+            drawn = [lat for _, lat in _since(self._drawn, lo)]
             frames_total, maps_total = self._frames_total, self._maps_total
             skipped, errors, last_error = self._skipped, self._errors, self._last_error
             shape = self._frame_shape
@@ -409,7 +422,7 @@ class LiveLoop:
         )
 
     def _reset_stats(self) -> None:
-        # Bounded histories: an hour at 30 maps/s; older samples only matter to nobody.
+        # Bounded histories (about two hours at 30 maps/s) for the whole-run summary.
         self._frame_times: deque[tuple[float, int]] = deque(maxlen=200_000)
         self._map_times: deque[tuple[float, float]] = deque(maxlen=200_000)
         self._drawn: deque[tuple[float, float]] = deque(maxlen=200_000)
