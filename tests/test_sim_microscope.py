@@ -234,3 +234,24 @@ def test_bad_construction_arguments_are_rejected() -> None:
         create_core(tilt_axis="z", shape=(64, 64))
     with pytest.raises(ValueError, match="create_core"):
         get_scene(object())  # type: ignore[arg-type]
+
+
+def test_every_snap_shows_the_render_of_the_current_state(core: CMMCorePlus) -> None:
+    # Regression: the camera once keyed its noise model on id(render), which Python reuses after a
+    # render is freed, and then served the image of an older state.
+    scene = get_scene(core)
+    sensor_gain = float(core.getProperty("Camera", "Gain"))
+    offset = float(core.getProperty("Camera", "Offset"))
+    flux = float(core.getProperty("Camera", "PhotonFlux_e_per_ms"))
+    read_noise = float(core.getProperty("Camera", "ReadNoise_e"))
+    for z_um, lens in [(0.0, 1), (25.0, 0), (0.0, 0), (25.0, 1), (-25.0, 0), (0.0, 1)]:
+        core.setState("Lens", lens)
+        core.setPosition(z_um)
+        frame = _snap(core).astype(np.float64)
+        render = scene.current()
+        assert (render.state.z_um, render.state.lens_in) == (z_um, bool(lens))
+        expected = offset + sensor_gain * flux * core.getExposure() * render.brightness
+        # Pixel-wise agreement within the shot noise: the right image, not just the right mean.
+        electrons = flux * core.getExposure() * render.brightness
+        residual = (frame - expected) / (sensor_gain * np.sqrt(electrons + read_noise**2))
+        assert abs(residual.mean()) < 0.05 and residual.std() < 1.1

@@ -394,8 +394,9 @@ class SimCamera(SimpleCameraDevice):
     def snap(self, buffer: np.ndarray) -> Mapping:
         scene = self._scene
         render = scene.current() if self._wait_for_current else scene.latest()
-        key = (id(render), self._exposure_ms, self._sensor, scene.shutter_open)
-        if key != self._model_key:
+        # Hold the render itself in the key: an id() could be reused by a later render once it is freed.
+        key = (render, self._exposure_ms, self._sensor, scene.shutter_open)
+        if not (len(self._model_key) == 4 and key[0] is self._model_key[0] and key[1:] == self._model_key[1:]):
             brightness = render.brightness if scene.shutter_open else np.zeros_like(render.brightness)
             self._model = self._sensor.exposure(brightness, self._exposure_ms)
             self._model_key = key
