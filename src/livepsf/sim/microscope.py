@@ -631,7 +631,7 @@ def create_core(
     -------
     UniMMCore
         Camera ``Camera``, focus stage ``Z``, lens ``Lens``, sample ``Sample``, shutter ``Shutter``;
-        pixel size configuration ``Res10x`` active.
+        pixel size configuration ``Res10x`` active; auto-shutter off, shutter open; device timeout 60 s.
 
     Examples
     --------
@@ -655,6 +655,9 @@ def create_core(
     core.setFocusDevice("Z")
     core.setShutterDevice("Shutter")
     core.setAutoShutter(False)
+    # Devices are busy while the new state renders (a second or more on a busy 2-core machine for a new
+    # sample); MMCore's default 5 s wait would turn a slow render into a timeout error.
+    core.setTimeoutMs(max(core.getTimeoutMs(), int(_RENDER_TIMEOUT_S * 1000)))
     core.definePixelSizeConfig("Res10x")
     core.setPixelSizeUm("Res10x", optics.pixel_size_um)
     core.setPixelSizeConfig("Res10x")
