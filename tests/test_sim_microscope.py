@@ -75,6 +75,10 @@ def test_sequence_acquisition_delivers_n_frames_with_true_z_and_a_frame_counter(
     truth = ground_truth(core)
     assert truth.z_um == pytest.approx(7.5)
     np.testing.assert_allclose(truth.defocus_um, 7.5 - truth.height_um, atol=1e-5)
+    # Any recent frame's truth by its counter (for consumers that process frames late).
+    assert ground_truth(core, counters[0]).frame_number == counters[0]
+    with pytest.raises(KeyError, match="frame"):
+        ground_truth(core, -5)
     core.setPosition(0.0)
     core.waitForSystem()
 

@@ -27,11 +27,13 @@ Ground truth of the last frame (height map, local defocus map, µm): :func:`grou
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 import time
 import weakref
+from collections import deque
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -54,6 +56,7 @@ from livepsf.sim.render import LENS_ASTIG_0_WAVES, CameraSensor, DefocusRenderer
 from livepsf.sim.samples import SAMPLES, TILT_AXES, SurfaceGeometry, sample_brightness
 
 __all__ = [
+    "RECENT_TRUTHS",
     "GroundTruth",
     "SceneState",
     "SimCamera",
@@ -69,6 +72,8 @@ __all__ = [
 
 # Seconds a snap waits for the render of the current state before giving up.
 _RENDER_TIMEOUT_S = 60.0
+#: How many frames' ground truth the camera remembers (for :func:`ground_truth` with a frame number).
+RECENT_TRUTHS = 256
 # Sample content beyond each frame edge (px) so edges blur with true neighbours; larger PSFs mirror it.
 _SAMPLE_MARGIN_PX = 64
 
@@ -126,12 +131,16 @@ class GroundTruth:
 
     z_um: float
     height_um: np.ndarray
-    defocus_um: np.ndarray
     astig_0_waves: float
     astig_45_waves: float
     optics: Optics
     frame_number: int
     state: SceneState
+
+    @functools.cached_property
+    def defocus_um(self) -> np.ndarray:
+        """``(H, W)`` local defocus, ``z_um - height_um`` (float32); computed on first access."""
+        return (np.float32(self.z_um) - self.height_um).astype(np.float32)
 
     @property
     def focus_waves(self) -> np.ndarray:
@@ -331,6 +340,7 @@ class SimCamera(SimpleCameraDevice):
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._truth: GroundTruth | None = None
+        self._recent_truths: deque[GroundTruth] = deque(maxlen=RECENT_TRUTHS)
         self._due: float | None = None  # when the current exposure ends, while a sequence runs
         self._wait_for_current = True
 
@@ -406,16 +416,17 @@ class SimCamera(SimpleCameraDevice):
         with self._counter_lock:
             number = self._counter
             self._counter += 1
-        self._truth = GroundTruth(
+        truth = GroundTruth(
             z_um=render.state.z_um,
             height_um=render.height_um,
-            defocus_um=(render.state.z_um - render.height_um).astype(np.float32),
             astig_0_waves=render.state.astig_0_waves,
             astig_45_waves=0.0,
             optics=scene.optics,
             frame_number=number,
             state=render.state,
         )
+        self._truth = truth
+        self._recent_truths.append(truth)
         self._pace()
         return {
             "SimZ_um": f"{render.state.z_um:.4f}",
@@ -435,13 +446,22 @@ class SimCamera(SimpleCameraDevice):
         # When rendering is slower than the exposure, restart the clock instead of bursting to catch up.
         self._due = max(due, time.perf_counter()) + self._exposure_ms / 1000.0
 
-    def ground_truth(self) -> GroundTruth:
-        """Ground truth of the last frame delivered (or of the current render before any frame)."""
+    def ground_truth(self, frame_number: int | None = None) -> GroundTruth:
+        """Ground truth of the last frame delivered, or of frame ``frame_number`` (its ``SimFrameCounter``).
+
+        The last :data:`RECENT_TRUTHS` frames are remembered, so a consumer that processes frames later
+        than they were acquired can still match them. Before any frame: the current render's.
+        """
+        if frame_number is not None:
+            for truth in reversed(self._recent_truths):
+                if truth.frame_number == frame_number:
+                    return truth
+            raise KeyError(f"frame {frame_number} is not among the last {RECENT_TRUTHS} frames of the simulator")
         if self._truth is not None:
             return self._truth
         render = self._scene.current()
-        return GroundTruth(render.state.z_um, render.height_um, (render.state.z_um - render.height_um).astype(np.float32),
-                           render.state.astig_0_waves, 0.0, self._scene.optics, -1, render.state)
+        return GroundTruth(render.state.z_um, render.height_um, render.state.astig_0_waves, 0.0,
+                           self._scene.optics, -1, render.state)
 
     def busy(self) -> bool:
         return False
@@ -687,9 +707,18 @@ def get_scene(core: UniMMCore) -> SimScene:
         raise ValueError("this core was not created by livepsf.sim.create_core") from None
 
 
-def ground_truth(core: UniMMCore) -> GroundTruth:
-    """Ground truth (height and local defocus maps, µm) of the last frame of a simulated core's camera."""
+def ground_truth(core: UniMMCore, frame_number: int | None = None) -> GroundTruth:
+    """Ground truth (height and local defocus maps, µm) of a simulated core's last frame.
+
+    Parameters
+    ----------
+    core
+        A core made by :func:`create_core`.
+    frame_number
+        The ``SimFrameCounter`` of a recent frame (from its metadata) instead of the last one.
+    """
     try:
-        return _SCENES[core][1].ground_truth()
+        camera = _SCENES[core][1]
     except (KeyError, TypeError):
         raise ValueError("this core was not created by livepsf.sim.create_core") from None
+    return camera.ground_truth(frame_number)
