@@ -1,0 +1,129 @@
+"""DeconvolutionQueue: background worker processes, journal, failures, crash and restart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from livepsf.acquisition.jobs import DeconvolutionQueue, run_job
+from livepsf.acquisition.recorder import Recorder
+from livepsf.deconv import grid_centers
+from livepsf.mapping import PSFMap
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _recording(folder: Path, name: str = "rec.ome.tif", frames: int = 2, size: int = 96) -> Path:
+    """A recording whose frames carry PSF maps (G-1), so no network is needed to deconvolve it."""
+    rng = np.random.default_rng(0)
+    centres = grid_centers(size, 2)
+    pmap = PSFMap(params={"variance": np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)},
+                  invalid=np.zeros((2, 2), np.float32), centers_y=centres, centers_x=centres,
+                  window_px=size // 2, stride_px=size // 2, frame_shape=(size, size), psf_model="G-1")
+    with Recorder(folder / name, pixel_size_um=0.65) as rec:
+        for _ in range(frames):
+            rec.append(rng.poisson(100.0, (size, size)).astype(np.uint16), exposure_ms=10.0, psfmap=pmap)
+    return rec.path
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def test_run_job_in_process_writes_output_with_parameters(tmp_path: Path) -> None:
+    source = _recording(tmp_path, frames=2, size=64)
+    out = run_job({"id": "x", "input": str(source), "iterations": 3, "tv_weight": 0.01, "out_dir": None,
+                   "model": "default", "stride_px": 64, "output": None})
+    assert out.name == "rec_deconv.ome.tif"
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].shape == (2, 64, 64) and tif.series[0].dtype == np.float32
+        assert 'PhysicalSizeX="0.65"' in tif.ome_metadata
+        desc = tif.ome_metadata.split("<Description>")[1].split("</Description>")[0]
+    params = json.loads(desc.replace("&quot;", '"'))
+    assert params["iterations"] == 3 and params["psf_source"] == "recorded PSF maps"
+    assert params["frames"][0]["psf_model"] == "G-1"
+
+
+def test_queue_runs_jobs_records_failures_and_reports_progress(tmp_path: Path) -> None:
+    good = _recording(tmp_path)
+    good_hash = _sha(good)
+    corrupt = tmp_path / "broken.tif"
+    corrupt.write_bytes(b"II*\x00 not really a tiff")
+    journal = tmp_path / "journal.jsonl"
+    progress: list[tuple[str, int, int]] = []
+    finished, failed = [], []
+    with DeconvolutionQueue(journal, torch_threads=1) as queue:
+        queue.progress.connect(lambda j, d, t: progress.append((j, d, t)))
+        queue.finished.connect(finished.append)
+        queue.failed.connect(failed.append)
+        bad_id = queue.submit(corrupt, iterations=2)
+        good_id = queue.submit(good, iterations=4, tv_weight=0.01)
+        assert queue.wait(timeout=200)
+        bad, ok = queue.job(bad_id), queue.job(good_id)
+    assert bad.state == "failed" and "broken.tif" in bad.error
+    assert ok.state == "done" and Path(ok.output).name == "rec_deconv.ome.tif"
+    assert tifffile.imread(ok.output).shape == (2, 96, 96)
+    assert [j.id for j in failed] == [bad_id] and [j.id for j in finished] == [good_id]
+    assert progress[-1] == (good_id, 8, 8)  # 2 frames x 4 iterations
+    assert _sha(good) == good_hash
+    assert not list(tmp_path.glob("broken_deconv*"))  # no empty reservation left behind
+    events = [json.loads(line)["event"] for line in journal.read_text().splitlines()]
+    assert events.count("done") == 1 and events.count("failed") == 1
+
+
+def test_killed_worker_is_replaced_and_the_job_completes(tmp_path: Path) -> None:
+    source = _recording(tmp_path, frames=1, size=128)
+    source_hash = _sha(source)
+    started = threading.Event()
+    with DeconvolutionQueue(tmp_path / "journal.jsonl", torch_threads=1) as queue:
+        queue.progress.connect(lambda j, d, t: started.set())
+        job_id = queue.submit(source, iterations=150, tv_weight=0.01)
+        assert started.wait(120)
+        os.kill(queue.worker_pids[0], signal.SIGKILL)
+        assert queue.wait(timeout=200)
+        job = queue.job(job_id)
+    assert job.state == "done" and job.attempts == 2
+    assert "crashed" in job.history
+    assert tifffile.imread(job.output).shape == (128, 128)
+    assert _sha(source) == source_hash
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_unfinished_job_resumes_after_restart(tmp_path: Path) -> None:
+    source = _recording(tmp_path, frames=1, size=128)
+    source_hash = _sha(source)
+    journal = tmp_path / "journal.jsonl"
+    started = threading.Event()
+    queue = DeconvolutionQueue(journal, torch_threads=1)
+    queue.progress.connect(lambda j, d, t: started.set())
+    job_id = queue.submit(source, iterations=150, tv_weight=0.01)
+    assert started.wait(120)
+    queue.close(timeout=1.0)  # the program stops mid-job: the worker is killed, the job stays unfinished
+    assert queue.job(job_id).state == "running"
+
+    with DeconvolutionQueue(journal, torch_threads=1) as restarted:
+        assert restarted.resumed == [job_id]
+        assert restarted.wait(timeout=200)
+        job = restarted.job(job_id)
+    assert job.state == "done"
+    outputs = sorted(p.name for p in tmp_path.glob("rec_deconv*"))
+    assert outputs == ["rec_deconv.ome.tif"]  # the reserved name is reused, no duplicate
+    assert tifffile.imread(job.output).shape == (128, 128)
+    assert _sha(source) == source_hash
