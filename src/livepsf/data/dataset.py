@@ -81,7 +81,7 @@ _SPLIT_IMAGES = {
     "test": (EVAL_IMAGES, (0.0, 1.0, 0.5, 1.0)),
 }
 # Bump when the synthesis changes so that cached evaluation sets are regenerated.
-_DATA_VERSION = 3
+_DATA_VERSION = 4
 
 
 def default_psf_size_px(spec: PSFModelSpec, optics: Optics) -> int:
@@ -260,7 +260,7 @@ class BatchSynthesizer:
                 np.subtract(1.0, tex[oy : oy + f, ox : ox + f], out=crops[i])
             else:
                 crops[i] = tex[oy : oy + f, ox : ox + f]
-        t = torch.from_numpy(crops)
+        t = torch.from_numpy(crops).mul_(cond.contrast.float()[:, None, None])
         photons = torch.where(cond.black, 0.0, cond.photons)
 
         lo = (f - w) // 2

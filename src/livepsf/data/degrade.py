@@ -2,10 +2,11 @@
 
 The image model of one training patch (paper eq. 9–10, with a camera added)::
 
-    electrons(r) = photons * illumination(r) * (background + (h_a * t)(r))      expected signal
+    electrons(r) = photons * illumination(r) * (background + contrast * (h_a * t)(r))   expected signal
     raw(r)       = offset + gain * (Poisson(electrons(r)) + N(0, read_noise_e^2)) rounded to ADU
 
-``t`` is the sharp texture in ``[0, 1]``, ``h_a`` the PSF of parameters ``a``, ``photons`` the
+``t`` is the sharp texture in ``[0, 1]`` (``contrast`` scales it down for faint, low-contrast samples
+such as unstained cells in transmitted light), ``h_a`` the PSF of parameters ``a``, ``photons`` the
 expected photo-electrons at texture value 1 (global illumination level x exposure x quantum
 efficiency: the paper's beta), ``illumination`` a smooth linear ramp (non-uniform illumination),
 ``gain`` in ADU per electron and ``offset`` in ADU. Patches are *raw* camera values: brightness,
@@ -18,7 +19,8 @@ a texture is too small, :func:`blur_fft` mirror-pads it (reflect padding).
 
 Invalid rule (label a_0 = 1, paper Section II-E1: "minimal variance and white pixel ratio"), decided on
 the sharp texture inside the central window, independently of the blur (a strongly blurred but textured
-patch is still a valid sample of a large PSF). With ``tw`` the window of the sharp texture, a patch is
+patch is still a valid sample of a large PSF). With ``tw`` the window of the sharp texture times its
+contrast, a patch is
 invalid when any of these holds:
 
 * **SNR**: ``photons * modulation < min_snr * sqrt(photons * (mean(tw) + background) + read_noise_e^2)``
@@ -74,6 +76,9 @@ class DegradationConfig:
         illumination level (exposure x brightness x quantum efficiency).
     background
         Uniform background added to the texture, as a fraction of the texture's full scale (uniform).
+    contrast
+        Factor on the texture (log-uniform): 1 uses the full ``[0, 1]`` range, 0.25 gives a faint,
+        low-contrast sample on its background.
     read_noise_e
         Camera read noise, RMS electrons (uniform).
     gain_adu
@@ -97,8 +102,9 @@ class DegradationConfig:
         Round to whole ADU and clip to the 16-bit range, as an ADC does.
     """
 
-    photons: Range = (30.0, 20000.0)
+    photons: Range = (100.0, 20000.0)
     background: Range = (0.0, 0.3)
+    contrast: Range = (0.25, 1.0)
     read_noise_e: Range = (0.5, 6.0)
     gain_adu: Range = (0.5, 4.0)
     offset_adu: Range = (0.0, 1000.0)
@@ -113,11 +119,11 @@ class DegradationConfig:
     quantise: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("photons", "background", "read_noise_e", "gain_adu", "offset_adu", "gradient"):
+        for name in ("photons", "background", "contrast", "read_noise_e", "gain_adu", "offset_adu", "gradient"):
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
                 raise ValueError(f"DegradationConfig.{name} must be a range 0 <= lo <= hi, got {(lo, hi)}")
-        for name in ("photons", "gain_adu"):
+        for name in ("photons", "gain_adu", "contrast"):
             if getattr(self, name)[0] <= 0:
                 raise ValueError(f"DegradationConfig.{name} must be positive, got {getattr(self, name)}")
         if self.gradient[1] > 1:
@@ -133,7 +139,8 @@ class DegradationConfig:
         The starting point of the robustness sweep (:func:`apply_strength`). Textured patches are all
         valid unless the contrast or white-ratio rule flags them.
         """
-        base = dict(photons=(1.0, 1.0), background=(0.0, 0.0), read_noise_e=(0.0, 0.0), gain_adu=(1.0, 1.0),
+        base = dict(photons=(1.0, 1.0), background=(0.0, 0.0), contrast=(1.0, 1.0), read_noise_e=(0.0, 0.0),
+                    gain_adu=(1.0, 1.0),
                     offset_adu=(0.0, 0.0), gradient=(0.0, 0.0), noise=False, quantise=False, min_snr=0.0)
         return cls(**(base | overrides))
 
@@ -150,6 +157,7 @@ class PatchConditions:
 
     photons: torch.Tensor
     background: torch.Tensor
+    contrast: torch.Tensor
     read_noise_e: torch.Tensor
     gain_adu: torch.Tensor
     offset_adu: torch.Tensor
@@ -174,6 +182,7 @@ class PatchConditions:
         return cls(
             photons=logu(config.photons),
             background=uni(config.background),
+            contrast=logu(config.contrast),
             read_noise_e=uni(config.read_noise_e),
             gain_adu=logu(config.gain_adu),
             offset_adu=uni(config.offset_adu),
