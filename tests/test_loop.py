@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -295,3 +296,33 @@ def test_on_the_simulator_follows_the_focus_drive(mapper):
     loop.stop()
     assert results[0].frame.shape == (256, 256) and results[0].stage_z_um == pytest.approx(0.0)
     assert not core.isSequenceRunning()
+
+
+def test_result_recorder_drops_instead_of_queueing_when_the_disk_is_slow(mapper):
+    from livepsf.acquisition.loop import ResultRecorder
+
+    class SlowDisk:
+        def __init__(self):
+            self.frames = []
+            self.closed = False
+
+        def append(self, frame, *, exposure_ms=None, z_um=None, psfmap=None, extra=None):
+            time.sleep(0.02)
+            self.frames.append((extra["image_number"], psfmap is not None, exposure_ms))
+
+        def close(self):
+            self.closed = True
+            return "done"
+
+    core = make_core(PatternCamera())
+    loop = LiveLoop(core, mapper)
+    results = collect(loop, 1)
+    loop.stop()
+    disk = SlowDisk()
+    rec = ResultRecorder(disk, exposure_ms=5.0, max_queue=4)
+    for i in range(30):  # a burst much faster than the disk
+        rec.submit(dataclasses.replace(results[0], image_number=i))
+    assert rec.close() == "done" and disk.closed
+    assert rec.written + rec.dropped == 30 and rec.dropped > 10
+    assert disk.frames[0] == (0, True, 5.0)
+    assert [n for n, _, _ in disk.frames] == sorted(n for n, _, _ in disk.frames)

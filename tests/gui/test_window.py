@@ -52,6 +52,20 @@ def test_window_runs_switches_overlays_and_snapshots(qtbot, sim_core, tiny_model
     assert stats.maps > 0 and np.isfinite(stats.drawn_latency_ms_median)
     assert "maps" in window.stats_label.text()
 
+    # Record the mapped frames with their PSF maps (the Recorder of the acquisition package).
+    assert window.start_recording(tmp_path / "run.ome.tif")
+    qtbot.waitUntil(lambda: window._recorder.written >= 3, timeout=20000)
+    saved = window.stop_recording()
+    import tifffile
+
+    from livepsf.acquisition.recorder import recorded_psfmaps
+
+    stack = tifffile.imread(saved)
+    maps = recorded_psfmaps(saved)
+    assert stack.ndim == 3 and stack.shape[1:] == (256, 256) and len(maps) == stack.shape[0] >= 3
+    assert maps[0] is not None and maps[0].frame_shape == (256, 256)
+    assert "saved" in window.record_label.text()
+
     path = tmp_path / "window.png"
     assert window.grab().save(str(path))
     image = QtGui.QImage(str(path))

@@ -26,6 +26,7 @@ loop either recovers or stops cleanly (:attr:`LiveLoop.stopped` says why):
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -38,7 +39,7 @@ from psygnal import Signal
 
 from livepsf.mapping import PSFMap
 
-__all__ = ["DepthModel", "FrameSink", "LiveLoop", "LiveResult", "LiveStats"]
+__all__ = ["DepthModel", "FrameSink", "LiveLoop", "LiveResult", "LiveStats", "ResultRecorder"]
 
 logger = logging.getLogger("livepsf.live")
 
@@ -702,3 +703,66 @@ def _as_2d(img: np.ndarray) -> np.ndarray:
     elif arr.ndim != 2:
         raise ValueError(f"camera gave a frame of shape {arr.shape}; expected 2D (or colour HxWxC)")
     return arr if arr.flags.owndata else arr.copy()
+
+
+class ResultRecorder:
+    """Write published results (frame + PSF map + stage Z) to a recorder on a thread of its own.
+
+    Connect :meth:`submit` to :attr:`LiveLoop.resultReady`. The recorder
+    (:class:`livepsf.acquisition.recorder.Recorder`) writes and fsyncs every page, which must not hold up
+    mapping: results wait in a short queue, and when the disk falls behind the newest results are
+    dropped and counted rather than queued without bound. The recording therefore holds the mapped
+    frames (the newest-frame stream the window shows), each with its PSF map.
+
+    Parameters
+    ----------
+    recorder
+        An open recorder with ``append(frame, exposure_ms=, z_um=, psfmap=, extra=)`` and ``close()``.
+    exposure_ms
+        Exposure stored with every frame (``None``: not recorded).
+    max_queue
+        Results that may wait for the disk.
+    """
+
+    def __init__(self, recorder: Any, *, exposure_ms: float | None = None, max_queue: int = 8) -> None:
+        self.recorder = recorder
+        self.exposure_ms = exposure_ms
+        self.written = 0
+        self.dropped = 0
+        self.error: str = ""
+        self._queue: queue.Queue[LiveResult | None] = queue.Queue(maxsize=max_queue)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="livepsf-recorder", daemon=True)
+        self._thread.start()
+
+    def submit(self, result: LiveResult) -> None:
+        """Queue a result for writing (any thread; never blocks)."""
+        if self._closed or self.error:
+            return
+        try:
+            self._queue.put_nowait(result)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            result = self._queue.get()
+            if result is None:
+                return
+            if self.error:
+                continue
+            try:
+                self.recorder.append(result.frame, exposure_ms=self.exposure_ms, z_um=result.stage_z_um,
+                                     psfmap=result.pmap, extra={"image_number": result.image_number})
+                self.written += 1
+            except Exception as exc:  # full disk, changed frame size: stop writing, keep what is written
+                self.error = str(exc)
+                logger.warning("recording stopped: %s", exc)
+
+    def close(self, timeout_s: float = 10.0) -> Any:
+        """Write what is queued, stop the thread and close the recorder; returns the recorder's result."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(timeout_s)
+        return self.recorder.close()

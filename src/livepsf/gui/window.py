@@ -401,9 +401,9 @@ class LiveWindow(QtWidgets.QMainWindow):
                 self.core.events.stagePositionChanged.disconnect(self._forward_stage_move)
             except (TypeError, ValueError, RuntimeError):
                 pass  # already disconnected
-        if self._recorder is not None:
-            self.record_button.setChecked(False)
         self.loop.stop()
+        if self._recorder is not None:
+            self.stop_recording()
 
     # -- model, stride, calibration ----------------------------------------------------------------
     def _shipped_models(self) -> list[str]:
@@ -520,33 +520,79 @@ class LiveWindow(QtWidgets.QMainWindow):
 
     # -- recording ---------------------------------------------------------------------------------
     def _on_record_toggled(self, on: bool) -> None:
-        recorder_cls = _recorder_class()
         if on:
-            try:
-                self._recorder = _start_recorder(recorder_cls, self)
-            except Exception as exc:
-                self._on_error(f"recording not started: {exc}")
-                self.record_button.blockSignals(True)
-                self.record_button.setChecked(False)
-                self.record_button.blockSignals(False)
-                return
-            self.loop.add_frame_sink(self._record_frame)
-            self.record_button.setText("Stop recording")
-            self.record_label.setText(f"recording to {getattr(self._recorder, 'path', '')}")
-        elif self._recorder is not None:
-            self.loop.remove_frame_sink(self._record_frame)
-            recorder, self._recorder = self._recorder, None
-            try:
-                recorder.close()
-            except Exception as exc:
-                self._on_error(f"recording not closed cleanly: {exc}")
-            self.record_button.setText("Start recording")
-            self.record_label.setText(f"saved {getattr(recorder, 'path', '')}")
+            path, _ = QtWidgets.QFileDialog.getSaveFileName(
+                self, "Record to", str(Path.cwd() / "livepsf-recording.ome.tif"), "OME-TIFF (*.ome.tif)")
+            if not path or not self.start_recording(path):
+                self._set_record_button(False)
+        else:
+            self.stop_recording()
 
-    def _record_frame(self, frame: np.ndarray, metadata: dict) -> None:
-        recorder = self._recorder
-        if recorder is not None:
-            recorder.append(frame, metadata)
+    def _set_record_button(self, on: bool) -> None:
+        self.record_button.blockSignals(True)
+        self.record_button.setChecked(on)
+        self.record_button.setText("Stop recording" if on else "Start recording")
+        self.record_button.blockSignals(False)
+
+    def start_recording(self, path: str | Path) -> bool:
+        """Record the mapped frames with their PSF maps to an OME-TIFF (a free name near ``path``)."""
+        recorder_cls = _recorder_class()
+        if recorder_cls is None:
+            self._on_error("recording needs livepsf.acquisition.recorder")
+            return False
+        from livepsf.acquisition.loop import ResultRecorder
+
+        try:
+            pixel_um = float(self.core.getPixelSizeUm()) or self.model.optics.pixel_size_um
+        except Exception:
+            pixel_um = self.model.optics.pixel_size_um
+        try:
+            exposure = float(self.core.getExposure())
+        except Exception:
+            exposure = None
+        try:
+            recorder = recorder_cls(path, pixel_size_um=pixel_um, metadata={
+                "source": "livepsf live window", "model_name": self.model.name,
+                "model_sha256": self.model.card.weights_sha256, "stride_px": self.stride_px,
+                "camera": self.core.getCameraDevice()})
+        except Exception as exc:
+            self._on_error(f"recording not started: {exc}")
+            return False
+        self._recorder = ResultRecorder(recorder, exposure_ms=exposure)
+        self.loop.resultReady.connect(self._recorder.submit)
+        self._set_record_button(True)
+        self.record_label.setText(f"recording to {recorder.path}")
+        return True
+
+    def stop_recording(self) -> Path | None:
+        """Finish the recording; returns its path (``None`` if none was running)."""
+        rec, self._recorder = self._recorder, None
+        self._set_record_button(False)
+        if rec is None:
+            return None
+        self.loop.resultReady.disconnect(rec.submit)
+        try:
+            path = rec.close()
+        except Exception as exc:
+            self._on_error(f"recording not closed cleanly: {exc}")
+            return None
+        note = f"saved {rec.written} frames to {path}"
+        if rec.dropped:
+            note += f" ({rec.dropped} dropped: the disk was slower than the maps)"
+        if rec.error:
+            note += f"; stopped early: {rec.error}"
+        self.record_label.setText(note)
+        return Path(path)
+
+    def _update_record_label(self) -> None:
+        rec = self._recorder
+        if rec is not None:
+            text = f"recording to {rec.recorder.path}: {rec.written} frames"
+            if rec.dropped:
+                text += f", {rec.dropped} dropped"
+            if rec.error:
+                text += f" — stopped: {rec.error}"
+            self.record_label.setText(text)
 
     # -- drawing -----------------------------------------------------------------------------------
     def _store_result(self, result: LiveResult) -> None:
@@ -751,6 +797,7 @@ class LiveWindow(QtWidgets.QMainWindow):
             legend.items[index][1].setText(text)
 
     def _update_stats(self) -> None:
+        self._update_record_label()
         stats = self.loop.stats()
         state = "live" if stats.running else "stopped"
         shape = f"{stats.frame_shape[1]}×{stats.frame_shape[0]}" if stats.frame_shape else ""
@@ -768,12 +815,3 @@ def _recorder_class() -> Any:
     except ImportError:
         return None
     return getattr(recorder, "Recorder", None)
-
-
-def _start_recorder(recorder_cls: Any, window: LiveWindow) -> Any:
-    if recorder_cls is None:
-        raise RuntimeError("no recorder available")
-    path, _ = QtWidgets.QFileDialog.getSaveFileName(window, "Record to", os.getcwd(), "OME-TIFF (*.ome.tif)")
-    if not path:
-        raise RuntimeError("no file chosen")
-    return recorder_cls(path, core=window.core)
