@@ -3,8 +3,8 @@
 Run: ``.venv/bin/python -m pytest benchmarks/bench_data.py --benchmark-only``.
 patches/s = batch size / median time per batch (``extra_info["patches_per_second"]``).
 
-- ``test_z3_batch_128``: one full training batch of 64 (the default pools: 256 PSFs refreshed at 4 per
-  batch, 48 textures refreshed at 0.25 per batch — the pool refreshes are part of the measured time).
+- ``test_z3_batch_128``: one full training batch of 64 (the default pools: 256 PSFs refreshed at 2 per
+  batch, 48 textures refreshed at 0.15 per batch — the pool refreshes are part of the measured time).
 - ``test_blur_64``: the FFT blur of 64 crops (240²) alone.
 - ``test_camera_noise_64``: the Poisson–Gaussian camera model on 64 patches alone.
 - ``test_dataloader_2_workers``: the training configuration, ``DataLoader(num_workers=2)`` (each worker

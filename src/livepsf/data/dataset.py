@@ -170,10 +170,10 @@ class BatchSynthesizer:
         split: str = "train",
         sources: Mapping[str, float] | None = None,
         psf_pool: int = 256,
-        psf_refresh: int = 4,
+        psf_refresh: int = 2,
         texture_pool: int = 48,
         texture_px: int | None = None,
-        texture_refresh: float = 0.25,
+        texture_refresh: float = 0.15,
         psf_size_px: int | None = None,
     ) -> None:
         if split not in SPLITS:

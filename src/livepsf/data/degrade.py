@@ -315,15 +315,14 @@ def camera_noise(
         # Where the Poisson part is drawn as a normal, shot and read noise are one normal of variance
         # lam + read^2: a single draw per pixel. Elsewhere, exact Poisson plus read * the same draw.
         z = torch.randn(lam.shape, generator=generator, dtype=torch.float32)
-        var = lam + read**2
-        counts = var.sqrt_().mul_(z).add_(lam)
+        counts = torch.addcmul(lam, (lam + read**2).sqrt_(), z)
         small = lam < _POISSON_EXACT_BELOW
         if bool(small.any()):
             read_small = read.expand_as(lam)[small] if read.ndim else read
             counts[small] = torch.poisson(lam[small], generator=generator) + read_small * z[small]
     else:
         counts = lam.clone()
-    raw = counts.mul_(gain).add_(offset)
+    raw = torch.addcmul(offset, counts, gain, out=counts)  # offset + gain * counts, in place
     if quantise:
         raw = raw.round_().clamp_(0.0, _ADC_MAX)
     return raw
