@@ -36,6 +36,7 @@ _STATS_INTERVAL_MS = 500
 _STRIDES = (32, 64, 128)
 _TRACE_INTERVAL_S = 0.25
 _HISTOGRAM_INTERVAL_S = 0.5
+_ABSOLUTE_Z_UM = 500.0
 
 
 class _Bridge(QtCore.QObject):
@@ -770,9 +771,10 @@ class LiveWindow(QtWidgets.QMainWindow):
         value = ov.region_mean(tfield, pmap, roi)
         z = result.stage_z_um if result.stage_z_um is not None else float("nan")
         if not self._trace:
-            # A real focus drive reads thousands of µm: plot its moves relative to where the trace began.
-            self._z_ref = z
-            self._set_legend(1, f"stage Z − {z:.1f} µm" if np.isfinite(z) and abs(z) > 1e-6 else "stage Z (µm)")
+            # A real focus drive may read thousands of µm: then plot its moves relative to where the
+            # trace began (the simulator's Z is already relative to focus).
+            self._z_ref = z if np.isfinite(z) and abs(z) > _ABSOLUTE_Z_UM else 0.0
+            self._set_legend(1, f"stage Z − {self._z_ref:.1f} µm" if self._z_ref else "stage Z (µm)")
             self._set_legend(0, "mean over the ROI" if roi is not None else "mean over the frame")
         z -= self._z_ref if np.isfinite(self._z_ref) else 0.0
         now = time.monotonic()
