@@ -248,7 +248,8 @@ def bench(
     for r in rows:
         table.add_row(r.task, r.subject, r.size, r.device, f"{r.median_ms:.1f}", f"{r.p95_ms:.1f}", str(r.runs),
                       "" if r.relative is None else f"{r.relative:.1f}×", r.note)
-    console.print(table)
+    # Piped to a file (no terminal width to respect), print full rows rather than rich's default 80 columns.
+    (console if console.is_terminal else Console(width=160)).print(table)
 
 
 @app.command()

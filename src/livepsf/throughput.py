@@ -86,13 +86,14 @@ def _network(architecture: str, psf_model: str, folder: Path):
 
 
 def mapping_suite(sizes: tuple[int, ...] = (1024, 2048), stride_px: int = 64, quick: bool = False,
-                  reference: bool = True) -> list[BenchRow]:
+                  reference: str | None = "resnet34") -> list[BenchRow]:
     """Frame -> PSF map with :class:`~livepsf.mapping.PSFMapper`: the default model and ResNet-34.
 
     The default model is the shipped ``default`` when there is one, else the fast architecture with
     untrained weights (the cost does not depend on the weights). The ResNet-34 reference (the paper's
-    network, untrained weights) maps the same windows and is reported relative to the default model.
-    On a CUDA machine the same rows are repeated on the GPU.
+    network, untrained weights) maps the same windows and is reported relative to the default model;
+    ``reference`` names its architecture (``None``: no reference rows). On a CUDA machine the same rows
+    are repeated on the GPU.
     """
     from livepsf.mapping import PSFMapper
     from livepsf.net import available_models, load_model
@@ -108,7 +109,8 @@ def mapping_suite(sizes: tuple[int, ...] = (1024, 2048), stride_px: int = 64, qu
             fast_label, fast_note = "shared-trunk", "default model not shipped: untrained weights"
         subjects = [(fast_label, fast, fast_note)]
         if reference:
-            subjects.append(("ResNet-34", _network("resnet34", fast.spec.name, folder), "untrained weights"))
+            label = "ResNet-34" if reference == "resnet34" else reference
+            subjects.append((label, _network(reference, fast.spec.name, folder), "untrained weights"))
         for device in devices:
             sync = torch.cuda.synchronize if device == "cuda" else None
             for size in sizes:
@@ -117,7 +119,7 @@ def mapping_suite(sizes: tuple[int, ...] = (1024, 2048), stride_px: int = 64, qu
                 for label, model, note in subjects:
                     model.to(device)
                     mapper = PSFMapper(model, stride_px=stride_px)
-                    heavy = label == "ResNet-34" and device == "cpu"
+                    heavy = model is not fast and device == "cpu"  # the reference takes seconds per frame
                     runs = (2 if heavy else 5) if quick else (3 if heavy else 30)
                     times = time_calls(lambda: mapper(frame), runs=runs, warmup=2 if heavy else 3, sync=sync)
                     median = float(np.median(times))
