@@ -188,7 +188,8 @@ class BatchSynthesizer:
         self.sources = dict(sources) if sources is not None else dict(TEXTURE_KINDS)
         unknown = set(self.sources) - set(TEXTURE_KINDS)
         if unknown:
-            raise ValueError(f"unknown texture sources {sorted(unknown)}; choose from {', '.join(TEXTURE_KINDS)}")
+            raise ValueError(f"unknown texture sources {sorted(unknown)}; "
+                             f"choose from {', '.join(TEXTURE_KINDS)}")
         self.psf_size_px = int(psf_size_px or default_psf_size_px(spec, optics))
         self.fft_px = fast_fft_size(self.patch_px + self.psf_size_px - 1)
         self.texture_px = int(texture_px or max(512, self.fft_px + 64))
@@ -253,7 +254,7 @@ class BatchSynthesizer:
             if cond.blank[i]:
                 crops[i] = blank(f, self.rng)
                 continue
-            tex = self.textures[int(which[i])]  # at least f x f; shipped images may be smaller than texture_px
+            tex = self.textures[int(which[i])]  # >= f x f; shipped images may be below texture_px
             oy = int(self.rng.integers(0, tex.shape[0] - f + 1))
             ox = int(self.rng.integers(0, tex.shape[1] - f + 1))
             if cond.invert[i]:
@@ -264,7 +265,8 @@ class BatchSynthesizer:
         photons = torch.where(cond.black, 0.0, cond.photons)
 
         lo = (f - w) // 2
-        invalid = invalid_rule(t[:, lo : lo + w, lo : lo + w], photons, cond.background, cond.read_noise_e, cfg)
+        window = t[:, lo : lo + w, lo : lo + w]
+        invalid = invalid_rule(window, photons, cond.background, cond.read_noise_e, cfg)
         invalid = torch.maximum(invalid, (cond.blank | cond.black).float())
 
         values = self.pool_values[idx].clone()

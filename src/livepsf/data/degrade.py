@@ -119,7 +119,8 @@ class DegradationConfig:
     quantise: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("photons", "background", "contrast", "read_noise_e", "gain_adu", "offset_adu", "gradient"):
+        ranges = ("photons", "background", "contrast", "read_noise_e", "gain_adu", "offset_adu", "gradient")
+        for name in ranges:
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
                 raise ValueError(f"DegradationConfig.{name} must be a range 0 <= lo <= hi, got {(lo, hi)}")
@@ -209,7 +210,8 @@ def _spectrum(x: torch.Tensor) -> torch.Tensor:
 def psf_spectrum(psfs: torch.Tensor, fft_px: int) -> torch.Tensor:
     """Spectra of odd-sized PSFs ``(B, S, S)`` embedded in an ``fft_px`` square with their centre at (0, 0).
 
-    Layout ``(B, fft_px // 2 + 1, fft_px)``: the transpose of ``torch.fft.rfft2``'s, as :func:`blur_fft` wants.
+    Layout ``(B, fft_px // 2 + 1, fft_px)``: the transpose of ``torch.fft.rfft2``'s, as :func:`blur_fft`
+    wants.
     """
     b, s, s2 = psfs.shape
     if s != s2 or s % 2 == 0 or s > fft_px:
@@ -253,7 +255,8 @@ def blur_fft(
     if c < fft_px:
         # Mirror-pad (reflect) to the FFT size: whatever wraps around is then mirrored texture.
         lo = (fft_px - c) // 2
-        x = torch.nn.functional.pad(x[:, None], (lo, fft_px - c - lo, lo, fft_px - c - lo), mode="reflect")[:, 0]
+        pad = (lo, fft_px - c - lo, lo, fft_px - c - lo)
+        x = torch.nn.functional.pad(x[:, None], pad, mode="reflect")[:, 0]
         c = fft_px
     elif c > fft_px:
         lo = (c - fft_px) // 2
@@ -274,7 +277,7 @@ def blur_fft(
 
 
 def illumination_ramp(n_px: int, drop: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Linear illumination ramps ``(B, n, n)``: 1 at one edge, ``1 - drop`` at the opposite one, along ``angle``."""
+    """Linear illumination ramps ``(B, n, n)``: 1 at one edge, ``1 - drop`` at the opposite edge (along ``angle``)."""
     coord = torch.linspace(-0.5, 0.5, n_px, dtype=torch.float32)
     c, s = torch.cos(angle).float(), torch.sin(angle).float()
     norm = c.abs() + s.abs()
@@ -299,8 +302,8 @@ def camera_noise(
 
     ``raw = offset + gain * (Poisson(electrons) + N(0, read_noise_e^2))``, rounded to whole ADU and
     clipped to ``[0, 65535]`` when ``quantise``. Expected value ``offset + gain * electrons``; variance
-    ``gain^2 (electrons + read_noise_e^2)`` (+ 1/12 ADU² of rounding). Counts of 10 and more are drawn from the
-    matching normal distribution (same mean and variance).
+    ``gain^2 (electrons + read_noise_e^2)`` (+ 1/12 ADU² of rounding). Counts of 10 and more are drawn
+    from the matching normal distribution (same mean and variance).
 
     Parameters
     ----------

@@ -75,15 +75,17 @@ def render_contact_sheet(patches: torch.Tensor, targets: torch.Tensor, spec: PSF
         grey = np.clip((img - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
         grey = np.ascontiguousarray(np.kron(grey, np.ones((scale, scale), dtype=np.uint8)))
         keep.append(grey)
-        qimg = QImage(grey.data, grey.shape[1], grey.shape[0], grey.strides[0], QImage.Format.Format_Grayscale8)
+        qimg = QImage(grey.data, grey.shape[1], grey.shape[0], grey.strides[0],
+                      QImage.Format.Format_Grayscale8)
         painter.drawImage(x0, y0 + text_h, qimg)
         invalid = float(targets[i, 0]) > 0.5
         painter.setPen(QColor(255, 90, 90) if invalid else QColor(230, 230, 230))
         line1 = _caption(spec, targets[i])
         raw = patches[i, 0]
         line2 = f"{'INVALID ' if invalid else ''}raw {float(raw.min()):.0f}..{float(raw.max()):.0f}"
-        painter.drawText(QRect(x0, y0, cell_w, text_h // 2), int(Qt.AlignmentFlag.AlignLeft), line1)
-        painter.drawText(QRect(x0, y0 + text_h // 2, cell_w, text_h // 2), int(Qt.AlignmentFlag.AlignLeft), line2)
+        left = int(Qt.AlignmentFlag.AlignLeft)
+        painter.drawText(QRect(x0, y0, cell_w, text_h // 2), left, line1)
+        painter.drawText(QRect(x0, y0 + text_h // 2, cell_w, text_h // 2), left, line2)
     painter.end()
     return sheet
 

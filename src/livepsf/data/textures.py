@@ -108,7 +108,8 @@ def _splat(canvas: np.ndarray, y: np.ndarray, x: np.ndarray, weight: np.ndarray 
     x0 = np.floor(x).astype(np.int64)
     fy, fx = y - y0, x - x0
     weight = np.broadcast_to(np.asarray(weight, dtype=np.float64), y.shape)
-    for dy, dx, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+    corners = ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx))
+    for dy, dx, wgt in corners:
         yy, xx = y0 + dy, x0 + dx
         ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
         # bincount is an unbuffered scatter-add, much faster than np.add.at.
@@ -193,7 +194,8 @@ def points(
         for lo in range(0, n, 2048):
             yc, xc, b = y[lo : lo + 2048], x[lo : lo + 2048], bright[lo : lo + 2048]
             iy, ix = np.round(yc).astype(np.int64), np.round(xc).astype(np.int64)
-            dy = (iy - yc)[:, None, None].astype(np.float32) + offs[None, :, None] + sub[None, None, :]  # (m, box, 4)
+            # (m, box, 4): sub-pixel sample offsets from each bead centre, per box row / column
+            dy = (iy - yc)[:, None, None].astype(np.float32) + offs[None, :, None] + sub[None, None, :]
             dx = (ix - xc)[:, None, None].astype(np.float32) + offs[None, :, None] + sub[None, None, :]
             inside = (dy[:, :, None, :, None] ** 2 + dx[:, None, :, None, :] ** 2) <= radius_px**2
             cover = inside.mean(axis=(3, 4))  # (m, box, box)
@@ -550,7 +552,8 @@ def random_scales(kind: str, rng: np.random.Generator) -> dict:
         return {"cell_radius_px": logu(8, 80), "density": rng.uniform(0.3, 1.0),
                 "nucleus_fraction": rng.uniform(0.3, 0.6)}
     if kind == "points":
-        return {"density_per_px": logu(2e-4, 2e-2), "radius_px": 0.0 if rng.random() < 0.6 else logu(0.6, 4.0),
+        return {"density_per_px": logu(2e-4, 2e-2),
+                "radius_px": 0.0 if rng.random() < 0.6 else logu(0.6, 4.0),
                 "brightness_spread": rng.uniform(0.0, 0.8)}
     if kind == "filaments":
         return {"width_px": logu(1.0, 3.0), "persistence_px": logu(10, 200),
@@ -562,7 +565,8 @@ def random_scales(kind: str, rng: np.random.Generator) -> dict:
     if kind == "printed_grid":
         pitch = logu(40, 320)
         return {"pitch_px": pitch, "line_width_px": pitch * rng.uniform(0.03, 0.3),
-                "offset_px": (rng.uniform(0, pitch), rng.uniform(0, pitch)), "rotation_deg": rng.uniform(-10, 10),
+                "offset_px": (rng.uniform(0, pitch), rng.uniform(0, pitch)),
+                "rotation_deg": rng.uniform(-10, 10),
                 "grain_px": logu(2, 10), "edge_roughness_px": logu(0.5, 4),
                 "toner_transmission": rng.uniform(0.0, 0.3)}
     if kind in ("shipped", "blank"):
