@@ -277,7 +277,7 @@ def blur_fft(
 
 
 def illumination_ramp(n_px: int, drop: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Linear illumination ramps ``(B, n, n)``: 1 at one edge, ``1 - drop`` at the opposite edge (along ``angle``)."""
+    """Linear illumination ramps ``(B, n, n)``: 1 at one edge, ``1 - drop`` at the opposite edge."""
     coord = torch.linspace(-0.5, 0.5, n_px, dtype=torch.float32)
     c, s = torch.cos(angle).float(), torch.sin(angle).float()
     norm = c.abs() + s.abs()
