@@ -17,7 +17,7 @@ import torch
 
 from livepsf.net.architectures import build_network
 
-ARCHS = ["shared-trunk", "shared-trunk-m2", "shared-trunk-separable", "resnet34"]
+ARCHS = ["shared-trunk", "shared-trunk-separable", "resnet34"]
 
 
 @pytest.fixture(autouse=True)

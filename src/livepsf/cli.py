@@ -252,88 +252,6 @@ def bench(
     (console if console.is_terminal else Console(width=160)).print(table)
 
 
-@app.command()
-def train(
-    psf_model: str = typer.Option("Z-3", "--psf-model", help="Z-1, Z-2, Z-3, G-1 or G-2."),
-    architecture: str = typer.Option("shared-trunk", help="Network architecture (shared-trunk, resnet34, ...)."),
-    name: str = typer.Option("default", help="Model name (file name and card name)."),
-    minutes: float = typer.Option(None, help="Training budget in wall-clock minutes."),
-    steps: int = typer.Option(None, help="Training budget in optimisation steps."),
-    out: Path = typer.Option(Path("runs"), help="Folder for the checkpoint and the exported model."),
-    resume: Path = typer.Option(None, help="Checkpoint to continue from."),
-    seed: int = typer.Option(0, help="Random seed (network initialisation and data stream)."),
-    batch_size: int = typer.Option(32, help="Patches per step."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (cosine decay)."),
-    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
-    threads: int = typer.Option(None, help="torch threads for training."),
-    workers: int = typer.Option(1, help="Background processes making training batches (0: inline)."),
-    export: Path = typer.Option(None, help="Where to write the .pt model (default OUT/NAME.pt)."),
-    n_test: int = typer.Option(2000, help="Test-set size for the card's evaluation."),
-) -> None:
-    """Train a PSF-parameter network, evaluate it on the held-out test set and export it with its card."""
-    import shlex
-    import sys
-
-    from livepsf.net.train import TrainConfig, run_training
-
-    config = TrainConfig(psf_model=psf_model, architecture=architecture, name=name, steps=steps, minutes=minutes,
-                         batch_size=batch_size, lr=lr, seed=seed, device=device, threads=threads, workers=workers)
-    command = "livepsf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result, path = run_training(config, out, export_path=export, resume=resume, command=command, n_test=n_test)
-    from livepsf.net import ModelCard
-
-    card = ModelCard.load(path.with_suffix(".json"))
-    test = card.evaluation["test"]
-    console.print(f"trained {result.step} steps in {result.seconds / 60:.1f} min; exported {path}")
-    console.print("test R²: " + ", ".join(f"{k} {v:.3f}" for k, v in test["r2"].items() if v is not None)
-                  + f"; mean {test['mean_r2']:.3f}; validity accuracy {test['validity_accuracy']:.3f}")
-
-
-@app.command()
-def evaluate(
-    model: str = typer.Argument("default", help="Shipped model name or a .pt file with its .json card."),
-    n_test: int = typer.Option(2000, help="Test-set size."),
-    n_robustness: int = typer.Option(500, help="Clean patches for the robustness sweep (0: skip)."),
-    plot: Path = typer.Option(None, help="PNG of the robustness sweep (default: beside a .pt file, or "
-                                         "./<name>_robustness.png for a shipped model)."),
-) -> None:
-    """R² per parameter on the held-out test set, validity accuracy and the robustness sweep (Fig. 7)."""
-    from rich.table import Table
-
-    from livepsf.imageio import output_path
-    from livepsf.net import load_model
-    from livepsf.net.evaluate import evaluate_model, robustness_plot
-
-    net = load_model(model)
-    report = evaluate_model(net.module, net.spec.name, net.optics, net.window_px, n_test=n_test,
-                            n_robustness=n_robustness, device=net.device)
-    table = Table(title=f"{net.name} ({net.spec.name}, {net.card.architecture}) on {report.test.n_valid} valid "
-                        f"+ {report.test.n_invalid} invalid test patches")
-    table.add_column("parameter")
-    table.add_column("R²", justify="right")
-    table.add_column("MAE (normalised)", justify="right")
-    for k, v in report.test.r2.items():
-        table.add_row(k, f"{v:.4f}", f"{report.test.mae[k]:.4f}")
-    table.add_row("[bold]mean", f"[bold]{report.test.mean_r2:.4f}", "")
-    table.add_row("validity accuracy", f"{report.test.validity_accuracy:.4f}", "")
-    console.print(table)
-    if report.robustness is not None:
-        rob = Table(title="mean R² under degradation (strength as in livepsf.data.degrade.apply_strength)")
-        rob.add_column("degradation")
-        for s in report.robustness.strengths:
-            rob.add_column(f"{s:g}", justify="right")
-        for row in report.robustness.table():
-            rob.add_row(*row)
-        console.print(rob)
-        if plot is None:
-            from livepsf.net import models_dir
-
-            shipped = net.path.resolve().parent == models_dir().resolve()  # never write into the package
-            plot = output_path(Path.cwd() / f"{net.name}.pt" if shipped else net.path, "_robustness.png")
-        robustness_plot(report.robustness, plot, title=f"{net.name} ({net.spec.name}): R² under degradation")
-        console.print(f"plot: {plot}")
-
-
 # -- live: demo (simulator) and live (Micro-Manager) -------------------------------------------------
 
 
@@ -495,6 +413,99 @@ def data_preview(
         out = output_path(out, ".png")
     path = write_preview(out, psf_model, n=n, seed=seed, columns=columns, split=split)
     console.print(f"wrote {path}: {n} {psf_model.upper()} patches (seed {seed}, {split})", highlight=False)
+
+
+@app.command()
+def train(
+    psf_model: str = typer.Option("Z-3", "--psf-model", help="Z-1, Z-2, Z-3, G-1 or G-2."),
+    architecture: str = typer.Option("shared-trunk", help="Network architecture (shared-trunk, resnet34, ...)."),
+    name: str = typer.Option("default", help="Model name (file name and card name)."),
+    minutes: float = typer.Option(None, help="Training budget in wall-clock minutes."),
+    steps: int = typer.Option(None, help="Training budget in optimisation steps."),
+    out: Path = typer.Option(Path("runs"), help="Folder for the checkpoint and the exported model."),
+    resume: Path = typer.Option(None, help="Checkpoint to continue from."),
+    seed: int = typer.Option(0, help="Random seed (network initialisation and data stream)."),
+    batch_size: int = typer.Option(32, help="Patches per step."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (cosine decay)."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    threads: int = typer.Option(None, help="torch threads for training."),
+    workers: int = typer.Option(1, help="Background processes making training batches (0: inline)."),
+    export: Path = typer.Option(None, help="Where to write the .pt model (default OUT/NAME.pt)."),
+    n_test: int = typer.Option(2000, help="Test-set size for the card's evaluation."),
+    photons_max: float = typer.Option(None, help="Upper end of the training photon range (electrons at "
+                                                 "texture value 1; default: the data layer's)."),
+) -> None:
+    """Train a PSF-parameter network, evaluate it on the held-out test set and export it with its card."""
+    import shlex
+    import sys
+
+    from livepsf.net.train import TrainConfig, run_training
+
+    from livepsf.data.degrade import DegradationConfig
+
+    data = {}
+    if photons_max is not None:
+        low = DegradationConfig().photons[0]
+        if not photons_max > low:
+            raise InputError(f"--photons-max must exceed the lower end of the photon range ({low:g})")
+        data["photons"] = [low, photons_max]
+    config = TrainConfig(psf_model=psf_model, architecture=architecture, name=name, steps=steps, minutes=minutes,
+                         batch_size=batch_size, lr=lr, seed=seed, device=device, threads=threads, workers=workers,
+                         data=data)
+    command = "livepsf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result, path = run_training(config, out, export_path=export, resume=resume, command=command, n_test=n_test)
+    from livepsf.net import ModelCard
+
+    card = ModelCard.load(path.with_suffix(".json"))
+    test = card.evaluation["test"]
+    console.print(f"trained {result.step} steps in {result.seconds / 60:.1f} min; exported {path}")
+    console.print("test R²: " + ", ".join(f"{k} {v:.3f}" for k, v in test["r2"].items() if v is not None)
+                  + f"; mean {test['mean_r2']:.3f}; validity accuracy {test['validity_accuracy']:.3f}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument("default", help="Shipped model name or a .pt file with its .json card."),
+    n_test: int = typer.Option(2000, help="Test-set size."),
+    n_robustness: int = typer.Option(500, help="Clean patches for the robustness sweep (0: skip)."),
+    plot: Path = typer.Option(None, help="PNG of the robustness sweep (default: beside a .pt file, or "
+                                         "./<name>_robustness.png for a shipped model)."),
+) -> None:
+    """R² per parameter on the held-out test set, validity accuracy and the robustness sweep (Fig. 7)."""
+    from rich.table import Table
+
+    from livepsf.imageio import output_path
+    from livepsf.net import load_model
+    from livepsf.net.evaluate import evaluate_model, robustness_plot
+
+    net = load_model(model)
+    report = evaluate_model(net.module, net.spec.name, net.optics, net.window_px, n_test=n_test,
+                            n_robustness=n_robustness, device=net.device)
+    table = Table(title=f"{net.name} ({net.spec.name}, {net.card.architecture}) on {report.test.n_valid} valid "
+                        f"+ {report.test.n_invalid} invalid test patches")
+    table.add_column("parameter")
+    table.add_column("R²", justify="right")
+    table.add_column("MAE (normalised)", justify="right")
+    for k, v in report.test.r2.items():
+        table.add_row(k, f"{v:.4f}", f"{report.test.mae[k]:.4f}")
+    table.add_row("[bold]mean", f"[bold]{report.test.mean_r2:.4f}", "")
+    table.add_row("validity accuracy", f"{report.test.validity_accuracy:.4f}", "")
+    console.print(table)
+    if report.robustness is not None:
+        rob = Table(title="mean R² under degradation (strength as in livepsf.data.degrade.apply_strength)")
+        rob.add_column("degradation")
+        for s in report.robustness.strengths:
+            rob.add_column(f"{s:g}", justify="right")
+        for row in report.robustness.table():
+            rob.add_row(*row)
+        console.print(rob)
+        if plot is None:
+            from livepsf.net import models_dir
+
+            shipped = net.path.resolve().parent == models_dir().resolve()  # never write into the package
+            plot = output_path(Path.cwd() / f"{net.name}.pt" if shipped else net.path, "_robustness.png")
+        robustness_plot(report.robustness, plot, title=f"{net.name} ({net.spec.name}): R² under degradation")
+        console.print(f"plot: {plot}")
 
 
 def main(argv: list[str] | None = None) -> None:

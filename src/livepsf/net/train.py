@@ -80,6 +80,7 @@ class TrainConfig:
     optics: dict[str, float] = field(default_factory=lambda: Optics().to_dict())
     data: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
 
     def budget(self) -> str:
         parts = []
@@ -112,6 +113,7 @@ class TrainResult:
     history: list[dict[str, float]]
     validation: EvalResult | None
     checkpoint: Path | None
+    segments: list[dict[str, Any]] = field(default_factory=list)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -141,12 +143,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _save_checkpoint(path: Path, module, optimiser, config: TrainConfig, step: int, seconds: float,
-                     history: list[dict[str, float]], rng_state: dict[str, Any]) -> None:
+                     history: list[dict[str, float]], segments: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({
         "format": "livepsf-checkpoint", "version": CHECKPOINT_VERSION, "config": asdict(config),
         "model": module.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-        "seconds": seconds, "history": history, "rng": rng_state,
+        "seconds": seconds, "history": history, "segments": segments,
     }, tmp)
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
@@ -223,6 +225,7 @@ def train(
     module = build_network(config.architecture, spec.n_params, config.window_px).to(device)
     optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, seconds, history = 0, 0.0, []
+    segments: list[dict[str, Any]] = []
     if resume is not None:
         ckpt = load_checkpoint(resume)
         old = ckpt["config"]
@@ -233,11 +236,14 @@ def train(
         module.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])
         step, seconds, history = int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"])
+        segments = list(ckpt.get("segments", []))
 
+    # One segment per train() call: a resumed model's card lists every command that made it.
+    segments.append({"command": config.command, "start_step": step, "start_seconds": round(seconds, 1),
+                     "budget": config.budget(), "lr": config.lr, "data": dict(config.data)})
     stream = _train_stream(config, spec, optics, start_step=step)
-    if val_set is None:
-        val_set = eval_set(spec, "val", n=config.val_n, window_px=config.window_px, optics=optics,
-                           degradation=_degradation(config))
+    if val_set is None:  # default degradations whatever the training ranges, so runs stay comparable
+        val_set = eval_set(spec, "val", n=config.val_n, window_px=config.window_px, optics=optics)
     val_x, val_t = val_set
 
     def validate() -> EvalResult:
@@ -291,11 +297,11 @@ def train(
                                 "val_validity_accuracy": round(validation.validity_accuracy, 4)})
                 t_last = time.perf_counter()  # validation time is not training time
             if step % config.checkpoint_every == 0 or done:
-                _save_checkpoint(ckpt_path, module, optimiser, config, step, seconds, history, {})
+                _save_checkpoint(ckpt_path, module, optimiser, config, step, seconds, history, segments)
                 t_last = time.perf_counter()
             bar.update(fraction(), step, running, validation)
     module.eval()
-    return TrainResult(module, config, step, seconds, history, validation, ckpt_path)
+    return TrainResult(module, config, step, seconds, history, validation, ckpt_path, segments)
 
 
 class _Progress:
@@ -360,6 +366,7 @@ def build_card(result: TrainResult, spec: PSFModelSpec, evaluation: dict[str, An
         "loss": "paper eq. 11, gamma = 1, on parameters normalised to [0, 1]",
         "data": data_description,
         "n_parameters": count_parameters(module),
+        "segments": result.segments,
         "history": result.history[-20:],
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -388,6 +395,8 @@ def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Pa
     """
     from livepsf.net.evaluate import evaluate_model
 
+    if command:
+        config.command = command
     result = train(config, out_dir, resume=resume, progress=progress, val_set=val_set)
     report = evaluate_model(result.module, config.psf_model, Optics(**config.optics), config.window_px,
                             n_test=n_test, n_robustness=n_robustness, device=pick_device(config.device),
@@ -395,7 +404,7 @@ def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Pa
     result.module.cpu()
     path = Path(export_path) if export_path else Path(out_dir) / f"{config.name}.pt"
     data = (f"livepsf.data.dataset.PatchDataset({config.psf_model!r}, split='train', seed={config.seed}, "
-            f"batch_size={config.batch_size}, degradation=DegradationConfig({config.data or ''})): procedural "
+            f"batch_size={config.batch_size}, degradation=DegradationConfig(**{config.data})): procedural "
             "textures (cells, points, filaments, fractal noise, shapes, printed grid) and scikit-image's "
             "shipped images minus the held-out ones, blurred by PSFs drawn uniformly in the parameter "
             "ranges, random dihedral transforms, illumination ramps and Poisson-Gaussian camera noise; "
@@ -418,7 +427,7 @@ def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: 
     module.load_state_dict(ckpt["model"])
     module.eval()
     result = TrainResult(module, config, int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"]),
-                         None, Path(checkpoint))
+                         None, Path(checkpoint), list(ckpt.get("segments", [])))
     report = evaluate_model(module, config.psf_model, Optics(**config.optics), config.window_px,
                             n_test=n_test, n_robustness=n_robustness, test_set=test_set)
     data = (f"livepsf.data.dataset.PatchDataset({config.psf_model!r}, split='train', seed={config.seed}, "
