@@ -305,7 +305,7 @@ def run_cli(args: list[str]) -> int:
 
 
 class _RampMapper:
-    """Stands in for PSFMapper: reads the signed defocus (waves) encoded in the frame's pixel values."""
+    """Stands in for PSFMapper: reads the signed defocus (waves) encoded in each window's mean value."""
 
     def __init__(self, model, stride_px: int = 64, device=None) -> None:
         self.model, self.stride_px = model, stride_px
@@ -313,7 +313,8 @@ class _RampMapper:
     def __call__(self, frame: np.ndarray) -> PSFMap:
         frame = np.asarray(frame, dtype=np.float64)
         cy, cx = _centers(frame.shape[0]), _centers(frame.shape[1])
-        d = frame[np.ix_(cy.astype(int), cx.astype(int))] / 1000.0 - 2.0
+        means = np.array([[frame[int(y) - 63:int(y) + 65, int(x) - 63:int(x) + 65].mean() for x in cx] for y in cy])
+        d = means / 1000.0 - 2.0
         sign = np.where(d >= 0, 1.0, -1.0)
         params = {"focus": np.abs(d), "astig_0": sign * LENS[0], "astig_45": sign * LENS[1]}
         return PSFMap(params={k: v.astype(np.float32) for k, v in params.items()},
@@ -323,10 +324,13 @@ class _RampMapper:
 
 
 def _ramp_frame(tilt_deg: float, in_focus_px: float, shape=(512, 512)) -> np.ndarray:
+    """Defocus encoded as a ramp, under a checkerboard (2-D texture, zero mean over a window)."""
     x = np.arange(shape[1])
     height = (x - in_focus_px) * 0.65 * math.tan(math.radians(tilt_deg))
     waves = Optics().defocus_waves(height)
-    return np.broadcast_to(((waves + 2.0) * 1000.0).astype(np.uint16), shape).copy()
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    checker = np.where((yy // 8 + xx // 8) % 2 == 0, 300.0, -300.0)
+    return np.round((waves + 2.0) * 1000.0 + checker).astype(np.uint16)
 
 
 @pytest.fixture
@@ -443,3 +447,51 @@ def test_poor_fit_carries_a_warning():
         maps.append(pmap)
     cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=512.0)
     assert cal.r2 < 0.9 and "poor fit" in cal.notes
+
+
+# -- texture gate ----------------------------------------------------------------------------------
+
+
+def _textured_frame(shape=(1024, 1024), stripes_below_x: int = 0) -> np.ndarray:
+    """Checkerboard (texture in both directions); horizontal lines only left of ``stripes_below_x``."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    frame = np.where((yy // 12 + xx // 12) % 2 == 0, 1000.0, 200.0)
+    stripes = np.where((yy // 12) % 2 == 0, 1000.0, 200.0)
+    return np.where(xx < stripes_below_x, stripes, frame)
+
+
+def test_window_coherence_tells_lines_from_2d_texture():
+    pmap, _ = synthetic_map(6, 500)
+    lines = D.window_coherence(_textured_frame(stripes_below_x=1024), pmap)
+    checker = D.window_coherence(_textured_frame(), pmap)
+    noise = D.window_coherence(np.random.default_rng(0).normal(100, 10, (1024, 1024)), pmap)
+    assert lines.shape == pmap.grid_shape
+    assert lines.min() > 0.9 and checker.max() < 0.1 and noise.max() < 0.3
+    with pytest.raises(InputError, match="does not match"):
+        D.window_coherence(np.zeros((100, 100)), pmap)
+
+
+def test_texture_gate_leaves_out_line_only_windows():
+    frame = _textured_frame(stripes_below_x=512)
+    maps, frames = [], []
+    for i, t in enumerate((3, 6, 10)):
+        pmap, _ = synthetic_map(t, 760, seed=i)
+        left = pmap.centers_x[None, :].repeat(pmap.grid_shape[0], 0) + 64 <= 512
+        # Where only horizontal lines are seen, the astigmatism follows the lines, not the defocus.
+        pmap.params["astig_0"][left] = 0.3
+        pmap.params["astig_45"][left] = 0.0
+        maps.append(pmap)
+        frames.append(frame)
+    gated = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, frames=frames)
+    ungated = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65)
+    assert gated.max_texture_coherence == D.MAX_TEXTURE_COHERENCE and ungated.max_texture_coherence is None
+    assert gated.slope_um_per_unit == pytest.approx(UM_PER_WAVE, rel=0.02)
+    assert gated.mean_abs_error_um < 0.6 < ungated.mean_abs_error_um
+    # Depth of a fresh frame: line-only windows take their depth from reliable neighbours.
+    fresh, height = synthetic_map(7, 760, seed=9)
+    left = fresh.centers_x[None, :].repeat(fresh.grid_shape[0], 0) + 64 <= 512
+    fresh.params["astig_0"][left] = 0.3
+    depth = gated.depth_um(fresh, frame)
+    assert np.abs(depth - height)[~left].mean() < 1.0
+    ok = D.reliable_windows(fresh, frame, gated.max_texture_coherence)
+    assert not ok[left].any() and ok[:, -3:].all()

@@ -96,8 +96,9 @@ def calibrate(
     frame_foci = _per_image_values(foci, per_image, images, "--in-focus-px", required=False)
     net = load_model(model)
     mapper = PSFMapper(net, stride_px=stride)
-    pmaps = [mapper(frame) for frames in per_image for frame in frames]
-    cal = calibrate_psf_maps(pmaps, frame_tilts, pixel_size_um, tilt_axis, frame_foci, metric)
+    all_frames = [frame for frames in per_image for frame in frames]
+    pmaps = [mapper(frame) for frame in all_frames]
+    cal = calibrate_psf_maps(pmaps, frame_tilts, pixel_size_um, tilt_axis, frame_foci, metric, frames=all_frames)
     json_path = out if out is not None else output_path(images[0], "_calibration.json")
     cal.save(json_path)
     png_path = plot_calibration(cal, output_path(json_path, ".png"))
@@ -161,11 +162,12 @@ def depth(
     for image in images:
         frames = read_frames(image)
         pmaps = [mapper(frame) for frame in frames]
-        tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out)
+        tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out, frames=frames)
         for i, s in enumerate(stats):
             plane = f" [{i}]" if len(stats) > 1 else ""
             console.print(f"{image}{plane}: depth {s['min_um']:.1f} … {s['max_um']:.1f} µm (median "
-                          f"{s['median_um']:.1f}), {100 * s['invalid_fraction']:.0f}% windows invalid",
+                          f"{s['median_um']:.1f}), {100 * s['invalid_fraction']:.0f}% windows invalid, "
+                          f"{100 * s['unreliable_fraction']:.0f}% not used",
                           highlight=False)
         console.print(f"wrote {tif_path} and {json_path}", highlight=False)
 
@@ -252,6 +254,99 @@ def bench(
     (console if console.is_terminal else Console(width=160)).print(table)
 
 
+@app.command()
+def train(
+    psf_model: str = typer.Option("Z-3", "--psf-model", help="Z-1, Z-2, Z-3, G-1 or G-2."),
+    architecture: str = typer.Option("shared-trunk", help="Network architecture (shared-trunk, resnet34, ...)."),
+    name: str = typer.Option("default", help="Model name (file name and card name)."),
+    minutes: float = typer.Option(None, help="Training budget in wall-clock minutes."),
+    steps: int = typer.Option(None, help="Training budget in optimisation steps."),
+    out: Path = typer.Option(Path("runs"), help="Folder for the checkpoint and the exported model."),
+    resume: Path = typer.Option(None, help="Checkpoint to continue from."),
+    seed: int = typer.Option(0, help="Random seed (network initialisation and data stream)."),
+    batch_size: int = typer.Option(32, help="Patches per step."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (cosine decay)."),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    threads: int = typer.Option(None, help="torch threads for training."),
+    workers: int = typer.Option(1, help="Background processes making training batches (0: inline)."),
+    export: Path = typer.Option(None, help="Where to write the .pt model (default OUT/NAME.pt)."),
+    n_test: int = typer.Option(2000, help="Test-set size for the card's evaluation."),
+    photons_max: float = typer.Option(None, help="Upper end of the training photon range (electrons at "
+                                                 "texture value 1; default: the data layer's)."),
+) -> None:
+    """Train a PSF-parameter network, evaluate it on the held-out test set and export it with its card."""
+    import shlex
+    import sys
+
+    from livepsf.net.train import TrainConfig, run_training
+
+    from livepsf.data.degrade import DegradationConfig
+
+    data = {}
+    if photons_max is not None:
+        low = DegradationConfig().photons[0]
+        if not photons_max > low:
+            raise InputError(f"--photons-max must exceed the lower end of the photon range ({low:g})")
+        data["photons"] = [low, photons_max]
+    config = TrainConfig(psf_model=psf_model, architecture=architecture, name=name, steps=steps, minutes=minutes,
+                         batch_size=batch_size, lr=lr, seed=seed, device=device, threads=threads, workers=workers,
+                         data=data)
+    command = "livepsf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result, path = run_training(config, out, export_path=export, resume=resume, command=command, n_test=n_test)
+    from livepsf.net import ModelCard
+
+    card = ModelCard.load(path.with_suffix(".json"))
+    test = card.evaluation["test"]
+    console.print(f"trained {result.step} steps in {result.seconds / 60:.1f} min; exported {path}")
+    console.print("test R²: " + ", ".join(f"{k} {v:.3f}" for k, v in test["r2"].items() if v is not None)
+                  + f"; mean {test['mean_r2']:.3f}; validity accuracy {test['validity_accuracy']:.3f}")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument("default", help="Shipped model name or a .pt file with its .json card."),
+    n_test: int = typer.Option(2000, help="Test-set size."),
+    n_robustness: int = typer.Option(500, help="Clean patches for the robustness sweep (0: skip)."),
+    plot: Path = typer.Option(None, help="PNG of the robustness sweep (default: beside a .pt file, or "
+                                         "./<name>_robustness.png for a shipped model)."),
+) -> None:
+    """R² per parameter on the held-out test set, validity accuracy and the robustness sweep (Fig. 7)."""
+    from rich.table import Table
+
+    from livepsf.imageio import output_path
+    from livepsf.net import load_model
+    from livepsf.net.evaluate import evaluate_model, robustness_plot
+
+    net = load_model(model)
+    report = evaluate_model(net.module, net.spec.name, net.optics, net.window_px, n_test=n_test,
+                            n_robustness=n_robustness, device=net.device)
+    table = Table(title=f"{net.name} ({net.spec.name}, {net.card.architecture}) on {report.test.n_valid} valid "
+                        f"+ {report.test.n_invalid} invalid test patches")
+    table.add_column("parameter")
+    table.add_column("R²", justify="right")
+    table.add_column("MAE (normalised)", justify="right")
+    for k, v in report.test.r2.items():
+        table.add_row(k, f"{v:.4f}", f"{report.test.mae[k]:.4f}")
+    table.add_row("[bold]mean", f"[bold]{report.test.mean_r2:.4f}", "")
+    table.add_row("validity accuracy", f"{report.test.validity_accuracy:.4f}", "")
+    console.print(table)
+    if report.robustness is not None:
+        rob = Table(title="mean R² under degradation (strength as in livepsf.data.degrade.apply_strength)")
+        rob.add_column("degradation")
+        for s in report.robustness.strengths:
+            rob.add_column(f"{s:g}", justify="right")
+        for row in report.robustness.table():
+            rob.add_row(*row)
+        console.print(rob)
+        if plot is None:
+            from livepsf.net import models_dir
+
+            shipped = net.path.resolve().parent == models_dir().resolve()  # never write into the package
+            plot = output_path(Path.cwd() / f"{net.name}.pt" if shipped else net.path, "_robustness.png")
+        robustness_plot(report.robustness, plot, title=f"{net.name} ({net.spec.name}): R² under degradation")
+        console.print(f"plot: {plot}")
+
+
 # -- live: demo (simulator) and live (Micro-Manager) -------------------------------------------------
 
 
@@ -290,9 +385,9 @@ def _run_live(core, net, cal, *, headless: bool, frames: int, stride: int, snaps
     console.print(f"[bold]{label}[/]: model {net.name} ({net.spec.name}), stride {stride} px, "
                   f"{frames} maps, headless" + ("" if cal is not None else ", depth uncalibrated"))
     run = run_headless(core, net, frames=frames, stride_px=stride, calibration=cal, snapshot=snapshot,
-                       overlay=overlay, on_tick=lambda st: console.print(f"  {st.line()}", highlight=False),
+                       overlay=overlay, on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True),
                        on_error=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}", highlight=False))
-    console.print(f"[bold]summary[/]: {run.summary()}", highlight=False)
+    console.print(f"[bold]summary[/]: {run.summary()}", highlight=False, soft_wrap=True)
     if run.snapshot is not None:
         console.print(f"snapshot: {run.snapshot}")
     if not run.completed:
@@ -415,97 +510,77 @@ def data_preview(
     console.print(f"wrote {path}: {n} {psf_model.upper()} patches (seed {seed}, {split})", highlight=False)
 
 
-@app.command()
-def train(
-    psf_model: str = typer.Option("Z-3", "--psf-model", help="Z-1, Z-2, Z-3, G-1 or G-2."),
-    architecture: str = typer.Option("shared-trunk", help="Network architecture (shared-trunk, resnet34, ...)."),
-    name: str = typer.Option("default", help="Model name (file name and card name)."),
-    minutes: float = typer.Option(None, help="Training budget in wall-clock minutes."),
-    steps: int = typer.Option(None, help="Training budget in optimisation steps."),
-    out: Path = typer.Option(Path("runs"), help="Folder for the checkpoint and the exported model."),
-    resume: Path = typer.Option(None, help="Checkpoint to continue from."),
-    seed: int = typer.Option(0, help="Random seed (network initialisation and data stream)."),
-    batch_size: int = typer.Option(32, help="Patches per step."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (cosine decay)."),
-    device: str = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
-    threads: int = typer.Option(None, help="torch threads for training."),
-    workers: int = typer.Option(1, help="Background processes making training batches (0: inline)."),
-    export: Path = typer.Option(None, help="Where to write the .pt model (default OUT/NAME.pt)."),
-    n_test: int = typer.Option(2000, help="Test-set size for the card's evaluation."),
-    photons_max: float = typer.Option(None, help="Upper end of the training photon range (electrons at "
-                                                 "texture value 1; default: the data layer's)."),
+# -- deconvolution (issue 9) --------------------------------------------------------------------------
+
+
+@app.command("deconvolve")
+def deconvolve_images(
+    images: list[Path] = typer.Argument(..., help="TIFF (each page is a frame), PNG or JPEG images."),
+    iterations: int = typer.Option(20, "--iterations", help="Richardson-Lucy iterations."),
+    tv: float = typer.Option(0.1, "--tv", help="Total-variation weight lambda_TV (0 = plain RL; below 0.25)."),
+    out: Path = typer.Option(None, "--out", help="Folder for the outputs (default: beside each image)."),
+    model: str = typer.Option("default", "--model", help="Network for the PSF maps (images without recorded maps)."),
+    stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
+    workers: int = typer.Option(1, "--workers", help="Background worker processes."),
+    journal: Path = typer.Option(None, "--journal",
+                                 help="Job journal (default: the per-user one; unfinished jobs there resume)."),
 ) -> None:
-    """Train a PSF-parameter network, evaluate it on the held-out test set and export it with its card."""
-    import shlex
-    import sys
+    """Spatially-variant TV-RL deconvolution into <name>_deconv.ome.tif; inputs are never modified.
 
-    from livepsf.net.train import TrainConfig, run_training
+    Recordings made by livepsf use the PSF maps estimated live for each frame; other images are
+    mapped by the network first. Jobs run in background worker processes and are journalled, so an
+    interrupted run resumes the next time the queue starts.
+    """
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    from livepsf.data.degrade import DegradationConfig
+    from livepsf.acquisition.jobs import DeconvolutionQueue
+    from livepsf.imageio import read_frames
 
-    data = {}
-    if photons_max is not None:
-        low = DegradationConfig().photons[0]
-        if not photons_max > low:
-            raise InputError(f"--photons-max must exceed the lower end of the photon range ({low:g})")
-        data["photons"] = [low, photons_max]
-    config = TrainConfig(psf_model=psf_model, architecture=architecture, name=name, steps=steps, minutes=minutes,
-                         batch_size=batch_size, lr=lr, seed=seed, device=device, threads=threads, workers=workers,
-                         data=data)
-    command = "livepsf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result, path = run_training(config, out, export_path=export, resume=resume, command=command, n_test=n_test)
-    from livepsf.net import ModelCard
-
-    card = ModelCard.load(path.with_suffix(".json"))
-    test = card.evaluation["test"]
-    console.print(f"trained {result.step} steps in {result.seconds / 60:.1f} min; exported {path}")
-    console.print("test R²: " + ", ".join(f"{k} {v:.3f}" for k, v in test["r2"].items() if v is not None)
-                  + f"; mean {test['mean_r2']:.3f}; validity accuracy {test['validity_accuracy']:.3f}")
-
-
-@app.command()
-def evaluate(
-    model: str = typer.Argument("default", help="Shipped model name or a .pt file with its .json card."),
-    n_test: int = typer.Option(2000, help="Test-set size."),
-    n_robustness: int = typer.Option(500, help="Clean patches for the robustness sweep (0: skip)."),
-    plot: Path = typer.Option(None, help="PNG of the robustness sweep (default: beside a .pt file, or "
-                                         "./<name>_robustness.png for a shipped model)."),
-) -> None:
-    """R² per parameter on the held-out test set, validity accuracy and the robustness sweep (Fig. 7)."""
-    from rich.table import Table
-
-    from livepsf.imageio import output_path
-    from livepsf.net import load_model
-    from livepsf.net.evaluate import evaluate_model, robustness_plot
-
-    net = load_model(model)
-    report = evaluate_model(net.module, net.spec.name, net.optics, net.window_px, n_test=n_test,
-                            n_robustness=n_robustness, device=net.device)
-    table = Table(title=f"{net.name} ({net.spec.name}, {net.card.architecture}) on {report.test.n_valid} valid "
-                        f"+ {report.test.n_invalid} invalid test patches")
-    table.add_column("parameter")
-    table.add_column("R²", justify="right")
-    table.add_column("MAE (normalised)", justify="right")
-    for k, v in report.test.r2.items():
-        table.add_row(k, f"{v:.4f}", f"{report.test.mae[k]:.4f}")
-    table.add_row("[bold]mean", f"[bold]{report.test.mean_r2:.4f}", "")
-    table.add_row("validity accuracy", f"{report.test.validity_accuracy:.4f}", "")
-    console.print(table)
-    if report.robustness is not None:
-        rob = Table(title="mean R² under degradation (strength as in livepsf.data.degrade.apply_strength)")
-        rob.add_column("degradation")
-        for s in report.robustness.strengths:
-            rob.add_column(f"{s:g}", justify="right")
-        for row in report.robustness.table():
-            rob.add_row(*row)
-        console.print(rob)
-        if plot is None:
-            from livepsf.net import models_dir
-
-            shipped = net.path.resolve().parent == models_dir().resolve()  # never write into the package
-            plot = output_path(Path.cwd() / f"{net.name}.pt" if shipped else net.path, "_robustness.png")
-        robustness_plot(report.robustness, plot, title=f"{net.name} ({net.spec.name}): R² under degradation")
-        console.print(f"plot: {plot}")
+    if iterations < 1:
+        raise InputError(f"--iterations must be at least 1, got {iterations}")
+    if not 0 <= tv < 0.25:
+        raise InputError(f"--tv must be in [0, 0.25), got {tv}")
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    readable, bad = [], 0
+    for image in images:
+        try:
+            read_frames(image)  # fail fast, with the file's name, before starting any worker
+            readable.append(image)
+        except InputError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            bad += 1
+    if not readable:
+        raise typer.Exit(code=2)
+    queue = DeconvolutionQueue(journal, workers=workers, start=False)
+    if queue.resumed:
+        console.print(f"resuming {len(queue.resumed)} unfinished job(s) from {queue.journal_path}", highlight=False)
+    ids = [queue.submit(image, iterations=iterations, tv_weight=tv, out_dir=out, model=model, stride_px=stride)
+           for image in readable]
+    watched = list(queue.resumed) + ids
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks = {job_id: progress.add_task(Path(queue.job(job_id).input).name, total=None) for job_id in watched}
+        queue.progress.connect(lambda job_id, done, total: progress.update(tasks[job_id], completed=done, total=total)
+                               if job_id in tasks else None)
+        try:
+            queue.start()
+            queue.wait()
+        finally:
+            queue.close()
+    failed_input = failed_other = 0
+    for job_id in watched:
+        job = queue.job(job_id)
+        if job.state == "done":
+            console.print(f"{job.input} → {job.output}", highlight=False, soft_wrap=True)
+        else:
+            err_console.print(f"[bold red]error:[/] {job.error}", highlight=False, soft_wrap=True)
+            failed_input += job.bad_input
+            failed_other += not job.bad_input
+    if failed_other:
+        raise typer.Exit(code=1)
+    if failed_input or bad:
+        raise typer.Exit(code=2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,13 @@ grows linearly with the distance to the focal plane:
     ``theta_L - pi/4`` (``theta_L`` the lens axis), so that a lens at 45° gives exactly the paper's
     formula and any other lens orientation works too. About ``-d / 2``.
 
+**Texture gate.** Astigmatism can only be seen in a window whose texture has structure in at least two
+directions: a window holding only parallel lines (most windows of a printed grid of 200 µm squares at
+10×) shows the blur across the lines and nothing along them, so its astigmatism, and hence the side of
+focus, is not determined by the image and a network's answer there follows the line orientation. When
+the frames are at hand, windows whose structure-tensor coherence exceeds ``max_texture_coherence`` are
+treated like invalid windows (excluded from the fit; their depth filled from their neighbours).
+
 A calibration fits the metric against the known height of a tilted printed grid with a robust line
 (classical calibration: metric = a * height + b, inverted to height = slope * metric + offset) and
 keeps every metric's figures; the one with the smaller residual is used. :class:`Calibration` is a
@@ -58,8 +65,10 @@ __all__ = [
     "plot_calibration",
     "profile_along_axis",
     "projected_metric",
+    "reliable_windows",
     "robust_line_fit",
     "signed_metric",
+    "window_coherence",
     "write_depth_outputs",
 ]
 
@@ -199,6 +208,59 @@ def estimate_lens_direction(astig_0: np.ndarray, astig_45: np.ndarray,
     return float(u[0]), float(u[1])
 
 
+# -- texture gate ----------------------------------------------------------------------------------
+
+#: Default largest structure-tensor coherence of a window whose astigmatism is trusted (0: isotropic
+#: texture, 1: parallel lines only).
+MAX_TEXTURE_COHERENCE = 0.4
+
+
+def window_coherence(frame: np.ndarray, pmap: PSFMap, smooth_px: float = 1.5) -> np.ndarray:
+    """Structure-tensor coherence of the texture in each window of a PSF map, ``(gy, gx)`` float32.
+
+    ``sqrt((Jxx - Jyy)² + 4 Jxy²) / (Jxx + Jyy)`` with ``J`` the gradient outer products summed over the
+    window (after a Gaussian smoothing of ``smooth_px`` that keeps pixel noise from looking like texture).
+    Near 0 for texture in every direction, near 1 for parallel lines. Windows are the mapper's: side
+    ``pmap.window_px`` centred on ``pmap.centers_y/x``, clipped to the frame.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    frame = np.asarray(frame, dtype=np.float64)
+    if frame.shape != tuple(pmap.frame_shape):
+        raise InputError(f"frame of shape {frame.shape} does not match the PSF map's {tuple(pmap.frame_shape)}")
+    smooth = gaussian_filter(frame, smooth_px) if smooth_px > 0 else frame
+    gy, gx = np.gradient(smooth)
+    half = (pmap.window_px - 1) / 2.0
+    y0 = np.clip(np.round(np.asarray(pmap.centers_y) - half).astype(int), 0, frame.shape[0])
+    x0 = np.clip(np.round(np.asarray(pmap.centers_x) - half).astype(int), 0, frame.shape[1])
+    y1 = np.clip(y0 + pmap.window_px, 0, frame.shape[0])
+    x1 = np.clip(x0 + pmap.window_px, 0, frame.shape[1])
+
+    def window_sums(a: np.ndarray) -> np.ndarray:
+        integral = np.zeros((a.shape[0] + 1, a.shape[1] + 1))
+        integral[1:, 1:] = a.cumsum(0).cumsum(1)
+        return (integral[np.ix_(y1, x1)] - integral[np.ix_(y0, x1)] - integral[np.ix_(y1, x0)]
+                + integral[np.ix_(y0, x0)])
+
+    jxx, jyy, jxy = window_sums(gx * gx), window_sums(gy * gy), window_sums(gx * gy)
+    total = jxx + jyy
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4.0 * jxy**2) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, coherence, 0.0).astype(np.float32)
+
+
+def reliable_windows(pmap: PSFMap, frame: np.ndarray | None = None,
+                     max_coherence: float | None = MAX_TEXTURE_COHERENCE) -> np.ndarray:
+    """``(gy, gx) bool``: windows whose depth can be trusted.
+
+    Valid (not textureless) and, when the frame is given and ``max_coherence`` is set, with texture in
+    more than one direction (:func:`window_coherence` at most ``max_coherence``).
+    """
+    ok = ~pmap.invalid_mask
+    if frame is not None and max_coherence is not None:
+        ok = ok & (window_coherence(frame, pmap) <= max_coherence)
+    return ok
+
+
 # -- robust line fitting ---------------------------------------------------------------------------
 
 
@@ -264,8 +326,13 @@ class TiltProfile:
 
 def profile_along_axis(metric_maps: dict[str, np.ndarray], centers: np.ndarray, tilt_axis: str,
                        valid: np.ndarray | None, tilt_deg: float, in_focus_px: float | None = None,
-                       extent_px: float | None = None) -> TiltProfile:
+                       extent_px: float | None = None, aggregate: str = "median") -> TiltProfile:
     """Reduce ``(gy, gx)`` metric maps to a :class:`TiltProfile` along ``tilt_axis``.
+
+    ``aggregate="median"`` gives one point per position along the tilt axis (the median across the
+    other axis, the paper's projection); ``"window"`` keeps every valid window as its own point (the
+    height depends only on the position along the tilt axis), so the robust fit can down-weight single
+    bad windows instead of letting them shift a column's median when a column has few valid windows.
 
     Parameters
     ----------
@@ -288,6 +355,13 @@ def profile_along_axis(metric_maps: dict[str, np.ndarray], centers: np.ndarray, 
     centers = np.asarray(centers, dtype=np.float64)
     if len(centers) != mask.shape[0]:
         raise InputError(f"{len(centers)} window centres along {tilt_axis} for a grid of {first.shape}")
+    if aggregate == "window":
+        rows, cols = np.nonzero(mask)
+        points = {name: grid[rows, cols] for name, grid in maps.items()}
+        return TiltProfile(float(tilt_deg), centers[rows], points, np.ones(len(rows), dtype=int), in_focus_px,
+                           extent_px)
+    if aggregate != "median":
+        raise InputError(f"aggregate must be 'median' or 'window', got {aggregate!r}")
     n_valid = mask.sum(axis=1)
     profile = {}
     for name, grid in maps.items():
@@ -479,6 +553,8 @@ class Calibration(BaseModel):
     points: list[CalibrationPoint] = Field(default_factory=list)
     window_px: int | None = None
     stride_px: int | None = None
+    max_texture_coherence: float | None = Field(
+        default=None, description="windows with more anisotropic texture were left out (None: no gate)")
     created: datetime
     livepsf_version: str
     notes: str = ""
@@ -577,18 +653,28 @@ class Calibration(BaseModel):
         """The calibration's depth metric on the grid of ``pmap``, ``(gy, gx)`` float32."""
         return depth_metric(pmap, self.metric, self.lens_direction, self.lens_strength_waves)
 
-    def depth_um(self, pmap: PSFMap) -> np.ndarray:
+    def depth_um(self, pmap: PSFMap, frame: np.ndarray | None = None) -> np.ndarray:
         """Depth (height relative to the focal plane) in µm on the window grid, ``(gy, gx)`` float32.
 
         Invalid windows hold the depth of the values the mapper filled in from their neighbours; use
-        ``pmap.invalid_mask`` to hide them.
+        ``pmap.invalid_mask`` to hide them. With ``frame`` (the image the map was made from) and a
+        calibration made with the texture gate, windows of one-directional texture are also filled from
+        their reliable neighbours (:func:`reliable_windows`).
         """
         self.check_model(pmap)
-        return (self.slope_um_per_unit * self.metric_map(pmap) + self.offset_um).astype(np.float32)
+        depth = (self.slope_um_per_unit * self.metric_map(pmap) + self.offset_um).astype(np.float32)
+        if frame is not None and self.max_texture_coherence is not None:
+            from livepsf.mapping import fill_invalid
 
-    def depth_um_full(self, pmap: PSFMap, shape: tuple[int, int] | None = None) -> np.ndarray:
+            ok = reliable_windows(pmap, frame, self.max_texture_coherence)
+            if ok.any():
+                depth = fill_invalid(depth, ~ok)
+        return depth
+
+    def depth_um_full(self, pmap: PSFMap, shape: tuple[int, int] | None = None,
+                      frame: np.ndarray | None = None) -> np.ndarray:
         """Full-frame depth map in µm (bilinear between window centres, as :meth:`PSFMap.upsample`)."""
-        grid = self.depth_um(pmap)
+        grid = self.depth_um(pmap, frame)
         # PSFMap.upsample interpolates named parameter grids; carry the depth grid in a one-parameter
         # map (G-1's "variance" slot) so the interpolation is exactly the mapper's.
         carrier = dataclasses.replace(pmap, params={"variance": grid}, psf_model="G-1")
@@ -611,6 +697,9 @@ def calibrate_psf_maps(
     in_focus_px: Sequence[float | None] | float | None = None,
     metric: str | None = None,
     lens_direction: Sequence[float] | None = None,
+    frames: Sequence[np.ndarray] | None = None,
+    max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
+    aggregate: str = "median",
 ) -> Calibration:
     """Tilted-grid calibration from PSF maps already computed (one per frame).
 
@@ -632,6 +721,13 @@ def calibrate_psf_maps(
         Force a metric; by default all are fitted and the one with the smaller mean |error| is used.
     lens_direction
         Force the lens direction; by default estimated from the valid windows.
+    frames
+        The frames the maps were made from; enables the texture gate (see the module notes).
+    max_texture_coherence
+        Gate threshold (:func:`reliable_windows`); ``None`` turns the gate off.
+    aggregate
+        ``"median"`` (one point per column/row, the paper's projection) or ``"window"`` (every reliable
+        window a point of the robust fit); see :func:`profile_along_axis`.
     """
     if not pmaps:
         raise InputError("no frames to calibrate")
@@ -646,9 +742,12 @@ def calibrate_psf_maps(
     if metric is not None and metric not in METRICS:
         raise InputError(f"unknown depth metric {metric!r}; choose one of {', '.join(METRICS)}")
 
-    valid = [~p.invalid_mask for p in pmaps]
+    if frames is not None and len(frames) != len(pmaps):
+        raise InputError(f"{len(frames)} frames for {len(pmaps)} PSF maps")
+    gate = max_texture_coherence if frames is not None else None
+    valid = [reliable_windows(p, f, gate) for p, f in zip(pmaps, frames if frames is not None else [None] * len(pmaps))]
     if sum(int(v.sum()) for v in valid) < 4:
-        raise InputError("the network flagged (almost) every window invalid: no texture to calibrate on")
+        raise InputError("(almost) every window is invalid or has one-directional texture: nothing to calibrate on")
     if lens_direction is None:
         u = estimate_lens_direction(np.concatenate([p.values("astig_0").ravel() for p in pmaps]),
                                     np.concatenate([p.values("astig_45").ravel() for p in pmaps]),
@@ -665,7 +764,7 @@ def calibrate_psf_maps(
             maps = {name: depth_metric(p, name, direction, strength) for name in METRICS}
             centers = p.centers_x if tilt_axis == "x" else p.centers_y
             extent = p.frame_shape[1] if tilt_axis == "x" else p.frame_shape[0]
-            out.append(profile_along_axis(maps, centers, tilt_axis, v, t, f, extent))
+            out.append(profile_along_axis(maps, centers, tilt_axis, v, t, f, extent, aggregate))
         return out
 
     profiles = profiles_for(u)
@@ -705,6 +804,7 @@ def calibrate_psf_maps(
                 for x, h, m in zip(fit.position_px[i], fit.height_um[i], fit.metric_values[i])],
         window_px=int(first.window_px),
         stride_px=int(first.stride_px),
+        max_texture_coherence=gate,
         created=datetime.now(timezone.utc),
         livepsf_version=_version(),
         notes=notes,
@@ -719,6 +819,7 @@ def calibrate_tilted_grid(
     tilt_axis: str = "x",
     in_focus_px: Sequence[float | None] | float | None = None,
     metric: str | None = None,
+    max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
 ) -> Calibration:
     """Calibrate depth from frames of a printed grid tilted by known angles (paper Section III-E).
 
@@ -740,6 +841,8 @@ def calibrate_tilted_grid(
         Known in-focus column (``"x"``) or row (``"y"``), per frame or one for all; estimated when ``None``.
     metric
         Force ``"signed"``, ``"projected"`` or ``"eq14"``; by default the best of them.
+    max_texture_coherence
+        Leave out windows of one-directional texture (see the module notes); ``None``: keep them.
 
     Returns
     -------
@@ -750,25 +853,27 @@ def calibrate_tilted_grid(
     if len(frames) == 0:
         raise InputError("no frames to calibrate")
     pmaps = [mapper(np.asarray(f)) for f in frames]
-    return calibrate_psf_maps(pmaps, tilt_deg, pixel_size_um, tilt_axis, in_focus_px, metric)
+    return calibrate_psf_maps(pmaps, tilt_deg, pixel_size_um, tilt_axis, in_focus_px, metric,
+                              frames=[np.asarray(f) for f in frames], max_texture_coherence=max_texture_coherence)
 
 
 # -- depth-map files -------------------------------------------------------------------------------
 
 
-def depth_stats(cal: Calibration, pmap: PSFMap) -> dict[str, Any]:
-    """Summary of one frame's depth: range over valid windows, invalid fraction, the window grid."""
-    grid = cal.depth_um(pmap)
-    valid = ~pmap.invalid_mask
+def depth_stats(cal: Calibration, pmap: PSFMap, frame: np.ndarray | None = None) -> dict[str, Any]:
+    """Summary of one frame's depth: range over reliable windows, invalid fraction, the window grid."""
+    grid = cal.depth_um(pmap, frame)
+    valid = reliable_windows(pmap, frame, cal.max_texture_coherence)
     vals = grid[valid] if valid.any() else np.array([np.nan])
     return {
         "min_um": float(np.min(vals)),
         "max_um": float(np.max(vals)),
         "mean_um": float(np.mean(vals)),
         "median_um": float(np.median(vals)),
-        "invalid_fraction": float(1.0 - valid.mean()),
+        "invalid_fraction": float(pmap.invalid_mask.mean()),
+        "unreliable_fraction": float(1.0 - valid.mean()),
         "grid_depth_um": np.round(grid.astype(np.float64), 3).tolist(),
-        "grid_invalid": pmap.invalid_mask.tolist(),
+        "grid_reliable": valid.tolist(),
         "centers_y_px": np.asarray(pmap.centers_y, dtype=np.float64).tolist(),
         "centers_x_px": np.asarray(pmap.centers_x, dtype=np.float64).tolist(),
     }
@@ -776,11 +881,13 @@ def depth_stats(cal: Calibration, pmap: PSFMap) -> dict[str, Any]:
 
 def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibration,
                         calibration_path: str | Path | None = None,
-                        out_dir: str | Path | None = None) -> tuple[Path, Path, list[dict[str, Any]]]:
+                        out_dir: str | Path | None = None,
+                        frames: Sequence[np.ndarray] | None = None) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Write ``<name>_depth.ome.tif`` (float32 µm, one plane per frame) and ``<name>_depth.json``.
 
     Names come from :func:`livepsf.imageio.output_path`: beside ``source`` (or in ``out_dir``), never
-    overwriting anything. Returns the two paths and the per-frame summaries.
+    overwriting anything. ``frames`` (the images the maps were made from) enable the texture gate.
+    Returns the two paths and the per-frame summaries.
     """
     import tifffile
 
@@ -788,8 +895,9 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
 
     if not pmaps:
         raise InputError(f"{source}: no frames to turn into depth maps")
-    full = np.stack([cal.depth_um_full(p) for p in pmaps]).astype(np.float32)
-    stats = [depth_stats(cal, p) for p in pmaps]
+    frames = list(frames) if frames is not None else [None] * len(pmaps)
+    full = np.stack([cal.depth_um_full(p, frame=f) for p, f in zip(pmaps, frames)]).astype(np.float32)
+    stats = [depth_stats(cal, p, f) for p, f in zip(pmaps, frames)]
     tif_path = output_path(source, "_depth.ome.tif", out_dir)
     data = full[0] if len(full) == 1 else full
     metadata = {
