@@ -113,13 +113,14 @@ def window_truth(pmap: PSFMap, height: np.ndarray) -> np.ndarray:
     return map_coordinates(height, [yy.ravel(), xx.ravel()], order=1).reshape(yy.shape)
 
 
-def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarray | None) -> dict:
+def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarray | None,
+            median_windows: int = 1) -> dict:
     """Per-window errors of calibrated depth against the truth.
 
     ``abs``: reliable windows (valid, and two-directional texture when the calibration gates on it);
     ``filled_abs``: every window not flagged invalid, unreliable ones holding their filled-in depth.
     """
-    depth = cal.depth_um(pmap, frame)
+    depth = cal.depth_um(pmap, frame, median_windows)
     truth = window_truth(pmap, height)
     valid = reliable_windows(pmap, frame, cal.max_texture_coherence)
     err = depth - truth
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--test-frames", type=int, default=2, help="fresh test frames per tilt")
     parser.add_argument("--sample", default="printed-grid", help="simulator sample: printed-grid, cells, filaments")
+    parser.add_argument("--median", type=int, default=1, help="depth median over N x N windows")
     parser.add_argument("--aggregate", default="median", choices=["median", "window"])
     parser.add_argument("--no-gate", action="store_true", help="keep windows of one-directional texture")
     parser.add_argument("--out", type=Path, default=None, help="folder for the calibration, plot and error map")
@@ -206,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrate_psf_maps([map_frame(f) for f in cal_frames], list(TILTS), sim.pixel_size_um, "x",
                              frames=[f.frame for f in cal_frames], **gate)
     use_frame = (lambda f: None) if args.no_gate else (lambda f: f.frame)
-    print(f"# depth accuracy — {label}, sample {args.sample}")
+    print(f"# depth accuracy — {label}, sample {args.sample}, aggregate {args.aggregate}, "
+          f"texture gate {'off' if args.no_gate else 'on'}, median {args.median}")
     print(f"calibration: {cal.summary()}")
     for s in cal.metrics:
         print(f"  {s.metric:>6}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.test_frames):
             shift = 160.0 if k % 2 == 0 else -160.0
             f = sim.snap(t, seed=100 + 10 * i + k, in_focus_shift_px=shift, exposure_ms=3.0)
-            m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f))
+            m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), args.median)
             errs.append(m["abs"])
             ferrs.append(m["filled_abs"])
             perrs.append(m["profile_abs"])
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # A curved surface (bowl, 1/R = 1 /mm), no tilt, in focus at the centre.
     f = sim.snap(0.0, seed=77, exposure_ms=10.0, curvature_per_mm=1.0)
-    m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f))
+    m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), args.median)
     span = float(np.ptp(m["truth"]))
     print(f"\ncurved surface (1/R = 1 /mm, height span {span:.1f} µm over the window centres): mean |error| "
           f"{m['abs'].mean():.2f} ± {m['abs'].std():.2f} µm, R² {m['r2']:.3f}, valid {100 * m['valid_fraction']:.0f} %")

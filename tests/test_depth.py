@@ -495,3 +495,17 @@ def test_texture_gate_leaves_out_line_only_windows():
     assert np.abs(depth - height)[~left].mean() < 1.0
     ok = D.reliable_windows(fresh, frame, gated.max_texture_coherence)
     assert not ok[left].any() and ok[:, -3:].all()
+
+
+def test_median_removes_isolated_sign_flips():
+    cal = standard_calibration()
+    pmap, height = synthetic_map(8, 500, seed=5, noise=0.01)
+    rng = np.random.default_rng(5)
+    flip = rng.random(pmap.grid_shape) < 0.15
+    for name in ("astig_0", "astig_45"):
+        pmap.params[name][flip] *= -1
+    raw = np.abs(cal.depth_um(pmap) - height)
+    smooth = np.abs(cal.depth_um(pmap, median_windows=3) - height)
+    assert raw.max() > 20 and np.median(smooth) < 2.0 and smooth.mean() < raw.mean() / 2
+    with pytest.raises(InputError, match="median_windows"):
+        cal.depth_um(pmap, median_windows=0)

@@ -147,6 +147,7 @@ def depth(
     calibration: Path = typer.Option(..., "--calibration", help="Calibration JSON from `livepsf calibrate`."),
     model: str = typer.Option(None, "--model", help="Model to map with (default: the calibration's model)."),
     stride: int = typer.Option(None, "--stride", help="Window step, px (default: the calibration's)."),
+    median: int = typer.Option(1, "--median", help="Median over N x N windows (smooth surfaces; 1: none)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: beside each image)."),
 ) -> None:
     """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json."""
@@ -162,7 +163,8 @@ def depth(
     for image in images:
         frames = read_frames(image)
         pmaps = [mapper(frame) for frame in frames]
-        tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out, frames=frames)
+        tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out, frames=frames,
+                                                         median_windows=median)
         for i, s in enumerate(stats):
             plane = f" [{i}]" if len(stats) > 1 else ""
             console.print(f"{image}{plane}: depth {s['min_um']:.1f} … {s['max_um']:.1f} µm (median "

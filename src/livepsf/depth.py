@@ -265,27 +265,48 @@ def reliable_windows(pmap: PSFMap, frame: np.ndarray | None = None,
 
 
 def robust_line_fit(design: np.ndarray, target: np.ndarray, *, huber_k: float = 1.345,
-                    iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Huber-weighted least squares by iteratively reweighting, ``target ~ design @ coef``.
+                    bisquare_c: float = 4.685, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Robust least squares ``target ~ design @ coef`` by iteratively reweighting, in two stages.
 
-    The residual scale is re-estimated each iteration as ``1.4826 * MAD``; points beyond
-    ``huber_k`` scales get weight ``huber_k * scale / |r|``. Returns ``(coef, weights)``.
+    First Huber weights (points beyond ``huber_k`` scales get ``huber_k * scale / |r|``, the scale
+    re-estimated each iteration as ``1.4826 * MAD``), which converges from the least-squares start;
+    then Tukey's bisquare (``(1 - (r / (c * scale))²)²``, zero beyond ``bisquare_c`` scales) with the
+    Huber stage's scale, so gross outliers (a window whose astigmatism sign is wrong gives twice the
+    depth with the wrong sign) get no weight at all instead of a pull that grows with their leverage.
+    Returns ``(coef, weights)``.
     """
     design = np.asarray(design, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
-    if design.shape[0] < design.shape[1] + 1:
-        raise InputError(f"robust line fit needs more than {design.shape[1]} points, got {design.shape[0]}")
+    n_coef = design.shape[1]
+    if design.shape[0] < n_coef + 1:
+        raise InputError(f"robust line fit needs more than {n_coef} points, got {design.shape[0]}")
+    tiny = 1e-12 * (1.0 + np.abs(target).max())
+
+    def solve(w: np.ndarray) -> np.ndarray:
+        sw = np.sqrt(w)
+        return np.linalg.lstsq(design * sw[:, None], target * sw, rcond=None)[0]
+
     weights = np.ones(len(target))
-    coef = np.linalg.lstsq(design, target, rcond=None)[0]
-    for _ in range(iterations):
+    coef = solve(weights)
+    scale = 0.0
+    for _ in range(iterations):  # Huber stage
         resid = target - design @ coef
         scale = 1.4826 * np.median(np.abs(resid - np.median(resid)))
-        if scale <= 1e-12 * (1.0 + np.abs(target).max()):
-            break
+        if scale <= tiny:
+            return coef, weights
         a = np.abs(resid) / (huber_k * scale)
         new_weights = np.where(a <= 1.0, 1.0, 1.0 / np.maximum(a, 1e-12))
-        sw = np.sqrt(new_weights)
-        new_coef = np.linalg.lstsq(design * sw[:, None], target * sw, rcond=None)[0]
+        new_coef = solve(new_weights)
+        converged = np.allclose(new_coef, coef, rtol=1e-10, atol=1e-12)
+        coef, weights = new_coef, new_weights
+        if converged:
+            break
+    for _ in range(iterations):  # bisquare stage, scale fixed
+        u = (target - design @ coef) / (bisquare_c * scale)
+        new_weights = np.where(np.abs(u) < 1.0, (1.0 - u**2) ** 2, 0.0)
+        if np.count_nonzero(new_weights) < n_coef + 1:
+            break
+        new_coef = solve(new_weights)
         converged = np.allclose(new_coef, coef, rtol=1e-10, atol=1e-12)
         coef, weights = new_coef, new_weights
         if converged:
@@ -653,28 +674,36 @@ class Calibration(BaseModel):
         """The calibration's depth metric on the grid of ``pmap``, ``(gy, gx)`` float32."""
         return depth_metric(pmap, self.metric, self.lens_direction, self.lens_strength_waves)
 
-    def depth_um(self, pmap: PSFMap, frame: np.ndarray | None = None) -> np.ndarray:
+    def depth_um(self, pmap: PSFMap, frame: np.ndarray | None = None, median_windows: int = 1) -> np.ndarray:
         """Depth (height relative to the focal plane) in µm on the window grid, ``(gy, gx)`` float32.
 
         Invalid windows hold the depth of the values the mapper filled in from their neighbours; use
         ``pmap.invalid_mask`` to hide them. With ``frame`` (the image the map was made from) and a
         calibration made with the texture gate, windows of one-directional texture are also filled from
         their reliable neighbours (:func:`reliable_windows`).
-        """
-        self.check_model(pmap)
-        depth = (self.slope_um_per_unit * self.metric_map(pmap) + self.offset_um).astype(np.float32)
-        if frame is not None and self.max_texture_coherence is not None:
-            from livepsf.mapping import fill_invalid
 
-            ok = reliable_windows(pmap, frame, self.max_texture_coherence)
-            if ok.any():
-                depth = fill_invalid(depth, ~ok)
+        ``median_windows`` > 1 replaces each reliable window's depth by the median of the reliable
+        windows in a ``median_windows``-wide square around it, for smooth surfaces: it removes isolated
+        windows whose astigmatism sign the network got wrong (they read twice the depth, mirrored).
+        """
+        from livepsf.mapping import fill_invalid
+
+        self.check_model(pmap)
+        if int(median_windows) != median_windows or median_windows < 1:
+            raise InputError(f"median_windows must be a positive integer, got {median_windows}")
+        depth = (self.slope_um_per_unit * self.metric_map(pmap) + self.offset_um).astype(np.float32)
+        gated = frame is not None and self.max_texture_coherence is not None
+        ok = reliable_windows(pmap, frame if gated else None, self.max_texture_coherence)
+        if median_windows > 1 and ok.any():
+            depth = _masked_median(depth, ok, int(median_windows))
+        if gated and ok.any():
+            depth = fill_invalid(depth, ~ok)
         return depth
 
     def depth_um_full(self, pmap: PSFMap, shape: tuple[int, int] | None = None,
-                      frame: np.ndarray | None = None) -> np.ndarray:
+                      frame: np.ndarray | None = None, median_windows: int = 1) -> np.ndarray:
         """Full-frame depth map in µm (bilinear between window centres, as :meth:`PSFMap.upsample`)."""
-        grid = self.depth_um(pmap, frame)
+        grid = self.depth_um(pmap, frame, median_windows)
         # PSFMap.upsample interpolates named parameter grids; carry the depth grid in a one-parameter
         # map (G-1's "variance" slot) so the interpolation is exactly the mapper's.
         carrier = dataclasses.replace(pmap, params={"variance": grid}, psf_model="G-1")
@@ -860,9 +889,10 @@ def calibrate_tilted_grid(
 # -- depth-map files -------------------------------------------------------------------------------
 
 
-def depth_stats(cal: Calibration, pmap: PSFMap, frame: np.ndarray | None = None) -> dict[str, Any]:
+def depth_stats(cal: Calibration, pmap: PSFMap, frame: np.ndarray | None = None,
+                median_windows: int = 1) -> dict[str, Any]:
     """Summary of one frame's depth: range over reliable windows, invalid fraction, the window grid."""
-    grid = cal.depth_um(pmap, frame)
+    grid = cal.depth_um(pmap, frame, median_windows)
     valid = reliable_windows(pmap, frame, cal.max_texture_coherence)
     vals = grid[valid] if valid.any() else np.array([np.nan])
     return {
@@ -882,7 +912,8 @@ def depth_stats(cal: Calibration, pmap: PSFMap, frame: np.ndarray | None = None)
 def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibration,
                         calibration_path: str | Path | None = None,
                         out_dir: str | Path | None = None,
-                        frames: Sequence[np.ndarray] | None = None) -> tuple[Path, Path, list[dict[str, Any]]]:
+                        frames: Sequence[np.ndarray] | None = None,
+                        median_windows: int = 1) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Write ``<name>_depth.ome.tif`` (float32 µm, one plane per frame) and ``<name>_depth.json``.
 
     Names come from :func:`livepsf.imageio.output_path`: beside ``source`` (or in ``out_dir``), never
@@ -896,8 +927,9 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
     if not pmaps:
         raise InputError(f"{source}: no frames to turn into depth maps")
     frames = list(frames) if frames is not None else [None] * len(pmaps)
-    full = np.stack([cal.depth_um_full(p, frame=f) for p, f in zip(pmaps, frames)]).astype(np.float32)
-    stats = [depth_stats(cal, p, f) for p, f in zip(pmaps, frames)]
+    full = np.stack([cal.depth_um_full(p, frame=f, median_windows=median_windows)
+                     for p, f in zip(pmaps, frames)]).astype(np.float32)
+    stats = [depth_stats(cal, p, f, median_windows) for p, f in zip(pmaps, frames)]
     tif_path = output_path(source, "_depth.ome.tif", out_dir)
     data = full[0] if len(full) == 1 else full
     metadata = {
@@ -921,6 +953,7 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
         "offset_um": cal.offset_um,
         "model_name": cal.model_name,
         "model_sha256": cal.model_sha256,
+        "median_windows": int(median_windows),
         "window_px": int(pmaps[0].window_px),
         "stride_px": int(pmaps[0].stride_px),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -1031,6 +1064,17 @@ def _summary(fit: MetricFit) -> MetricSummary:
     res = np.abs(np.concatenate(fit.residuals_um))
     return MetricSummary(metric=fit.metric, slope_um_per_unit=fit.slope_um, offset_um=fit.offset_um, r2=fit.r2,
                          mean_abs_error_um=float(res.mean()), sd_abs_error_um=float(res.std()))
+
+
+def _masked_median(grid: np.ndarray, ok: np.ndarray, size: int) -> np.ndarray:
+    """Median of the ``ok`` cells in a ``size``-wide square around each ``ok`` cell; others unchanged."""
+    gy, gx = grid.shape
+    r = size // 2
+    out = np.array(grid, dtype=np.float32, copy=True)
+    for i, j in zip(*np.nonzero(ok)):
+        sl = (slice(max(0, i - r), min(gy, i + r + 1)), slice(max(0, j - r), min(gx, j + r + 1)))
+        out[i, j] = np.median(grid[sl][ok[sl]])
+    return out
 
 
 def _r2(truth: np.ndarray, pred: np.ndarray) -> float:
