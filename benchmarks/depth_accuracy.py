@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--test-frames", type=int, default=2, help="fresh test frames per tilt")
     parser.add_argument("--sample", default="printed-grid", help="simulator sample: printed-grid, cells, filaments")
+    parser.add_argument("--estimate-focus", action="store_true",
+                        help="estimate the calibration frames' in-focus column (default: give it, mid-field)")
     parser.add_argument("--median", type=int, default=1, help="depth median over N x N windows")
     parser.add_argument("--aggregate", default="median", choices=["median", "window"])
     parser.add_argument("--no-gate", action="store_true", help="keep windows of one-directional texture")
@@ -205,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     cal_frames = [sim.snap(t, seed=1 + i, in_focus_shift_px=0.0, exposure_ms=10.0) for i, t in enumerate(TILTS)]
     gate = {"max_texture_coherence": None} if args.no_gate else {}
     gate["aggregate"] = args.aggregate
-    cal = calibrate_psf_maps([map_frame(f) for f in cal_frames], list(TILTS), sim.pixel_size_um, "x",
+    in_focus = None if args.estimate_focus else [f.in_focus_px for f in cal_frames]
+    cal = calibrate_psf_maps([map_frame(f) for f in cal_frames], list(TILTS), sim.pixel_size_um, "x", in_focus,
                              frames=[f.frame for f in cal_frames], **gate)
     use_frame = (lambda f: None) if args.no_gate else (lambda f: f.frame)
     print(f"# depth accuracy — {label}, sample {args.sample}, aggregate {args.aggregate}, "
-          f"texture gate {'off' if args.no_gate else 'on'}, median {args.median}")
+          f"texture gate {'off' if args.no_gate else 'on'}, median {args.median}, in-focus column "
+          f"{'estimated' if args.estimate_focus else 'given'}")
     print(f"calibration: {cal.summary()}")
     for s in cal.metrics:
         print(f"  {s.metric:>6}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
