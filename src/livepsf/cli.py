@@ -115,9 +115,10 @@ def calibrate(
         console.print(f"  {s.metric:>6}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
                       f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm"
                       + ("  (used)" if s.metric == cal.metric else ""), highlight=False)
+    estimated = any(r.in_focus_estimated for r in cal.per_tilt)
     console.print(f"slope {cal.slope_um_per_unit:.3f} µm/unit, R² {cal.r2:.4f}, residual "
-                  f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm  (* in-focus position estimated)",
-                  highlight=False)
+                  f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm"
+                  + ("  (* in-focus position estimated)" if estimated else ""), highlight=False)
     if cal.notes:
         err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
