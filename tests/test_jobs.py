@@ -127,3 +127,27 @@ def test_unfinished_job_resumes_after_restart(tmp_path: Path) -> None:
     assert outputs == ["rec_deconv.ome.tif"]  # the reserved name is reused, no duplicate
     assert tifffile.imread(job.output).shape == (128, 128)
     assert _sha(source) == source_hash
+
+
+def test_cli_deconvolve_writes_beside_input_and_reports_bad_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from livepsf.cli import app, main
+
+    source = _recording(tmp_path, frames=1, size=64)
+    source_hash = _sha(source)
+    runner = CliRunner()
+    args = ["deconvolve", str(source), str(tmp_path / "missing.tif"), "--iterations", "3", "--tv", "0.01",
+            "--journal", str(tmp_path / "journal.jsonl")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output  # one input was bad; the good one is still done
+    assert "missing.tif: no such file" in result.output
+    assert (tmp_path / "rec_deconv.ome.tif").is_file()
+    result = runner.invoke(app, ["deconvolve", str(source), "--iterations", "2", "--journal",
+                                 str(tmp_path / "journal.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rec_deconv-1.ome.tif").is_file()  # never overwrites the first output
+    assert _sha(source) == source_hash
+    with pytest.raises(SystemExit) as exit_info:  # through main(): bad options are input errors
+        main(["deconvolve", str(source), "--tv", "0.5"])
+    assert exit_info.value.code == 2

@@ -355,6 +355,7 @@ def deconvolve(
     tv_weight: float = DEFAULT_TV_WEIGHT,
     device: torch.device | str | None = None,
     max_psf_px: int = 127,
+    start: str = "flat",
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Spatially-variant TV-regularised Richardson–Lucy deconvolution (paper eq. 13).
@@ -380,6 +381,10 @@ def deconvolve(
         ``"cpu"``, ``"cuda"``, ...; CUDA when available if omitted.
     max_psf_px
         Largest PSF side generated from a map.
+    start
+        First estimate: ``"flat"`` (the image mean everywhere, the textbook RL start, as scikit-image's
+        ``richardson_lucy``) or ``"image"`` (the blurry image itself, edges replicated into the field
+        extension). On the Table V benchmark the flat start scored as well or better at 20 iterations.
     progress
         Called as ``progress(iteration, iterations)`` after every iteration.
 
@@ -393,6 +398,8 @@ def deconvolve(
         raise InputError("give exactly one of psfmap= or psfs=")
     if int(iterations) != iterations or iterations < 0:
         raise InputError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if start not in ("image", "flat"):
+        raise InputError(f"start must be 'image' or 'flat', got {start!r}")
     if not (math.isfinite(tv_weight) and 0 <= tv_weight < 0.25):
         # |div(unit field)| <= 4 with these differences: lambda >= 0.25 can make the denominator vanish.
         raise InputError(f"tv_weight must be in [0, 0.25), got {tv_weight!r}")
@@ -420,17 +427,18 @@ def deconvolve(
     if scale <= 0:
         return np.zeros((height, width), dtype=np.float32)
     y = y / scale
-    x = _richardson_lucy(op, y, int(iterations), float(tv_weight), progress)
+    x0 = op.embed(y) if start == "image" else torch.ones(op.extended_shape, dtype=y.dtype, device=dev)
+    x = _richardson_lucy(op, y, x0, int(iterations), float(tv_weight), progress)
     return (op.crop(x) * scale).cpu().numpy().astype(np.float32)
 
 
-def _richardson_lucy(op: OverlapAddOperator, y: torch.Tensor, iterations: int, tv_weight: float,
-                     progress: Callable[[int, int], None] | None) -> torch.Tensor:
+def _richardson_lucy(op: OverlapAddOperator, y: torch.Tensor, x0: torch.Tensor, iterations: int,
+                     tv_weight: float, progress: Callable[[int, int], None] | None) -> torch.Tensor:
     norm = op.normaliser
     # Pixels whose light never reaches the frame are not estimated.
     alive = norm > 1e-6
     safe_norm = torch.where(alive, norm, torch.ones_like(norm))
-    x = torch.where(alive, torch.ones_like(norm), torch.zeros_like(norm))  # flat start at the mean (1)
+    x = torch.where(alive, x0.clamp_min(1e-6), torch.zeros_like(norm))  # strictly positive start
     tiny = 1e-12
     for i in range(iterations):
         blurred = op.forward(x)

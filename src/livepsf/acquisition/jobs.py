@@ -72,6 +72,7 @@ class JobState:
     attempts: int = 0
     output: str | None = None
     error: str | None = None
+    bad_input: bool = False  # the failure was the input's fault (unreadable file, ...), not a bug
     submitted_utc: str = ""
     finished_utc: str | None = None
     history: list[str] = field(default_factory=list)
@@ -134,6 +135,7 @@ def _apply(jobs: dict[str, JobState], ev: dict[str, Any]) -> None:
         job.state, job.output, job.error, job.finished_utc = "done", ev["output"], None, ev.get("utc")
     elif kind == "failed":
         job.state, job.error, job.finished_utc = "failed", ev["reason"], ev.get("utc")
+        job.bad_input = bool(ev.get("bad_input", False))
     elif kind == "crashed":
         job.state, job.error = "pending", ev["reason"]
 
@@ -222,7 +224,7 @@ class DeconvolutionQueue:
                        tv_weight=float(tv_weight), out_dir=None if out_dir is None else str(Path(out_dir).resolve()),
                        model=str(model), stride_px=int(stride_px), submitted_utc=_utc())
         record = asdict(job)
-        for transient in ("state", "attempts", "output", "error", "finished_utc", "history"):
+        for transient in ("state", "attempts", "output", "error", "bad_input", "finished_utc", "history"):
             record.pop(transient)
         with self._lock:
             self._log({"event": "submitted", "job": record, "utc": job.submitted_utc})
@@ -324,7 +326,7 @@ class DeconvolutionQueue:
                     reserved = output_path(job.input, _OUTPUT_SUFFIX, job.out_dir)
                     reserved.touch(exist_ok=False)  # reservation: the worker renames the result onto it
                 except OSError as exc:
-                    self._record_failed(job, f"cannot create the output beside {job.input}: {exc}")
+                    self._record_failed(job, f"cannot create the output beside {job.input}: {exc}", bad_input=True)
                     continue
                 job.output = str(reserved)
             self._log({"event": "started", "id": job.id, "attempt": job.attempts + 1,
@@ -366,7 +368,7 @@ class DeconvolutionQueue:
             elif kind == "failed":
                 if worker is not None:
                     worker["job"] = None
-                self._record_failed(job, message[2])
+                self._record_failed(job, message[2], bad_input=bool(message[3]))
         if kind == "progress":
             self.progress.emit(job_id, done, total)
 
@@ -380,10 +382,10 @@ class DeconvolutionQueue:
         self._idle.notify_all()
         self.finished.emit(JobState(**asdict(job)))
 
-    def _record_failed(self, job: JobState, reason: str) -> None:
+    def _record_failed(self, job: JobState, reason: str, bad_input: bool = False) -> None:
         if job.output and Path(job.output).is_file() and Path(job.output).stat().st_size == 0:
             Path(job.output).unlink()  # release the empty reservation
-        self._log({"event": "failed", "id": job.id, "reason": reason, "utc": _utc()})
+        self._log({"event": "failed", "id": job.id, "reason": reason, "bad_input": bad_input, "utc": _utc()})
         self._idle.notify_all()
         self.failed.emit(JobState(**asdict(job)))
 
@@ -420,9 +422,10 @@ def _worker_main(conn: Connection, device: str | None, torch_threads: int | None
         except Exception as exc:  # the reason goes to the journal; the worker carries on
             from livepsf.errors import InputError
 
-            reason = str(exc) if isinstance(exc, InputError) else \
-                f"{type(exc).__name__}: {exc} ({traceback.format_exc(limit=3).splitlines()[-1]})"
-            conn.send(("failed", job_id, reason))
+            bad_input = isinstance(exc, InputError)
+            reason = str(exc) if bad_input else \
+                f"unexpected {type(exc).__name__}: {exc} ({traceback.format_exc(limit=3).splitlines()[-1]})"
+            conn.send(("failed", job_id, reason, bad_input))
 
 
 def run_job(
