@@ -151,7 +151,7 @@ def save_error_map(err_map: np.ndarray, depth: np.ndarray, truth: np.ndarray, pa
     lim = float(np.nanmax(np.abs(truth)))
     elim = max(float(np.nanmax(np.abs(err_map))), 1e-3)
     panels = [("true height (µm)", truth, (-lim, lim)), ("estimated depth (µm)", depth, (-lim, lim)),
-              ("error (µm)", err_map, (-elim, elim))]
+              ("error (µm), every window", err_map, (-elim, elim))]
     for k, (name, data, levels) in enumerate(panels):
         plot = win.addPlot(row=1, col=2 * k, title=name)
         plot.setAspectLocked(True)
@@ -264,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['abs'].mean():.2f} ± {m['abs'].std():.2f} µm, R² {m['r2']:.3f}, valid {100 * m['valid_fraction']:.0f} %")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = ("oracle" if args.oracle else Path(str(args.model)).stem) + f"_{args.sample}"
-        save_error_map(m["err_map"], m["depth"], m["truth"], args.out / f"curved_error_{stem}.png",
-                       f"Curved surface (1/R = 1 /mm), {label}: mean |error| {m['abs'].mean():.2f} µm")
+        stem = ("oracle" if args.oracle else Path(str(args.model)).stem) + f"_{args.sample}_median{args.median}"
+        save_error_map(m["depth"] - m["truth"], m["depth"], m["truth"], args.out / f"curved_error_{stem}.png",
+                       f"Curved surface (1/R = 1 /mm), {label}: mean |error| {m['abs'].mean():.2f} µm over reliable "
+                       f"windows, {m['filled_abs'].mean():.2f} µm over all (unreliable ones filled from neighbours)")
         cal_path = args.out / f"bench_calibration_{stem}.json"
         if cal_path.exists():
             cal_path.unlink()
