@@ -214,7 +214,9 @@ def test_roi_change_with_a_restart_elsewhere_is_followed(mapper):
     core = make_core(PatternCamera())
     loop = LiveLoop(core, mapper)
     shapes: list[tuple] = []
+    reasons: list[str] = []
     loop.frameShapeChanged.connect(shapes.append)
+    loop.stopped.connect(reasons.append)
     collect(loop, 2)
     # What Micro-Manager's live mode does around an ROI change: stop, set the ROI, start again.
     core.stopSequenceAcquisition()
@@ -223,7 +225,7 @@ def test_roi_change_with_a_restart_elsewhere_is_followed(mapper):
     deadline = time.monotonic() + 10
     while (loop.latest().frame.shape != (128, 192)) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert loop.is_running and shapes == [(128, 192)]
+    assert loop.is_running and shapes == [(128, 192)], reasons
     assert loop.latest().pmap.frame_shape == (128, 192) and loop.latest().pmap.grid_shape == (1, 2)
     loop.stop()
     assert core.isSequenceRunning()  # restarted by somebody else: theirs to stop

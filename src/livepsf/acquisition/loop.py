@@ -257,7 +257,7 @@ class LiveLoop:
         max_consecutive_errors: int = 5,
         restart_attempts: int = 1,
         stats_window_s: float = 2.0,
-        restart_grace_s: float = 0.5,
+        restart_grace_s: float = 2.0,
     ) -> None:
         self.core = core
         self._mapper = mapper
@@ -273,6 +273,7 @@ class LiveLoop:
         self._stop_requested = threading.Event()
         self._stopped_elsewhere = threading.Event()
         self._restarted = threading.Event()
+        self._core_starting = threading.Event()
         self._thread: threading.Thread | None = None
         self._owns_acquisition = False
         self._self_starting = False
@@ -340,6 +341,7 @@ class LiveLoop:
         self._stop_requested.clear()
         self._stopped_elsewhere.clear()
         self._restarted.clear()
+        self._core_starting.clear()
         self._connect_events()
         self._owns_acquisition = not core.isSequenceRunning()
         self._t_start = time.monotonic()
@@ -440,12 +442,14 @@ class LiveLoop:
     def _connect_events(self) -> None:
         ev = self.core.events
         ev.sequenceAcquisitionStopped.connect(self._on_acquisition_stopped)
+        ev.continuousSequenceAcquisitionStarting.connect(self._on_acquisition_starting)
         ev.continuousSequenceAcquisitionStarted.connect(self._on_acquisition_started)
         ev.stagePositionChanged.connect(self._on_stage_moved)
 
     def _disconnect_events(self) -> None:
         ev = self.core.events
         for signal, slot in ((ev.sequenceAcquisitionStopped, self._on_acquisition_stopped),
+                             (ev.continuousSequenceAcquisitionStarting, self._on_acquisition_starting),
                              (ev.continuousSequenceAcquisitionStarted, self._on_acquisition_started),
                              (ev.stagePositionChanged, self._on_stage_moved)):
             try:
@@ -458,8 +462,16 @@ class LiveLoop:
             self._restarted.clear()
             self._stopped_elsewhere.set()
 
+    def _on_acquisition_starting(self, *args: Any) -> None:
+        # pymmcore-plus's UniMMCore.isSequenceRunning() drops its reference to an acquisition thread
+        # that is not alive yet; called from this thread while another one is inside
+        # startContinuousSequenceAcquisition it can orphan the new acquisition. So between "starting"
+        # and "started" the loop does not ask.
+        self._core_starting.set()
+
     def _on_acquisition_started(self, *args: Any) -> None:
         # Somebody (re)started live mode: frames flow again, it was not "stopped elsewhere" for good.
+        self._core_starting.clear()
         if self._self_starting:
             return
         self._stopped_elsewhere.clear()
@@ -472,10 +484,7 @@ class LiveLoop:
         while time.monotonic() < deadline and not self._stop_requested.is_set():
             if self._restarted.wait(0.02):
                 self._restarted.clear()
-                try:
-                    return bool(self.core.isSequenceRunning())
-                except Exception:
-                    return False
+                return self._sequence_running()
         return False
 
     def _on_stage_moved(self, label: str, position_um: float) -> None:
@@ -504,6 +513,7 @@ class LiveLoop:
         consecutive_errors = 0
         restarts_left = self.restart_attempts
         try:
+            self._warm_up()
             while not self._stop_requested.is_set():
                 taken = self._drain()
                 if taken is None:
@@ -554,6 +564,19 @@ class LiveLoop:
             self._finish()
             self.stopped.emit(reason)
 
+    def _warm_up(self) -> None:
+        """Map a blank frame of the camera's size twice: TorchScript optimises a module on its first
+        calls, which would otherwise put a second-long outlier into the first results' latency."""
+        try:
+            shape = (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
+            blank = np.zeros(shape, np.uint16)
+            for _ in range(2):
+                if self._stop_requested.is_set():
+                    return
+                self._mapper(blank)
+        except Exception:  # a frame too small for the model, say: the real frames will report it
+            logger.debug("warm-up map failed", exc_info=True)
+
     def _finish(self) -> None:
         self._disconnect_events()
         if self._owns_acquisition and not self._stopped_elsewhere.is_set():
@@ -566,6 +589,8 @@ class LiveLoop:
 
     def _acquisition_ended(self) -> str | None:
         """``None`` while frames may still come; ``"elsewhere"``; or the camera's failure message."""
+        if self._core_starting.is_set():
+            return None
         try:
             if self.core.isSequenceRunning() or self.core.getRemainingImageCount() > 0:
                 return None
@@ -591,6 +616,8 @@ class LiveLoop:
         return None if self._sequence_running() else message
 
     def _sequence_running(self) -> bool:
+        if self._core_starting.is_set():
+            return True
         try:
             return bool(self.core.isSequenceRunning())
         except Exception:
