@@ -130,7 +130,9 @@ def estimate_lens_strength(focus: np.ndarray, astig_0: np.ndarray, astig_45: np.
     """
     u0, u45 = _unit(lens_direction)
     f = np.asarray(focus, dtype=np.float64).ravel()
-    p = np.abs(np.asarray(astig_0, dtype=np.float64).ravel() * u0 + np.asarray(astig_45, dtype=np.float64).ravel() * u45)
+    a0 = np.asarray(astig_0, dtype=np.float64).ravel()
+    a45 = np.asarray(astig_45, dtype=np.float64).ravel()
+    p = np.abs(a0 * u0 + a45 * u45)
     keep = np.isfinite(f) & np.isfinite(p)
     if valid is not None:
         keep &= np.asarray(valid, dtype=bool).ravel()
@@ -227,7 +229,8 @@ def window_coherence(frame: np.ndarray, pmap: PSFMap, smooth_px: float = 1.5) ->
 
     frame = np.asarray(frame, dtype=np.float64)
     if frame.shape != tuple(pmap.frame_shape):
-        raise InputError(f"frame of shape {frame.shape} does not match the PSF map's {tuple(pmap.frame_shape)}")
+        raise InputError(f"frame of shape {frame.shape} does not match the PSF map's "
+                         f"{tuple(pmap.frame_shape)}")
     smooth = gaussian_filter(frame, smooth_px) if smooth_px > 0 else frame
     gy, gx = np.gradient(smooth)
     half = (pmap.window_px - 1) / 2.0
@@ -498,7 +501,8 @@ def fit_metric_profiles(profiles: Sequence[TiltProfile], metric: str, pixel_size
         r2s.append(_r2(h, pred))
     all_h = np.concatenate(heights)
     all_pred = all_h + np.concatenate(residuals)
-    return MetricFit(metric, a, b, in_focus, heights, metrics, positions, _r2(all_h, all_pred), r2s, residuals)
+    return MetricFit(metric, a, b, in_focus, heights, metrics, positions, _r2(all_h, all_pred), r2s,
+                     residuals)
 
 
 # -- the calibration file --------------------------------------------------------------------------
@@ -607,7 +611,8 @@ class Calibration(BaseModel):
         """Write the calibration as JSON. Refuses to replace an existing file unless ``overwrite``."""
         path = Path(path)
         if path.exists() and not overwrite:
-            raise InputError(f"{path}: already exists; calibrations are never overwritten, choose another name")
+            raise InputError(f"{path}: already exists; calibrations are never overwritten, "
+                             "choose another name")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
         return path
@@ -665,7 +670,8 @@ class Calibration(BaseModel):
         if sha and self.model_sha256:
             if sha != self.model_sha256:
                 raise InputError(
-                    f"calibration was made with model {self.model_name!r} (weights {self.model_sha256[:12]}), "
+                    f"calibration was made with model {self.model_name!r} "
+                    f"(weights {self.model_sha256[:12]}), "
                     f"not with {name!r} (weights {sha[:12]}); calibrate again with this model")
         elif name and name != self.model_name:
             raise InputError(f"calibration was made with model {self.model_name!r}, not {name!r}")
@@ -711,8 +717,9 @@ class Calibration(BaseModel):
 
     def summary(self) -> str:
         """One line for people: metric, slope, R², residual."""
-        return (f"{self.metric} metric: {self.slope_um_per_unit:.3f} µm/unit, offset {self.offset_um:+.2f} µm, "
-                f"R² {self.r2:.4f}, mean |error| {self.mean_abs_error_um:.2f} ± {self.sd_abs_error_um:.2f} µm")
+        return (f"{self.metric} metric: {self.slope_um_per_unit:.3f} µm/unit, "
+                f"offset {self.offset_um:+.2f} µm, R² {self.r2:.4f}, "
+                f"mean |error| {self.mean_abs_error_um:.2f} ± {self.sd_abs_error_um:.2f} µm")
 
 
 # -- calibration from PSF maps and frames ----------------------------------------------------------
@@ -774,9 +781,11 @@ def calibrate_psf_maps(
     if frames is not None and len(frames) != len(pmaps):
         raise InputError(f"{len(frames)} frames for {len(pmaps)} PSF maps")
     gate = max_texture_coherence if frames is not None else None
-    valid = [reliable_windows(p, f, gate) for p, f in zip(pmaps, frames if frames is not None else [None] * len(pmaps))]
+    frame_list = list(frames) if frames is not None else [None] * len(pmaps)
+    valid = [reliable_windows(p, f, gate) for p, f in zip(pmaps, frame_list)]
     if sum(int(v.sum()) for v in valid) < 4:
-        raise InputError("(almost) every window is invalid or has one-directional texture: nothing to calibrate on")
+        raise InputError("(almost) every window is invalid or has one-directional texture: "
+                         "nothing to calibrate on")
     if lens_direction is None:
         u = estimate_lens_direction(np.concatenate([p.values("astig_0").ravel() for p in pmaps]),
                                     np.concatenate([p.values("astig_45").ravel() for p in pmaps]),
@@ -807,7 +816,8 @@ def calibrate_psf_maps(
     fit = fits[chosen]
     notes = ""
     if not fit.r2 >= POOR_FIT_R2:
-        notes = (f"poor fit (R² {fit.r2:.3f} < {POOR_FIT_R2}): the network does not read depth from these frames "
+        notes = (f"poor fit (R² {fit.r2:.3f} < {POOR_FIT_R2}): the network does not read depth from "
+                 "these frames "
                  "reliably; check the lens is in, the tilt values and the texture of the frames")
 
     first = pmaps[0]
@@ -827,7 +837,8 @@ def calibrate_psf_maps(
         sd_abs_error_um=float(np.std(np.abs(np.concatenate(fit.residuals_um)))),
         per_tilt=_per_tilt(fit, profiles, pixel_size_um),
         metrics=[_summary(fits[n]) for n in METRICS],
-        points=[CalibrationPoint(frame=i, tilt_deg=profiles[i].tilt_deg, position_px=float(x), height_um=float(h),
+        points=[CalibrationPoint(frame=i, tilt_deg=profiles[i].tilt_deg, position_px=float(x),
+                                 height_um=float(h),
                                  metric=float(m))
                 for i in range(len(profiles))
                 for x, h, m in zip(fit.position_px[i], fit.height_um[i], fit.metric_values[i])],
@@ -883,7 +894,8 @@ def calibrate_tilted_grid(
         raise InputError("no frames to calibrate")
     pmaps = [mapper(np.asarray(f)) for f in frames]
     return calibrate_psf_maps(pmaps, tilt_deg, pixel_size_um, tilt_axis, in_focus_px, metric,
-                              frames=[np.asarray(f) for f in frames], max_texture_coherence=max_texture_coherence)
+                              frames=[np.asarray(f) for f in frames],
+                              max_texture_coherence=max_texture_coherence)
 
 
 # -- depth-map files -------------------------------------------------------------------------------
@@ -1062,7 +1074,8 @@ def _per_tilt(fit: MetricFit, profiles: Sequence[TiltProfile], pixel_size_um: fl
 
 def _summary(fit: MetricFit) -> MetricSummary:
     res = np.abs(np.concatenate(fit.residuals_um))
-    return MetricSummary(metric=fit.metric, slope_um_per_unit=fit.slope_um, offset_um=fit.offset_um, r2=fit.r2,
+    return MetricSummary(metric=fit.metric, slope_um_per_unit=fit.slope_um, offset_um=fit.offset_um,
+                         r2=fit.r2,
                          mean_abs_error_um=float(res.mean()), sd_abs_error_um=float(res.std()))
 
 
@@ -1111,7 +1124,8 @@ def _per_frame(value: Any, n: int, name: str) -> list:
     if len(values) == 1:
         values = values * n
     if len(values) != n:
-        raise InputError(f"{name}: got {len(values)} values for {n} frames; give one per frame or one for all")
+        raise InputError(f"{name}: got {len(values)} values for {n} frames; "
+                         "give one per frame or one for all")
     return [None if v is None else float(v) for v in values]
 
 
@@ -1130,7 +1144,8 @@ def _model_identity(model: Any) -> tuple[str, str]:
     if name is None and isinstance(card, dict):
         name, sha = card.get("name"), card.get("weights_sha256")
     if name is None and sha is None:
-        raise TypeError(f"cannot tell which model {type(model).__name__} is: expected a network, card or PSFMap")
+        raise TypeError(f"cannot tell which model {type(model).__name__} is: "
+                        "expected a network, card or PSFMap")
     return str(name or ""), str(sha or "")
 
 

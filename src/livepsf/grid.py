@@ -101,7 +101,8 @@ def grid_layout(square_um: float = 200.0, line_um: float | None = None, paper: s
     if line_um is None:
         line_um = max(square_um / 4.0, _PRINTER_DOT_UM)
     if not (math.isfinite(line_um) and 0 < line_um < square_um / 1.5):
-        raise InputError(f"--line-um must be positive and below two thirds of the square ({square_um:g} µm), "
+        raise InputError(f"--line-um must be positive and below two thirds of the square "
+                         f"({square_um:g} µm), "
                          f"got {line_um}")
     page_w, page_h = PAPER_SIZES_MM[paper]
     pitch = square_um / 1000.0
