@@ -72,6 +72,15 @@ def test_write_svg_and_pdf(tmp_path):
     box = re.search(rb"MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", data)
     # Letter is 612 x 792 points.
     assert float(box.group(1)) == pytest.approx(612, abs=1) and float(box.group(2)) == pytest.approx(792, abs=1)
+    # True scale: the content stream maps millimetres to points (72 / 25.4 per mm).
+    import zlib
+
+    streams = [zlib.decompress(m.group(1)) for m in re.finditer(rb"stream\r?\n(.*?)endstream", data, re.S)
+               if m.group(1)[:2] == b"x\x9c"]
+    content = next(t.decode("latin1") for t in streams if b" re" in t)
+    page_scale = float(re.search(r"([\d.]+) 0 0 -[\d.]+ 0 [\d.]+ cm", content).group(1))
+    mm_scale = float(re.search(r"([\d.]+) 0 0 [\d.]+ 0 0 cm\s+[\d.]+ [\d.]+ [\d.]+ [\d.]+ re", content).group(1))
+    assert page_scale * mm_scale == pytest.approx(72 / 25.4, rel=1e-4)
     with pytest.raises(InputError, match="already exists"):
         write_grid(svg)
     with pytest.raises(InputError, match=".svg or .pdf"):
