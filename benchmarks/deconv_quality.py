@@ -18,7 +18,8 @@ Protocol (per degradation model, Z-1 and G-1):
     of ``h * sharp`` to the noise-free blurry image (an oracle fit: the best any spatially-invariant
     method restricted to this PSF model can do);
   - **CNN-blind (model)**: PSF maps from ``PSFMapper(load_model(name), stride_px=64)`` on the noisy
-    image (3x3 windows of 128 px), for each shipped model that loads ("focus": Z-1, "gaussian": G-2).
+    image (3x3 windows of 128 px), for each shipped model that loads ("default": Z-3, "focus": Z-1,
+    "gaussian": G-2).
     Rows appear only when a trained model is installed.
 * SNR = 10 log10(sum x² / sum (x̂ - x)²) against the noise-free sharp image in electrons; SSIM from
   scikit-image with the truth's data range. Δ = method − blurry; mean ± standard deviation over images.
@@ -91,7 +92,7 @@ def load_blind_models() -> dict:
     from livepsf.net import load_model
 
     mappers = {}
-    for name in ("focus", "gaussian"):
+    for name in ("default", "focus", "gaussian"):
         try:
             mappers[name] = PSFMapper(load_model(name), stride_px=64)
         except Exception as exc:  # not shipped yet, or not loadable: no blind row for it
@@ -134,7 +135,7 @@ def main() -> None:
                   f"{np.round(case['values'][:, 0], 2).tolist()}, blurry SNR {base_snr:.2f} dB", flush=True)
     print(f"\nTable V protocol: {args.n} images of {SIZE}² per degradation, 4 PSFs each, "
           f"{args.iterations} TV-RL iterations ({time.perf_counter() - start:.0f} s)\n")
-    print(f"| degradation | method | λ_TV | ΔSNR (dB) | ΔSSIM |")
+    print("| degradation | method | λ_TV | ΔSNR (dB) | ΔSSIM |")
     print("| --- | --- | --- | --- | --- |")
     for (model, method, tv), r in rows.items():
         d, s = np.array(r["dsnr"]), np.array(r["dssim"])
