@@ -44,8 +44,8 @@ def main() -> None:
     model = load_model(args.model or "default")
     cal_path = Path(args.calibration) if args.calibration else find_calibration(model)
     cal = Calibration.load(cal_path, model=model) if cal_path else None
-    core = create_core(sample="printed-grid", tilt_deg=6.0, lens=True, shape=(1024, 1024), optics=model.optics,
-                       exposure_ms=20.0)
+    core = create_core(sample="printed-grid", tilt_deg=6.0, lens=True, shape=(1024, 1024),
+                       optics=model.optics, exposure_ms=20.0)
     window = LiveWindow(core, model, calibration=cal, demo=True)
     window.resize(1400, 980)
     window.show()

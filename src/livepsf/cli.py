@@ -388,7 +388,8 @@ def _run_live(core, net, cal, *, headless: bool, frames: int, stride: int, snaps
     console.print(f"[bold]{label}[/]: model {net.name} ({net.spec.name}), stride {stride} px, "
                   f"{frames} maps, headless" + ("" if cal is not None else ", depth uncalibrated"))
     run = run_headless(core, net, frames=frames, stride_px=stride, calibration=cal, snapshot=snapshot,
-                       overlay=overlay, on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True),
+                       overlay=overlay,
+                       on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True),
                        on_error=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}", highlight=False))
     console.print(f"[bold]summary[/]: {run.summary()}", highlight=False, soft_wrap=True)
     if run.snapshot is not None:
@@ -432,7 +433,8 @@ def demo(
     logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
     # 20 ms exposure (~50 fps): the simulated camera spends CPU on every frame (noise), which a real
     # camera does not; frames beyond the map rate would only be skipped.
-    core = create_core(sample=sample, tilt_deg=tilt_deg, shape=(size, size), optics=net.optics, exposure_ms=20.0)
+    core = create_core(sample=sample, tilt_deg=tilt_deg, shape=(size, size), optics=net.optics,
+                       exposure_ms=20.0)
     _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
               overlay=overlay, demo=True, label="demo")
 
@@ -446,7 +448,8 @@ def live(
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
     headless: bool = typer.Option(False, "--headless", help="No window (automatic without a display)."),
     frames: int = typer.Option(300, "--frames", help="Headless: number of frames to map."),
-    snapshot: Path = typer.Option(None, "--snapshot", help="Headless: PNG of the last frame with its overlay."),
+    snapshot: Path = typer.Option(None, "--snapshot",
+                                  help="Headless: PNG of the last frame with its overlay."),
 ) -> None:
     """Live PSF maps on a real microscope through Micro-Manager (pymmcore-plus)."""
     import logging
@@ -469,7 +472,8 @@ def live(
         raise InputError(f"{mm_config}: Micro-Manager could not load this configuration ({first})") from None
     if camera is not None:
         if camera not in core.getLoadedDevices():
-            raise InputError(f"{mm_config}: no device {camera!r}; loaded: {', '.join(core.getLoadedDevices())}")
+            loaded = ", ".join(core.getLoadedDevices())
+            raise InputError(f"{mm_config}: no device {camera!r}; loaded: {loaded}")
         core.setCameraDevice(camera)
     if not core.getCameraDevice():
         raise InputError(f"{mm_config}: the configuration has no camera; name one with --camera")

@@ -58,7 +58,8 @@ def test_overlay_field_units_and_fixed_ranges():
 
 
 def test_overlay_rgba_interpolates_and_dims_invalid_windows():
-    pmap = make_map(np.array([[0.0, 1.0], [2.0, 0.5]]), 0.0, 0.0, invalid=[[0, 0], [1, 0]], frame_shape=(192, 192))
+    pmap = make_map(np.array([[0.0, 1.0], [2.0, 0.5]]), 0.0, 0.0, invalid=[[0, 0], [1, 0]],
+                    frame_shape=(192, 192))
     field = ov.overlay_field(pmap, "focus")
     rgba = ov.overlay_rgba(pmap, field, (192, 192), opacity=0.8)
     assert rgba.shape == (192, 192, 4) and rgba.dtype == np.uint8

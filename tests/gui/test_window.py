@@ -122,8 +122,8 @@ def test_headless_demo_prints_summary_and_writes_snapshot(tiny_model, tmp_path, 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     snap = tmp_path / "snap.png"
-    result = CliRunner().invoke(app, ["demo", "--frames", "30", "--size", "256", "--model", str(tiny_model.path),
-                                      "--snapshot", str(snap)])
+    result = CliRunner().invoke(app, ["demo", "--frames", "30", "--size", "256",
+                                      "--model", str(tiny_model.path), "--snapshot", str(snap)])
     assert result.exit_code == 0, result.output
     assert "summary" in result.output and "30 maps" in result.output and "latency" in result.output
     assert snap.is_file() and snap.stat().st_size > 10_000

@@ -331,7 +331,8 @@ class LiveLoop:
         core = self.core
         if self.camera:
             if self.camera not in core.getLoadedDevices():
-                raise ValueError(f"no camera {self.camera!r}; loaded devices: {', '.join(core.getLoadedDevices())}")
+                loaded = ", ".join(core.getLoadedDevices())
+                raise ValueError(f"no camera {self.camera!r}; loaded devices: {loaded}")
             if core.getCameraDevice() != self.camera:
                 core.setCameraDevice(self.camera)
         if not core.getCameraDevice():
@@ -671,9 +672,11 @@ class LiveLoop:
                 sink(img, meta)
             except Exception as exc:
                 self.remove_frame_sink(sink)
-                self._report(f"frame sink {getattr(sink, '__qualname__', sink)!r} failed and was removed: {exc}")
+                name = getattr(sink, "__qualname__", sink)
+                self._report(f"frame sink {name!r} failed and was removed: {exc}")
 
-    def _process(self, img: np.ndarray, meta: dict[str, str], number: int, skipped: int, t_read: float) -> None:
+    def _process(self, img: np.ndarray, meta: dict[str, str], number: int, skipped: int,
+                 t_read: float) -> None:
         frame = _as_2d(img)
         shape = tuple(frame.shape)
         if shape != self._frame_shape:

@@ -90,7 +90,8 @@ class HeadlessRun:
 
         shape = f"{s.frame_shape[1]}×{s.frame_shape[0]} px" if s.frame_shape else "no frames"
         return (f"{self.results} maps of {shape} frames · camera {f(s.camera_fps, '.1f')} fps · "
-                f"maps {f(s.maps_per_s, '.1f')}/s · latency buffer→map median {f(s.latency_ms_median, '.1f')} ms, "
+                f"maps {f(s.maps_per_s, '.1f')}/s · latency buffer→map median "
+                f"{f(s.latency_ms_median, '.1f')} ms, "
                 f"p95 {f(s.latency_ms_p95, '.1f')} ms · skipped {s.skipped} of {s.frames} frames · "
                 f"errors {s.errors}")
 

@@ -57,7 +57,8 @@ class CalibrationDialog(QtWidgets.QDialog):
         self.tilt_spin.setSuffix(" °")
         self.tilt_spin.setValue(self._sim_property("TiltDeg", 6.0))
         if demo:
-            self.tilt_spin.valueChanged.connect(lambda v: window.core.setProperty("Sample", "TiltDeg", float(v)))
+            self.tilt_spin.valueChanged.connect(
+                lambda v: window.core.setProperty("Sample", "TiltDeg", float(v)))
         form.addRow("Tilt angle", self.tilt_spin)
         self.axis_combo = QtWidgets.QComboBox()
         self.axis_combo.addItem("x (height grows along columns)", userData="x")
@@ -149,8 +150,8 @@ class CalibrationDialog(QtWidgets.QDialog):
             return
         mapper = PSFMapper(self.window.model, stride_px=self.window.stride_px)
         try:
-            cal = calibrate_tilted_grid(self.frames, self.tilts, float(self.pixel_spin.value()), mapper=mapper,
-                                        tilt_axis=str(self.axis_combo.currentData()))
+            cal = calibrate_tilted_grid(self.frames, self.tilts, float(self.pixel_spin.value()),
+                                        mapper=mapper, tilt_axis=str(self.axis_combo.currentData()))
         except Exception as exc:
             self.result_label.setText(f"fit failed: {exc}")
             return

@@ -228,7 +228,8 @@ def psf_covariance_px(pmap: PSFMap) -> np.ndarray:
 
     Zernike models: geometric optics plus the in-focus spot. The wavefront ``W = d Z(2,0) + a Z(2,2) +
     b Z(2,-2)`` (RMS waves) has the pupil gradient ``M u`` with ``M = [[4√3 d + 2√6 a, 2√6 b], [2√6 b,
-    4√3 d − 2√6 a]]``; a ray through pupil point ``u`` lands ``(λ/NA) M u`` from the ideal image, so over
+    4√3 d − 2√6 a]]``; a ray through pupil point ``u`` lands ``(λ/NA) M u`` from the ideal image, so
+    over
     the uniformly lit pupil the covariance is ``(λ/NA)² M² / 4``, to which the Airy core ``(0.21 λ/NA)²``
     is added. This follows the package's conventions (focus > 0 and astig_0 > 0: longer along x; astig_45
     > 0: longer along the row = column diagonal). Gaussian models: their variances.
@@ -328,7 +329,8 @@ def invalid_cells(pmap: PSFMap) -> list[tuple[float, float, float, float]]:
     return cells
 
 
-def region_mean(field: OverlayField, pmap: PSFMap, roi: tuple[float, float, float, float] | None = None) -> float:
+def region_mean(field: OverlayField, pmap: PSFMap,
+                roi: tuple[float, float, float, float] | None = None) -> float:
     """Mean of an overlay's grid over valid windows whose centres lie in ``roi`` = (x, y, w, h).
 
     ``nan`` when no valid window is inside (or the overlay has no values).

@@ -9,7 +9,6 @@ not drawn.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -186,7 +185,8 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.trace_plot.setLabel("bottom", "time (s)")
         self.trace_plot.getAxis("left").enableAutoSIPrefix(False)
         self.trace_plot.addLegend(offset=(10, 5))
-        self.trace_curve = self.trace_plot.plot([], [], pen=pg.mkPen("#ffd54f", width=2), name="mean over the frame")
+        self.trace_curve = self.trace_plot.plot([], [], pen=pg.mkPen("#ffd54f", width=2),
+                                                name="mean over the frame")
         self.stage_curve = self.trace_plot.plot([], [], pen=pg.mkPen("#80cbc4", width=1.5,
                                                                       style=QtCore.Qt.PenStyle.DashLine),
                                                 name="stage Z − Z₀ (µm)")
@@ -420,7 +420,8 @@ class LiveWindow(QtWidgets.QMainWindow):
         if choice is None:
             return
         if choice == "__file__":
-            path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Model file", "", "TorchScript model (*.pt)")
+            path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Model file", "",
+                                                            "TorchScript model (*.pt)")
             if not path:
                 self.model_combo.setCurrentIndex(0)
                 return
@@ -686,7 +687,9 @@ class LiveWindow(QtWidgets.QMainWindow):
         field = ov.overlay_field(pmap, kind, result.depth_um if cal is not None else None, span)
         opacity = self.opacity_slider.value() / 100.0
         small = (max(1, shape[0] // _OVERLAY_DOWNSAMPLE), max(1, shape[1] // _OVERLAY_DOWNSAMPLE))
-        rgba = ov.overlay_rgba(pmap, field, small, opacity, self._lut(field.colormap)) if field.grid is not None else None
+        rgba = None
+        if field.grid is not None:
+            rgba = ov.overlay_rgba(pmap, field, small, opacity, self._lut(field.colormap))
         if rgba is None:
             self.overlay_item.hide()
             self.colorbar.hide()
@@ -731,7 +734,8 @@ class LiveWindow(QtWidgets.QMainWindow):
         else:
             self.axis_item.hide()
         px_um = pmap.optics.pixel_size_um
-        self.scale_item.setText(f"{note}   field {shape[1] * px_um:.0f} × {shape[0] * px_um:.0f} µm".strip())
+        field_text = f"field {shape[1] * px_um:.0f} × {shape[0] * px_um:.0f} µm"
+        self.scale_item.setText(f"{note}   {field_text}".strip())
         self.scale_item.setPos(shape[1] - 6, shape[0] - 6)
 
         if trace:
