@@ -56,7 +56,32 @@ def eq11_loss(output: torch.Tensor, target: torch.Tensor, gamma: float = 1.0) ->
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (recorded in checkpoints and in the model card)."""
+    """Everything that defines a training run (recorded in checkpoints and in the model card).
+
+    Attributes
+    ----------
+    psf_model, architecture, name
+        What to regress, with which network (:data:`~livepsf.net.architectures.ARCHITECTURES`), and the
+        model's name.
+    steps, minutes
+        The budget; training stops at whichever ends first, and the cosine schedule runs over it.
+    batch_size, lr, lr_min_fraction, warmup_steps, weight_decay, grad_clip
+        Optimisation (AdamW; the learning rate decays from ``lr`` to ``lr * lr_min_fraction``).
+    seed
+        Network initialisation and training data stream.
+    val_n, val_every, checkpoint_every
+        Validation-set size and how often (steps) to validate and to write the checkpoint.
+    device, threads, workers
+        Where to train (default CUDA when present), torch threads, data-making processes.
+    optics
+        Optical sampling of the training PSFs (:class:`~livepsf.optics.Optics` fields).
+    data
+        Overrides of :class:`~livepsf.data.degrade.DegradationConfig` (e.g. ``{"photons": [10, 1e5]}``).
+    synth
+        Extra :class:`~livepsf.data.dataset.BatchSynthesizer` options (pool sizes).
+    command
+        The command line that started the run (recorded in the card).
+    """
 
     psf_model: str = "Z-3"
     architecture: str = "shared-trunk"
