@@ -375,6 +375,15 @@ def _live_calibration(net, calibration: Path | None):
     return (Calibration.load(found, model=net), found) if found is not None else (None, None)
 
 
+def _check_live_options(frames: int, overlay: str | None) -> None:
+    from livepsf.gui.overlays import OVERLAYS
+
+    if frames < 1:
+        raise InputError(f"--frames must be at least 1, got {frames}")
+    if overlay is not None and overlay not in OVERLAYS:
+        raise InputError(f"--overlay {overlay!r}: choose one of {', '.join(OVERLAYS)}")
+
+
 def _run_live(core, net, cal, *, headless: bool, frames: int, stride: int, snapshot: Path | None,
               overlay: str | None, demo: bool, label: str) -> None:
     from livepsf.gui.app import has_display, run_headless, run_window
@@ -425,6 +434,7 @@ def demo(
         raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
     if not 128 <= size <= 4096:
         raise InputError(f"--size {size}: use 128 to 4096 px")
+    _check_live_options(frames, overlay)
     net = _live_model(model)
     cal, cal_path = _live_calibration(net, calibration)
     if cal_path is not None:
@@ -458,6 +468,7 @@ def live(
 
     if not mm_config.is_file():
         raise InputError(f"{mm_config}: no such Micro-Manager configuration file")
+    _check_live_options(frames, None)
     logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)  # its discovery error, said better below
     if not find_micromanager():
         raise InputError(f"{mm_config}: no Micro-Manager installation (device adapters) found; install one "
