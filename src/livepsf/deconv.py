@@ -171,6 +171,10 @@ class OverlapAddOperator:
         self._phi = (wy[:, None, :, None] * wx[None, :, None, :]).reshape(gy * gx, ty, tx)
         self._origins = [(oy, ox) for oy in self._ay.origins for ox in self._ax.origins]
         self._normaliser: torch.Tensor | None = None
+        # Gather buffers reused by every call: fresh multi-MB allocations page-fault on every iteration.
+        chunk = min(_CHUNK, len(self._origins))
+        self._fwd_buf = torch.empty(chunk, ty, tx, dtype=dtype, device=self.device)
+        self._adj_buf = torch.empty(chunk, ty + k - 1, tx + k - 1, dtype=dtype, device=self.device)
 
     # -- the operator ---------------------------------------------------------------------------
 
@@ -184,9 +188,11 @@ class OverlapAddOperator:
         out = torch.zeros(ey + 2 * p, ex + 2 * p, dtype=self.dtype, device=self.device)
         for start in range(0, len(self._origins), _CHUNK):
             idx = range(start, min(start + _CHUNK, len(self._origins)))
-            tiles = torch.stack([x[oy : oy + ty, ox : ox + tx] for oy, ox in (self._origins[i] for i in idx)])
-            tiles = tiles * self._phi[idx.start : idx.stop]
-            spec = self._rfft2(tiles) * self._spectra[idx.start : idx.stop]
+            tiles = self._fwd_buf[: len(idx)]
+            for j, i in enumerate(idx):
+                oy, ox = self._origins[i]
+                torch.mul(x[oy : oy + ty, ox : ox + tx], self._phi[i], out=tiles[j])
+            spec = self._rfft2(tiles).mul_(self._spectra[idx.start : idx.stop])
             blurred = self._irfft2(spec, ty + k - 1, tx + k - 1)
             for j, i in enumerate(idx):
                 oy, ox = self._origins[i]
@@ -207,11 +213,13 @@ class OverlapAddOperator:
         out = torch.zeros(ey, ex, dtype=self.dtype, device=self.device)
         for start in range(0, len(self._origins), _CHUNK):
             idx = range(start, min(start + _CHUNK, len(self._origins)))
-            tiles = torch.stack([canvas[oy : oy + ty + k - 1, ox : ox + tx + k - 1]
-                                 for oy, ox in (self._origins[i] for i in idx)])
-            spec = self._rfft2(tiles) * self._spectra_conj[idx.start : idx.stop]
+            tiles = self._adj_buf[: len(idx)]
+            for j, i in enumerate(idx):
+                oy, ox = self._origins[i]
+                tiles[j].copy_(canvas[oy : oy + ty + k - 1, ox : ox + tx + k - 1])
+            spec = self._rfft2(tiles).mul_(self._spectra_conj[idx.start : idx.stop])
             # Circular correlation: index t holds sum_a h[a] r[t + a], exact for t < tile length.
-            corr = self._irfft2(spec, ty, tx) * self._phi[idx.start : idx.stop]
+            corr = self._irfft2(spec, ty, tx).mul_(self._phi[idx.start : idx.stop])
             for j, i in enumerate(idx):
                 oy, ox = self._origins[i]
                 out[oy : oy + ty, ox : ox + tx] += corr[j]
