@@ -237,7 +237,7 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Fewer runs: rough figures in a few seconds."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (the README quotes 2)."),
 ) -> None:
-    """Throughput table on this machine: median and p95 ms per call."""
+    """Throughput table on this machine: median and p95 wall ms per call, median CPU ms (all threads)."""
     from rich.table import Table
 
     from livepsf.throughput import machine_description, run_suites
@@ -247,11 +247,12 @@ def bench(
     rows = run_suites(suite or None, quick=quick, threads=threads)
     table = Table(title=f"livepsf throughput — {machine_description(threads)}", title_justify="left")
     for col, justify in (("task", "left"), ("model", "left"), ("input", "left"), ("device", "left"),
-                         ("median ms", "right"), ("p95 ms", "right"), ("runs", "right"),
+                         ("median ms", "right"), ("p95 ms", "right"), ("CPU ms", "right"), ("runs", "right"),
                          ("× first row", "right"), ("note", "left")):
         table.add_column(col, justify=justify)
     for r in rows:
-        table.add_row(r.task, r.subject, r.size, r.device, f"{r.median_ms:.1f}", f"{r.p95_ms:.1f}", str(r.runs),
+        cpu = "" if r.cpu_median_ms is None else f"{r.cpu_median_ms:.1f}"
+        table.add_row(r.task, r.subject, r.size, r.device, f"{r.median_ms:.1f}", f"{r.p95_ms:.1f}", cpu, str(r.runs),
                       "" if r.relative is None else f"{r.relative:.1f}×", r.note)
     # Piped to a file (no terminal width to respect), print full rows rather than rich's default 80 columns.
     (console if console.is_terminal else Console(width=160)).print(table)

@@ -28,6 +28,7 @@ class BenchRow:
 
     ``relative`` is this row's median divided by the median of the row it is compared with (e.g. the
     ResNet-34 reference against the default model on the same frames); ``None`` when not compared.
+    ``cpu_median_ms`` is the median process CPU time per call (all threads), see :func:`time_calls`.
     """
 
     task: str
@@ -37,13 +38,17 @@ class BenchRow:
     median_ms: float
     p95_ms: float
     runs: int
+    cpu_median_ms: float | None = None
     relative: float | None = None
     note: str = ""
 
 
-def time_calls(fn: Callable[[], object], runs: int, warmup: int = 2, sync: Callable[[], None] | None = None) -> np.ndarray:
-    """Wall-clock milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed calls.
+def time_calls(fn: Callable[[], object], runs: int, warmup: int = 2,
+               sync: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Wall-clock and process-CPU milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed calls.
 
+    The CPU time (all threads of this process) is the work a call needs whatever else runs on the
+    machine; on a shared, busy machine it is the steadier figure, while wall time is what a user waits.
     ``sync`` (e.g. ``torch.cuda.synchronize``) is called after each call, inside the timing, for devices
     that run asynchronously.
     """
@@ -51,14 +56,16 @@ def time_calls(fn: Callable[[], object], runs: int, warmup: int = 2, sync: Calla
         fn()
     if sync is not None:
         sync()
-    times = np.empty(runs)
+    wall = np.empty(runs)
+    cpu = np.empty(runs)
     for i in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         if sync is not None:
             sync()
-        times[i] = (time.perf_counter() - start) * 1e3
-    return times
+        wall[i] = (time.perf_counter() - start) * 1e3
+        cpu[i] = (time.process_time() - start_cpu) * 1e3
+    return wall, cpu
 
 
 def _texture_frame(size: int, seed: int = 0) -> np.ndarray:
@@ -121,13 +128,13 @@ def mapping_suite(sizes: tuple[int, ...] = (1024, 2048), stride_px: int = 64, qu
                     mapper = PSFMapper(model, stride_px=stride_px)
                     heavy = model is not fast and device == "cpu"  # the reference takes seconds per frame
                     runs = (2 if heavy else 5) if quick else (3 if heavy else 30)
-                    times = time_calls(lambda: mapper(frame), runs=runs, warmup=2 if heavy else 3, sync=sync)
+                    times, cpu = time_calls(lambda: mapper(frame), runs=runs, warmup=2 if heavy else 3, sync=sync)
                     median = float(np.median(times))
                     gy, gx = mapper.grid_shape(frame.shape)
                     rows.append(BenchRow(
                         task=f"PSF map, stride {stride_px} ({gy}x{gx} windows)", subject=label,
                         size=f"{size}x{size} uint16", device=device, median_ms=median,
-                        p95_ms=float(np.percentile(times, 95)), runs=runs,
+                        p95_ms=float(np.percentile(times, 95)), runs=runs, cpu_median_ms=float(np.median(cpu)),
                         relative=None if base is None else median / base, note=note,
                     ))
                     base = median if base is None else base
