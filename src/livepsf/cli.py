@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from livepsf.deconv import DEFAULT_TV_WEIGHT
 from livepsf.errors import InputError
 
 app = typer.Typer(
@@ -536,7 +537,7 @@ def data_preview(
 def deconvolve_images(
     images: list[Path] = typer.Argument(..., help="TIFF (each page is a frame), PNG or JPEG images."),
     iterations: int = typer.Option(20, "--iterations", help="Richardson-Lucy iterations."),
-    tv: float = typer.Option(0.1, "--tv", help="Total-variation weight lambda_TV (0 = plain RL; below 0.25)."),
+    tv: float = typer.Option(DEFAULT_TV_WEIGHT, "--tv", help="Total-variation weight lambda_TV (0 = plain RL; below 0.25)."),
     out: Path = typer.Option(None, "--out", help="Folder for the outputs (default: beside each image)."),
     model: str = typer.Option("default", "--model", help="Network for the PSF maps (images without recorded maps)."),
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
