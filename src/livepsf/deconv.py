@@ -37,7 +37,7 @@ import torch
 
 from livepsf.errors import InputError
 from livepsf.imageio import check_frame
-from livepsf.mapping import PSFMap
+from livepsf.mapping import PSFMap, linear_weights
 from livepsf.optics import fast_fft_size, get_psf_model, psf_batch
 
 __all__ = [
@@ -67,23 +67,6 @@ def grid_centers(n_px: int, n_grid: int) -> np.ndarray:
     return (np.arange(n_grid, dtype=np.float64) + 0.5) * (n_px / n_grid) - 0.5
 
 
-def _tent_weights(centres: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """``(len(positions), len(centres))`` bilinear partition-of-unity weights, constant beyond the ends."""
-    centres = np.asarray(centres, dtype=np.float64)
-    n = len(centres)
-    w = np.zeros((len(positions), n), dtype=np.float64)
-    if n == 1:
-        w[:, 0] = 1.0
-        return w
-    pos = np.clip(positions, centres[0], centres[-1])
-    idx = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, n - 2)
-    t = (pos - centres[idx]) / (centres[idx + 1] - centres[idx])
-    rows = np.arange(len(positions))
-    w[rows, idx] = 1.0 - t
-    w[rows, idx + 1] = t
-    return w
-
-
 @dataclass(frozen=True)
 class _Axis:
     """Tiling of one image axis: tile origins (in extended coordinates), tile length and weights."""
@@ -96,7 +79,7 @@ class _Axis:
 def _tile_axis(n_px: int, pad: int, centres: np.ndarray) -> _Axis:
     ext = n_px + 2 * pad
     positions = np.arange(ext, dtype=np.float64) - pad  # frame coordinates of extended pixels
-    w = _tent_weights(centres, positions)
+    w = linear_weights(centres, positions, dtype=np.float64)
     w[w < 1e-12] = 0.0
     spans = []
     for i in range(w.shape[1]):

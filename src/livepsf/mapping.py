@@ -37,6 +37,7 @@ __all__ = [
     "PSFMap",
     "PSFMapper",
     "fill_invalid",
+    "linear_weights",
     "load_psfmaps",
     "map_image_file",
     "save_psfmaps",
@@ -154,8 +155,8 @@ class PSFMap:
         # Output pixel centres in frame coordinates.
         ys = (np.arange(shape[0]) + 0.5) * sy - 0.5
         xs = (np.arange(shape[1]) + 0.5) * sx - 0.5
-        wy = _linear_weights(self.centers_y, ys)
-        wx = _linear_weights(self.centers_x, xs)
+        wy = linear_weights(self.centers_y, ys)
+        wx = linear_weights(self.centers_x, xs)
 
         def one(grid: np.ndarray) -> np.ndarray:
             return (wy @ np.asarray(grid, dtype=np.float32) @ wx.T).astype(np.float32)
@@ -178,11 +179,15 @@ class PSFMap:
             raise InputError(f"{path}: holds {len(maps)} PSF map(s); there is no map {index}")
         return maps[index]
 
-def _linear_weights(centres: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """``(len(positions), len(centres))`` matrix of 1D linear-interpolation weights, clamped at the ends."""
+def linear_weights(centres: np.ndarray, positions: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """1D linear-interpolation (tent) weights from grid ``centres`` to ``positions``, constant beyond the ends.
+
+    Returns a ``(len(positions), len(centres))`` matrix whose rows sum to one: the bilinear partition of
+    unity of the overlay upsampling and of the overlap-add deconvolution (paper eq. 12).
+    """
     centres = np.asarray(centres, dtype=np.float64)
     n = len(centres)
-    weights = np.zeros((len(positions), n), dtype=np.float32)
+    weights = np.zeros((len(positions), n), dtype=dtype)
     if n == 1:
         weights[:, 0] = 1.0
         return weights
