@@ -421,17 +421,9 @@ def test_map_command_maps_good_files_and_reports_bad_ones(tiny_model, tmp_path, 
 # --- with trained models -------------------------------------------------------------------------------
 
 
-def _shipped(name: str) -> bool:
-    from livepsf.net import available_models
-
-    return name in available_models()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["focus", "default"])
 def test_trained_map_separates_halves_blurred_with_different_focus(model_name):
-    if not _shipped(model_name):
-        pytest.skip(f"no trained model {model_name!r} shipped yet (src/livepsf/models/{model_name}.pt)")
     from scipy.signal import fftconvolve
 
     from livepsf.net import load_model
