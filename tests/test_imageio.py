@@ -16,7 +16,7 @@ from livepsf.imageio import check_frame, output_path, read_frames
 def test_reads_multipage_tiff_as_frames(tmp_path) -> None:
     stack = np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30)
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, stack)
+    tifffile.imwrite(path, stack, photometric="minisblack")
     frames = read_frames(path)
     assert len(frames) == 3
     assert frames[1].dtype == np.uint16
