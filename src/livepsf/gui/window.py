@@ -578,23 +578,14 @@ class LiveWindow(QtWidgets.QMainWindow):
         except Exception as exc:
             self._on_error(f"recording not closed cleanly: {exc}")
             return None
-        note = f"saved {rec.written} frames to {path}"
-        if rec.dropped:
-            note += f" ({rec.dropped} dropped: the disk was slower than the maps)"
-        if rec.error:
-            note += f"; stopped early: {rec.error}"
-        self.record_label.setText(note)
+        self.record_label.setText(f"saved {rec.written} frames to {path}{_recording_problems(rec)}")
         return Path(path)
 
     def _update_record_label(self) -> None:
         rec = self._recorder
         if rec is not None:
-            text = f"recording to {rec.recorder.path}: {rec.written} frames"
-            if rec.dropped:
-                text += f", {rec.dropped} dropped"
-            if rec.error:
-                text += f" — stopped: {rec.error}"
-            self.record_label.setText(text)
+            progress = f"recording to {rec.recorder.path}: {rec.written} frames"
+            self.record_label.setText(progress + _recording_problems(rec))
 
     # -- drawing -----------------------------------------------------------------------------------
     def _store_result(self, result: LiveResult) -> None:
@@ -821,3 +812,13 @@ def _recorder_class() -> Any:
     except ImportError:
         return None
     return getattr(recorder, "Recorder", None)
+
+
+def _recording_problems(rec: Any) -> str:
+    """What went wrong in a recording so far, as a suffix for the status label ("" when nothing)."""
+    text = ""
+    if rec.dropped:
+        text += f" ({rec.dropped} dropped: the disk was slower than the maps)"
+    if rec.error:
+        text += f"; stopped: {rec.error}"
+    return text
