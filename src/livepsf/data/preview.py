@@ -102,10 +102,15 @@ def write_preview(path: str | Path, psf_model: str = "Z-3", n: int = 24, seed: i
 
 
 def _ensure_app() -> None:
-    """QPainter on a QImage needs a QGuiApplication (fonts); create an offscreen one if none exists."""
+    """QPainter on a QImage needs a QGuiApplication (fonts); create an offscreen one if none exists.
+
+    A full ``QApplication`` rather than a bare ``QGuiApplication``: Qt allows one application object per
+    process, and plots or windows made later in the same process need the widget kind.
+    """
     from qtpy.QtGui import QGuiApplication
+    from qtpy.QtWidgets import QApplication
 
     if QGuiApplication.instance() is None:
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        _ensure_app.app = QGuiApplication([])  # type: ignore[attr-defined]
+        _ensure_app.app = QApplication([])  # type: ignore[attr-defined]
