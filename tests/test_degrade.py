@@ -14,6 +14,7 @@ from livepsf.data.degrade import (
     DegradationConfig,
     apply_strength,
     blur_fft,
+    blurred_invalid,
     camera_noise,
     illumination_ramp,
     invalid_rule,
@@ -134,6 +135,20 @@ def test_invalid_rule_white_ratio():
     assert _rule(white, 5000).tolist() == [1.0]
     white[0, :, :8] = 0.0  # 12 % dark: a real edge
     assert _rule(white, 5000).tolist() == [0.0]
+
+
+def test_blurred_rule_flags_a_faint_bead_spread_below_the_noise_but_keeps_it_in_focus():
+    bead = torch.zeros(1, 256, 256)
+    bead[0, 128, 128] = 1.0
+    psfs = psf_batch("Z-1", torch.tensor([[0.0], [2.0]]), 127)  # in focus; 2 waves (~39 px radius)
+    sharp, wide = (blur_fft(bead, psf_spectrum(psfs[i : i + 1], 256), 127, 64) for i in range(2))
+    full = lambda v: torch.full((1,), float(v), dtype=torch.float64)  # noqa: E731
+    config = DegradationConfig()
+    assert _rule(bead[:, 96:160, 96:160], 500).tolist() == [0.0]  # the sharp rule keeps it whatever the blur
+    assert blurred_invalid(sharp, full(500), full(0.0), full(2.0), config).tolist() == [0.0]
+    assert blurred_invalid(wide, full(500), full(0.0), full(2.0), config).tolist() == [1.0]
+    # Enough light brings the spread bead back above the noise.
+    assert blurred_invalid(wide, full(5e6), full(0.0), full(2.0), config).tolist() == [0.0]
 
 
 # -- configuration ---------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from livepsf.data.degrade import (
     DegradationConfig,
     PatchConditions,
     blur_fft,
+    blurred_invalid,
     camera_noise,
     illumination_ramp,
     invalid_rule,
@@ -81,7 +82,7 @@ _SPLIT_IMAGES = {
     "test": (EVAL_IMAGES, (0.0, 1.0, 0.5, 1.0)),
 }
 # Bump when the synthesis changes so that cached evaluation sets are regenerated.
-_DATA_VERSION = 4
+_DATA_VERSION = 5
 
 
 def default_psf_size_px(spec: PSFModelSpec, optics: Optics) -> int:
@@ -271,6 +272,10 @@ class BatchSynthesizer:
 
         values = self.pool_values[idx].clone()
         blurred = blur_fft(t, self.pool_spectra[idx], self.psf_size_px, p)
+        lo = (p - w) // 2
+        hidden = blurred_invalid(blurred[:, lo : lo + w, lo : lo + w], photons, cond.background,
+                                 cond.read_noise_e, cfg)
+        invalid = torch.maximum(invalid, hidden)
         # Dihedral op o: o % 4 quarter turns, then a row flip when o >= 4 (one gather for the images).
         ops = torch.randint(8, (b,), generator=self.gen)
         blurred = blurred.flatten(1).gather(1, self._dihedral_index[ops]).view(b, p, p)
