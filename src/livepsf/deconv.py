@@ -47,6 +47,7 @@ __all__ = [
     "grid_centers",
     "crop_to_support",
     "spatially_variant_blur",
+    "DEFAULT_ACCELERATE",
     "DEFAULT_ITERATIONS",
     "DEFAULT_TV_WEIGHT",
 ]
@@ -56,6 +57,9 @@ DEFAULT_ITERATIONS = 20
 # here: on the Table V benchmark 0.1 leaves images worse than the blurry input, 0.01 improves them
 # (benchmarks/deconv_quality.py). Pass tv_weight=0.1 to reproduce the paper's setting.
 DEFAULT_TV_WEIGHT = 0.01
+# Biggs-Andrews extrapolation: on the Table V benchmark (6 images per model, 20 iterations, lambda_TV 0.01)
+# it raised the known-PSF gain from +0.71 to +0.99 dB (Z-1) and from +0.67 to +0.83 dB (G-1).
+DEFAULT_ACCELERATE = True
 # Smoothing of |grad x| in the TV term, relative to the image mean (the image is scaled to mean 1).
 _TV_EPS = 1e-3
 # Tiles transformed together; small enough that a chunk's FFT buffers stay in cache.
@@ -350,6 +354,7 @@ def deconvolve(
     device: torch.device | str | None = None,
     max_psf_px: int = 127,
     start: str = "flat",
+    accelerate: bool = DEFAULT_ACCELERATE,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Spatially-variant TV-regularised Richardson–Lucy deconvolution (paper eq. 13).
@@ -379,6 +384,11 @@ def deconvolve(
         First estimate: ``"flat"`` (the image mean everywhere, the textbook RL start, as scikit-image's
         ``richardson_lucy``) or ``"image"`` (the blurry image itself, edges replicated into the field
         extension). On the Table V benchmark the flat start scored as well or better at 20 iterations.
+    accelerate
+        Biggs–Andrews vector extrapolation of the iterates (Biggs & Andrews, Appl. Opt. 36, 1997): each
+        RL step starts from ``x_k + alpha (x_k - x_{k-1})``, with ``alpha`` in ``[0, 1)`` from the
+        correlation of the last two steps. Same cost per iteration, several times faster convergence
+        (default); ``False`` gives the paper's plain TV-RL iterations.
     progress
         Called as ``progress(iteration, iterations)`` after every iteration.
 
@@ -422,27 +432,44 @@ def deconvolve(
         return np.zeros((height, width), dtype=np.float32)
     y = y / scale
     x0 = op.embed(y) if start == "image" else torch.ones(op.extended_shape, dtype=y.dtype, device=dev)
-    x = _richardson_lucy(op, y, x0, int(iterations), float(tv_weight), progress)
+    x = _richardson_lucy(op, y, x0, int(iterations), float(tv_weight), accelerate, progress)
     return (op.crop(x) * scale).cpu().numpy().astype(np.float32)
 
 
 def _richardson_lucy(op: OverlapAddOperator, y: torch.Tensor, x0: torch.Tensor, iterations: int,
-                     tv_weight: float, progress: Callable[[int, int], None] | None) -> torch.Tensor:
+                     tv_weight: float, accelerate: bool,
+                     progress: Callable[[int, int], None] | None) -> torch.Tensor:
     norm = op.normaliser
     # Pixels whose light never reaches the frame are not estimated.
     alive = norm > 1e-6
     safe_norm = torch.where(alive, norm, torch.ones_like(norm))
     x = torch.where(alive, x0.clamp_min(1e-6), torch.zeros_like(norm))  # strictly positive start
     tiny = 1e-12
+    x_prev: torch.Tensor | None = None
+    g_prev: torch.Tensor | None = None  # last RL step taken, as an additive change
+    alpha = 0.0
     for i in range(iterations):
-        blurred = op.forward(x)
+        # Biggs-Andrews: extrapolate along the last change, then take the RL step from there.
+        z = x if x_prev is None or alpha == 0.0 else (x + alpha * (x - x_prev)).clamp_min(tiny) * alive
+        blurred = op.forward(z)
         ratio = y / blurred.clamp_min(tiny)
-        step = op.adjoint(ratio) / safe_norm
+        rl_step = op.adjoint(ratio) / safe_norm
+        step = rl_step
         if tv_weight > 0:
             # The TV factor scales the RL step; in the field extension, where H^T 1 < 1, applying it to
             # the normalised step keeps the regularisation as strong there as inside the frame.
-            step = step / (1.0 - tv_weight * _tv_divergence(x, _TV_EPS)).clamp_min(0.05)
-        x = torch.where(alive, x * step, torch.zeros_like(x))
+            step = step / (1.0 - tv_weight * _tv_divergence(z, _TV_EPS)).clamp_min(0.05)
+        x_new = torch.where(alive, z * step, torch.zeros_like(z))
+        if accelerate:
+            # The direction is that of the data (RL) term alone: the TV factor flips sign from one
+            # iteration to the next in flat areas, which would decorrelate the steps and stall alpha.
+            g = torch.where(alive, z * (rl_step - 1.0), torch.zeros_like(z))
+            if g_prev is not None:
+                denom = float((g_prev * g_prev).sum())
+                alpha = min(max(float((g * g_prev).sum()) / denom, 0.0), 0.99) if denom > 0 else 0.0
+            g_prev = g
+            x_prev = x
+        x = x_new
         if progress is not None:
             progress(i + 1, iterations)
     return x

@@ -443,7 +443,7 @@ def run_job(
     import tifffile
 
     from livepsf.acquisition.recorder import read_frame_metadata, recorded_psfmaps
-    from livepsf.deconv import deconvolve
+    from livepsf.deconv import DEFAULT_ACCELERATE, deconvolve
     from livepsf.errors import InputError
     from livepsf.imageio import output_path, read_frames
 
@@ -484,7 +484,8 @@ def run_job(
     pixel_size_um = header.get("pixel_size_um") or pmap.optics.pixel_size_um
     params = {
         "software": "livepsf deconvolve", "source": str(source), "iterations": iterations,
-        "tv_weight": float(spec["tv_weight"]), "psf_source": "recorded PSF maps" if use_recorded else "CNN",
+        "tv_weight": float(spec["tv_weight"]), "acceleration": "Biggs-Andrews" if DEFAULT_ACCELERATE else None,
+        "psf_source": "recorded PSF maps" if use_recorded else "CNN",
         "model": None if use_recorded else spec["model"], "stride_px": None if use_recorded else spec["stride_px"],
         "frames": grids,
     }
