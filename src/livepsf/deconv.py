@@ -446,28 +446,29 @@ def _richardson_lucy(op: OverlapAddOperator, y: torch.Tensor, x0: torch.Tensor, 
     x = torch.where(alive, x0.clamp_min(1e-6), torch.zeros_like(norm))  # strictly positive start
     tiny = 1e-12
     x_prev: torch.Tensor | None = None
-    g_prev: torch.Tensor | None = None  # last RL step taken, as an additive change
+    g_prev: torch.Tensor | None = None  # last data-term change, additive
+    g_prev_sq = 0.0
     alpha = 0.0
     for i in range(iterations):
-        # Biggs-Andrews: extrapolate along the last change, then take the RL step from there.
-        z = x if x_prev is None or alpha == 0.0 else (x + alpha * (x - x_prev)).clamp_min(tiny) * alive
+        # Biggs-Andrews: extrapolate along the last change, z = x + alpha (x - x_prev), then step from z.
+        # Outside `alive` x and x_prev are 0, so z is tiny there and the update below zeroes it again.
+        z = x if x_prev is None or alpha == 0.0 else torch.lerp(x_prev, x, 1.0 + alpha).clamp_min_(tiny)
         blurred = op.forward(z)
         ratio = y / blurred.clamp_min(tiny)
-        rl_step = op.adjoint(ratio) / safe_norm
+        rl_step = op.adjoint(ratio).div_(safe_norm)
         step = rl_step
         if tv_weight > 0:
             # The TV factor scales the RL step; in the field extension, where H^T 1 < 1, applying it to
             # the normalised step keeps the regularisation as strong there as inside the frame.
-            step = step / (1.0 - tv_weight * _tv_divergence(z, _TV_EPS)).clamp_min(0.05)
+            step = rl_step / (1.0 - tv_weight * _tv_divergence(z, _TV_EPS)).clamp_min(0.05)
         x_new = torch.where(alive, z * step, torch.zeros_like(z))
         if accelerate:
             # The direction is that of the data (RL) term alone: the TV factor flips sign from one
             # iteration to the next in flat areas, which would decorrelate the steps and stall alpha.
-            g = torch.where(alive, z * (rl_step - 1.0), torch.zeros_like(z))
-            if g_prev is not None:
-                denom = float((g_prev * g_prev).sum())
-                alpha = min(max(float((g * g_prev).sum()) / denom, 0.0), 0.99) if denom > 0 else 0.0
-            g_prev = g
+            g = (z * rl_step).sub_(z).flatten()
+            if g_prev is not None and g_prev_sq > 0:
+                alpha = min(max(float(torch.dot(g, g_prev)) / g_prev_sq, 0.0), 0.99)
+            g_prev, g_prev_sq = g, float(torch.dot(g, g))
             x_prev = x
         x = x_new
         if progress is not None:
