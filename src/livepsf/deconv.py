@@ -17,6 +17,11 @@ Eq. 13 of the paper writes the same update patch by patch; using the exact adjoi
 overlap-add operator makes it the maximum-likelihood (EM) step for Poisson data under this model, so it
 reduces to the classical RL when all PSFs are equal.
 
+Acceleration (default on): Biggs & Andrews' vector extrapolation. Each step starts from
+``z_i = x_i + alpha_i (x_i - x_{i-1})`` instead of ``x_i``, with ``alpha_i`` in ``[0, 1)`` the
+correlation of the last two changes made by the data (RL) factor. Same cost per iteration; at 20
+iterations it recovers what plain RL needs 40–80 for. ``accelerate=False`` gives the plain update.
+
 Boundaries ("field extension"): the estimate ``x`` lives on the frame extended by the PSF radius on
 each side, only the frame is observed, and ``H^T 1`` (the normaliser) accounts for the missing data, so
 no FFT wrap-around or edge ringing arises; the extension is cropped away at the end.
