@@ -156,8 +156,12 @@ def test_eval_set_is_fixed_cached_and_disjoint_from_test(tmp_path, monkeypatch):
 
 def test_clean_eval_set_feeds_the_robustness_sweep(tmp_path, monkeypatch):
     monkeypatch.setenv("LIVEPSF_CACHE_DIR", str(tmp_path))
-    clean, _ = eval_set("G-1", "test", n=6, window_px=32, degradation=DegradationConfig.clean())
+    clean, targets = eval_set("G-1", "test", n=64, window_px=32, degradation=DegradationConfig.clean())
     assert clean.dtype == torch.float32 and float(clean.min()) >= 0.0 and float(clean.max()) <= 1.0 + 1e-5
+    # Noise-free patches have no noise to be buried in: only the explicit blank/black ones and flat or
+    # white windows are invalid, so the sweep scores most of the set (regression: the blurred-SNR rule
+    # once flagged nearly all of it, with photons = 1).
+    assert float((targets[:, 0] < 0.5).float().mean()) > 0.6
 
 
 def test_preview_command_writes_a_png_and_never_overwrites(tmp_path):

@@ -143,11 +143,11 @@ class DegradationConfig:
         """No noise, no camera, no illumination changes: patches are ``background + h * t`` in texture units.
 
         The starting point of the robustness sweep (:func:`apply_strength`). Textured patches are all
-        valid unless the contrast or white-ratio rule flags them.
+        valid unless the contrast or white-ratio rule flags them: with no noise, neither SNR rule applies.
         """
         base = dict(photons=(1.0, 1.0), background=(0.0, 0.0), contrast=(1.0, 1.0), read_noise_e=(0.0, 0.0),
-                    gain_adu=(1.0, 1.0),
-                    offset_adu=(0.0, 0.0), gradient=(0.0, 0.0), noise=False, quantise=False, min_snr=0.0)
+                    gain_adu=(1.0, 1.0), offset_adu=(0.0, 0.0), gradient=(0.0, 0.0), noise=False,
+                    quantise=False, min_snr=0.0, min_blurred_snr=0.0)
         return cls(**(base | overrides))
 
     def to_dict(self) -> dict:
