@@ -272,10 +272,10 @@ class BatchSynthesizer:
 
         values = self.pool_values[idx].clone()
         blurred = blur_fft(t, self.pool_spectra[idx], self.psf_size_px, p)
-        lo = (p - w) // 2
-        hidden = blurred_invalid(blurred[:, lo : lo + w, lo : lo + w], photons, cond.background,
+        m = (p - w) // 2  # the window inside the (possibly larger) patch
+        buried = blurred_invalid(blurred[:, m : m + w, m : m + w], photons, cond.background,
                                  cond.read_noise_e, cfg)
-        invalid = torch.maximum(invalid, hidden)
+        invalid = torch.maximum(invalid, buried)
         # Dihedral op o: o % 4 quarter turns, then a row flip when o >= 4 (one gather for the images).
         ops = torch.randint(8, (b,), generator=self.gen)
         blurred = blurred.flatten(1).gather(1, self._dihedral_index[ops]).view(b, p, p)

@@ -52,8 +52,8 @@ __all__ = [
     "DEGRADATION_KINDS",
     "apply_strength",
     "blur_fft",
-    "camera_noise",
     "blurred_invalid",
+    "camera_noise",
     "invalid_rule",
     "psf_spectrum",
 ]
