@@ -465,6 +465,7 @@ def run_job(
             if mappers is not None:
                 mappers[key] = mapper
     iterations = int(spec["iterations"])
+    accelerate = DEFAULT_ACCELERATE
     total = len(frames) * max(iterations, 1)
     results, grids = [], []
     for i, frame in enumerate(frames):
@@ -478,13 +479,13 @@ def run_job(
                 progress(i * max(iterations, 1) + it, total)
 
         results.append(deconvolve(frame, pmap, iterations=iterations, tv_weight=float(spec["tv_weight"]),
-                                  device=device, progress=step))
+                                  accelerate=accelerate, device=device, progress=step))
         grids.append({"psf_model": pmap.psf_model, "model_name": pmap.model_name,
                       "grid": list(pmap.grid_shape), "window_px": pmap.window_px, "stride_px": pmap.stride_px})
     pixel_size_um = header.get("pixel_size_um") or pmap.optics.pixel_size_um
     params = {
         "software": "livepsf deconvolve", "source": str(source), "iterations": iterations,
-        "tv_weight": float(spec["tv_weight"]), "acceleration": "Biggs-Andrews" if DEFAULT_ACCELERATE else None,
+        "tv_weight": float(spec["tv_weight"]), "acceleration": "Biggs-Andrews" if accelerate else None,
         "psf_source": "recorded PSF maps" if use_recorded else "CNN",
         "model": None if use_recorded else spec["model"], "stride_px": None if use_recorded else spec["stride_px"],
         "frames": grids,

@@ -345,6 +345,13 @@ def _per_image(value: torch.Tensor | float, ndim: int) -> torch.Tensor:
 # -- labels ----------------------------------------------------------------------------------------
 
 
+def _pixel_noise_e(photons: torch.Tensor, mean: torch.Tensor, background: torch.Tensor,
+                   read_noise_e: torch.Tensor) -> torch.Tensor:
+    """Noise (electrons RMS) of a pixel at texture level ``mean``: shot noise and read noise, float64."""
+    level = mean.to(torch.float64) + background.to(torch.float64)
+    return torch.sqrt(photons.to(torch.float64) * level + read_noise_e.to(torch.float64) ** 2)
+
+
 def invalid_rule(
     windows: torch.Tensor,
     photons: torch.Tensor,
@@ -362,8 +369,8 @@ def invalid_rule(
     mean, std = mean.to(torch.float64), var.to(torch.float64).sqrt()
     top, bottom = t.amax(dim=dims).to(torch.float64), t.amin(dim=dims).to(torch.float64)
     modulation = torch.maximum(top - mean, mean - bottom)
-    photons, background, read = (v.to(torch.float64) for v in (photons, background, read_noise_e))
-    noise = torch.sqrt(photons * (mean + background) + read**2)
+    photons = photons.to(torch.float64)
+    noise = _pixel_noise_e(photons, mean, background, read_noise_e)
     low_snr = photons * modulation < config.min_snr * noise
     low_contrast = std < config.min_contrast * (mean + background)
     white = (t >= top.float()[:, None, None] - 0.02).sum(dim=dims) > config.max_white_ratio * t[0].numel()
@@ -384,8 +391,8 @@ def blurred_invalid(
     times the noise of the mean pixel.
     """
     var, mean = torch.var_mean(blurred.to(torch.float32), dim=(-2, -1), unbiased=False)
-    photons, background, read = (v.to(torch.float64) for v in (photons, background, read_noise_e))
-    noise = torch.sqrt(photons * (mean.to(torch.float64) + background) + read**2)
+    photons = photons.to(torch.float64)
+    noise = _pixel_noise_e(photons, mean, background, read_noise_e)
     return (photons * var.to(torch.float64).sqrt() < config.min_blurred_snr * noise).to(torch.float32)
 
 
