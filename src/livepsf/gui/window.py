@@ -147,9 +147,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.roi.hide()
         self.view.addItem(self.roi)
         self.message_item = pg.TextItem("", color="#ffffff", fill=pg.mkBrush(0, 0, 0, 170), anchor=(0, 0))
-        font = QtGui.QFont()
-        font.setPointSize(13)
-        self.message_item.setFont(font)
+        self.message_item.setFont(_point_size_font(13))
         self.message_item.setZValue(50)
         self.view.addItem(self.message_item)
         self.scale_item = pg.TextItem("", color="#ffffff", fill=pg.mkBrush(0, 0, 0, 140), anchor=(1, 1))
@@ -171,7 +169,9 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.graphics.addItem(self.histogram, row=0, col=1)
         self.colorbar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get("viridis"), interactive=False,
                                         width=18, orientation="vertical")
-        self.colorbar.axis.setStyle(tickFont=QtGui.QFont("", 10))
+        # The application's font at another size. Never QFont("", size): a font with an empty family
+        # list crashes Qt 6.9-6.11 when pyqtgraph records the axis into a QPicture (see _point_size_font).
+        self.colorbar.axis.setStyle(tickFont=_point_size_font(10))
         self.colorbar.axis.enableAutoSIPrefix(False)
         self.histogram.axis.enableAutoSIPrefix(False)
         self.graphics.addItem(self.colorbar, row=0, col=2)
@@ -803,6 +803,18 @@ class LiveWindow(QtWidgets.QMainWindow):
     def grab_view(self) -> QtGui.QPixmap:
         """The image, overlay and colour bars as a pixmap (snapshots)."""
         return self.graphics.grab()
+
+
+def _point_size_font(point_size: int) -> QtGui.QFont:
+    """The application's default font at ``point_size``.
+
+    Fonts for pyqtgraph items must name a family: pyqtgraph draws axes into a ``QPicture``, and Qt 6.9 to
+    6.11 serialise a font with an empty family list there by reading its first family, which is out of
+    bounds (a segfault on the first paint). ``QFont("", size)`` is such a font; this one is not.
+    """
+    font = QtGui.QFont(QtGui.QGuiApplication.font())
+    font.setPointSize(point_size)
+    return font
 
 
 def _recorder_class() -> Any:
