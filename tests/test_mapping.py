@@ -209,6 +209,7 @@ def test_bad_strides_raise_input_error(tiny_model, stride, message):
 
 def test_fill_uses_mean_of_valid_four_neighbours():
     values = np.arange(25, dtype=np.float32).reshape(5, 5) ** 1.5
+    original = values.copy()
     mask = np.zeros((5, 5), bool)
     mask[2, 2] = True            # all four neighbours valid
     mask[0, 0] = True            # corner: two neighbours
@@ -220,7 +221,7 @@ def test_fill_uses_mean_of_valid_four_neighbours():
     assert filled[3, 3] == pytest.approx((v[2, 3] + v[4, 3] + v[3, 2]) / 3, rel=1e-6)
     assert filled[3, 4] == pytest.approx((v[2, 4] + v[4, 4]) / 2, rel=1e-6)
     np.testing.assert_array_equal(filled[~mask], values[~mask])     # valid windows untouched
-    assert values[2, 2] == 12.0 ** 1.5                              # input not modified
+    np.testing.assert_array_equal(values, original)                 # input not modified
 
 
 def test_fill_inside_a_blank_region_uses_nearest_valid_windows_inverse_distance_weighted():
@@ -311,6 +312,37 @@ def test_ome_tiff_round_trip(tiny_model_factory, tmp_path, psf_model):
         pmap.to_ome_tiff(path)                                 # never overwritten by default
 
 
+def test_sigma_maps_match_predict_and_survive_the_ome_tiff(tiny_model, tmp_path):
+    """σ per parameter: same keys and units as params, equal to model.predict's, saved as extra channels."""
+    frame = _texture((256, 320), seed=8).astype(np.uint16)
+    pmap = PSFMapper(tiny_model, stride_px=64)(frame)
+    assert set(pmap.sigma) == set(pmap.params) and all(s.shape == pmap.grid_shape for s in pmap.sigma.values())
+    windows, _ = _reference_windows(frame, 128, 64)
+    direct = tiny_model.predict(windows)
+    for name in pmap.params:
+        np.testing.assert_allclose(pmap.sigma[name].ravel(), direct[f"{name}_sigma"], rtol=1e-4)
+        assert np.all(pmap.sigma[name] > 0)
+    path = pmap.to_ome_tiff(tmp_path / "s_psfmap.ome.tif")
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    assert 'Name="focus_sigma"' in xml and 'Name="astig_45_sigma"' in xml
+    back = load_psfmaps(path)[0]
+    for name in pmap.params:
+        np.testing.assert_array_equal(back.sigma[name], pmap.sigma[name])
+        np.testing.assert_array_equal(back.params[name], pmap.params[name])
+
+
+def test_maps_of_models_without_sigma_have_an_empty_sigma(variance_model, tmp_path):
+    pmap = PSFMapper(variance_model, stride_px=64)(np.random.default_rng(1).uniform(0, 900, (256, 256)))
+    assert pmap.sigma == {}
+    back = load_psfmaps(pmap.to_ome_tiff(tmp_path / "v_psfmap.ome.tif"))[0]
+    assert back.sigma == {} and set(back.params) == {"focus"}
+    with pytest.raises(ValueError, match="sigma"):
+        PSFMap(params=pmap.params, invalid=pmap.invalid, centers_y=pmap.centers_y, centers_x=pmap.centers_x,
+               window_px=128, stride_px=64, frame_shape=(256, 256), psf_model="Z-1",
+               sigma={"variance": pmap.params["focus"]})
+
+
 def test_several_maps_in_one_file(tiny_model, tmp_path):
     mapper = PSFMapper(tiny_model, stride_px=64)
     maps = [mapper(_texture((256, 256), seed=s)) for s in (10, 11, 12)]
@@ -374,6 +406,9 @@ def test_map_command_writes_maps_and_summary_and_never_touches_input(tiny_model,
     assert info["model"]["psf_model"] == "Z-3"
     assert set(info["params"]) == {"focus", "astig_0", "astig_45"}
     assert info["params"]["focus"]["unit"] == "waves"
+    sigma_median = info["params"]["focus"]["sigma_median"]            # over valid windows (None if none)
+    assert sigma_median is None or sigma_median > 0
+    assert set(maps[0].sigma) == {"focus", "astig_0", "astig_45"}
     assert 0.0 <= info["fraction_invalid"] <= 1.0
     assert len(info["frames"]) == 2 and all(f["time_ms"] > 0 for f in info["frames"])
     assert info["time_per_frame_ms"]["median"] > 0

@@ -24,8 +24,30 @@ def test_map_frame_equals_per_window_forward(arch: str) -> None:
     with torch.no_grad():
         mapped = net.map_frame(frame, 64)
         reference = _unfolded_forward(net, frame, 64)
-    assert mapped.shape == (4, 3, 4)
+    assert mapped.shape == (1 + 2 * 3, 3, 4)  # invalid logit, 3 parameters, 3 log-sigmas
     torch.testing.assert_close(mapped, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["shared-trunk", "resnet34-tiny"])
+def test_networks_without_uncertainty_keep_the_old_contract(arch: str) -> None:
+    net = build_network(arch, n_params=3, uncertainty=False).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 128, 128)).shape == (2, 4)
+    assert net.n_outputs == 4 and net.log_sigma_shift.numel() == 0
+
+
+def test_log_sigma_shift_scales_sigma_only() -> None:
+    torch.manual_seed(3)
+    net = build_network("shared-trunk-tiny", n_params=2).eval()
+    x = torch.rand(2, 1, 128, 128) * 100.0
+    with torch.no_grad():
+        before = net(x)
+        net.log_sigma_shift.copy_(torch.tensor([0.5, -1.0]))
+        after = net(x)
+        scripted = torch.jit.script(net)(x)
+    torch.testing.assert_close(after[:, :3], before[:, :3])
+    torch.testing.assert_close(after[:, 3:] - before[:, 3:], torch.tensor([[0.5, -1.0]] * 2))
+    torch.testing.assert_close(scripted, after)
 
 
 @pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-deep", "resnet34-tiny"])
@@ -57,7 +79,7 @@ def test_resnet34_has_the_paper_layout() -> None:
     net = ResNet34(n_params=3)
     blocks = [m for m in net.body]
     assert len(blocks) == 3 + 4 + 6 + 3
-    assert net.fc.out_features == 4
+    assert net.fc.out_features == 1 + 2 * 3
     # ~21.3 M parameters for the grey, 4-output ResNet-34
     assert 20e6 < sum(p.numel() for p in net.parameters()) < 22e6
 

@@ -32,8 +32,39 @@ def test_export_load_round_trip_gives_identical_outputs(tmp_path) -> None:
         assert torch.equal(loaded.module.map_frame(frame, 64), net.map_frame(frame, 64))
     assert loaded.card.weights_sha256 and loaded.spec.names == ("focus", "astig_0", "astig_45")
     out = loaded.predict(x[:, 0].numpy())
-    assert set(out) == {"focus", "astig_0", "astig_45", "cylinder", "axis", "invalid"}
+    assert loaded.card.uncertainty and loaded.has_sigma
+    assert set(out) == {"focus", "astig_0", "astig_45", "cylinder", "axis", "invalid",
+                        "focus_sigma", "astig_0_sigma", "astig_45_sigma"} == set(loaded.output_names)
     assert np.all((out["focus"] >= 0) & (out["focus"] <= 2)) and np.all((out["axis"] >= 0) & (out["axis"] < np.pi))
+    assert all(np.all(out[f"{n}_sigma"] > 0) for n in loaded.spec.names)
+
+
+def test_sigma_is_in_physical_units_and_predictions_are_canonical(tmp_path) -> None:
+    """decode: σ = exp(log σ) x the parameter's span; a negative focus is mirrored to (-f, -A)."""
+    _, path = _export(tmp_path)
+    model = load_model(path)
+    raw = torch.tensor([[-3.0, -0.1, 0.8, 0.5, np.log(0.05), np.log(0.1), np.log(0.2)]])
+    out = model.decode(raw)
+    # focus -0.2 waves, astig_0 +0.3, astig_45 0.0 is the same PSF as focus 0.2, astig_0 -0.3, astig_45 0.
+    np.testing.assert_allclose([out["focus"].item(), out["astig_0"].item(), out["astig_45"].item()],
+                               [0.2, -0.3, 0.0], atol=1e-6)
+    np.testing.assert_allclose([out["focus_sigma"].item(), out["astig_0_sigma"].item(),
+                                out["astig_45_sigma"].item()], [0.05 * 2.0, 0.1 * 1.0, 0.2 * 1.0], rtol=1e-5)
+
+
+def test_models_without_sigma_still_load_and_predict(tmp_path) -> None:
+    spec = get_psf_model("Z-3")
+    net = build_network("shared-trunk-tiny", spec.n_params, uncertainty=False).eval()
+    card = ModelCard.for_spec("old", spec, Optics(), architecture="shared-trunk-tiny", input_normalisation="none")
+    path = export_model(net, card, tmp_path / "old.pt")
+    raw_card = json.loads(path.with_suffix(".json").read_text())
+    assert raw_card["uncertainty"] is False
+    del raw_card["uncertainty"]  # a card written before the field existed
+    path.with_suffix(".json").write_text(json.dumps(raw_card))
+    model = load_model(path)
+    assert not model.has_sigma
+    out = model.predict(np.random.default_rng(0).random((2, 128, 128)))
+    assert set(out) == {"focus", "astig_0", "astig_45", "cylinder", "axis", "invalid"}
 
 
 def test_card_mismatch_is_refused(tmp_path) -> None:

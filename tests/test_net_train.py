@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from livepsf.errors import InputError
-from livepsf.net.train import TrainConfig, eq11_loss, export_checkpoint, load_checkpoint, run_training, train
+from livepsf.net.train import (
+    TrainConfig,
+    calibrate_sigma,
+    eq11_loss,
+    export_checkpoint,
+    load_checkpoint,
+    psf_loss,
+    run_training,
+    train,
+)
+from livepsf.optics import get_psf_model
 
 # Small pools keep the data synthesiser's start-up to a fraction of a second.
 SMALL = {"texture_pool": 4, "texture_px": 256, "psf_pool": 16}
@@ -45,6 +55,72 @@ def test_eq11_by_hand() -> None:
     assert eq11_loss(out, target).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_sign_invariant_loss_accepts_the_mirrored_parameter_set() -> None:
+    """PSF(a) = PSF(-a): predicting (-f, -A) for a label (f, A) costs nothing in Z-3, something in G-2."""
+    z3 = get_psf_model("Z-3")
+    label = torch.tensor([[0.0, 0.05, 0.8, 0.4]])  # focus 0.1 waves, astig_0 +0.3, astig_45 -0.1
+    mirror = torch.cat([torch.tensor([[-20.0]]), z3.normalise(-z3.denormalise(label[:, 1:]))], dim=1)
+    assert psf_loss(mirror, label, z3, nll_weight=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    plain = psf_loss(mirror, label, z3, sign_invariant=False, nll_weight=0.0).item()
+    assert plain == pytest.approx(eq11_loss(mirror, label).item()) and plain > 0.05
+    g2 = get_psf_model("G-2")
+    out, target = torch.tensor([[-20.0, 0.2, 0.7]]), torch.tensor([[0.0, 0.8, 0.3]])
+    assert psf_loss(out, target, g2, nll_weight=0.0).item() == pytest.approx(eq11_loss(out, target).item())
+
+
+def test_nll_is_smallest_where_sigma_equals_the_error() -> None:
+    """The σ column's loss is minimal at σ = |error| (valid) and at the prior spread (invalid patches)."""
+    spec = get_psf_model("Z-1")
+    target = torch.tensor([[0.0, 0.40], [1.0, 0.9]])
+    mean = torch.tensor([0.46, 0.1])  # error 0.06 on the valid patch; the invalid one's mean is unused
+    log_sigma = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.Adam([log_sigma], lr=0.05)
+    for _ in range(600):
+        out = torch.stack([torch.tensor([-20.0, 20.0]), mean, log_sigma], dim=1)
+        loss = psf_loss(out, target, spec, nll_weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.exp(log_sigma[0]).item() == pytest.approx(0.06, rel=0.02)
+    assert torch.exp(log_sigma[1]).item() == pytest.approx(0.4, rel=0.02)  # |0.9 - 0.5|
+
+
+class _KnownErrors(torch.nn.Module):
+    """Returns fixed outputs (log σ column shifted by its buffer), like a trained network would."""
+
+    def __init__(self, raw: torch.Tensor) -> None:
+        super().__init__()
+        self.raw = raw
+        self.register_buffer("log_sigma_shift", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = x[:, 0, 0, 0].long()
+        out = self.raw[idx].clone()
+        out[:, 2:] += self.log_sigma_shift
+        return out
+
+
+def test_calibrate_sigma_makes_the_coverage_right() -> None:
+    from livepsf.net.evaluate import evaluate_outputs
+
+    spec = get_psf_model("G-1")
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    true_sigma = 0.02 + 0.1 * torch.rand(n, generator=g)
+    truth = 0.3 + 0.4 * torch.rand(n, generator=g)
+    pred = truth + true_sigma * torch.randn(n, generator=g)
+    # The network's σ is right in shape but 3x too small: calibration must find the factor.
+    raw = torch.stack([torch.full((n,), -20.0), pred, torch.log(true_sigma / 3.0)], dim=1)
+    targets = torch.stack([torch.zeros(n), truth], dim=1)
+    module = _KnownErrors(raw)
+    x = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 1, 2, 2)
+    info = calibrate_sigma(module, x, targets, spec)
+    assert info["factors"]["variance"] == pytest.approx(3.0, rel=0.06)
+    res = evaluate_outputs(module(x), targets, spec)
+    assert 0.66 <= res.within_1_sigma["variance"] <= 0.72
+    assert res.within_2_sigma["variance"] >= 0.95
+
+
 def test_tiny_run_reduces_the_loss(tmp_path, held_out) -> None:
     held_x, held_t = held_out
     config = _config(steps=40)
@@ -52,6 +128,7 @@ def test_tiny_run_reduces_the_loss(tmp_path, held_out) -> None:
 
     torch.manual_seed(config.seed)
     start = build_network(config.architecture, 2).eval()
+    assert start.n_outputs == 1 + 2 * 2  # σ outputs by default
     with torch.no_grad():
         before = eq11_loss(start(held_x), held_t).item()
     result = train(config, tmp_path, progress=False, val_set=held_out)
@@ -99,6 +176,9 @@ def test_run_training_exports_a_full_card(tmp_path, held_out) -> None:
     assert card.training["command"] == "livepsf train --steps 12"
     assert "CPU" in card.training["hardware"] or "CUDA" in card.training["hardware"]
     assert set(card.evaluation["test"]["r2"]) == {"variance_x", "variance_y"}
+    assert card.uncertainty and set(card.training["sigma_calibration"]["factors"]) == {"variance_x", "variance_y"}
+    assert set(card.evaluation["test"]["within_1_sigma"]) == {"variance_x", "variance_y"}
+    assert set(net.predict(torch.rand(2, 128, 128) * 100)) >= {"variance_x_sigma", "variance_y_sigma"}
     # The exported module gives the trained module's outputs.
     x = torch.rand(2, 1, 128, 128) * 100
     with torch.no_grad():

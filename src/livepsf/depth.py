@@ -712,7 +712,7 @@ class Calibration(BaseModel):
         grid = self.depth_um(pmap, frame, median_windows)
         # PSFMap.upsample interpolates named parameter grids; carry the depth grid in a one-parameter
         # map (G-1's "variance" slot) so the interpolation is exactly the mapper's.
-        carrier = dataclasses.replace(pmap, params={"variance": grid}, psf_model="G-1")
+        carrier = dataclasses.replace(pmap, params={"variance": grid}, psf_model="G-1", sigma={})
         return carrier.upsample(shape, name="variance")
 
     def summary(self) -> str:

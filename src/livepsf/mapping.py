@@ -1,12 +1,12 @@
 """Spatially-variant PSF maps: :class:`PSFMap` (the result) and :class:`PSFMapper` (frame -> map).
 
 A PSF map holds, for a regular grid of windows over a frame, the PSF parameters the network estimated
-in each window (physical units), the probability that the window is invalid (textureless), and the
-window geometry. Invalid windows carry values filled in from their valid neighbours (:func:`fill_invalid`);
+in each window (physical units), their standard deviations (networks with uncertainty), the probability
+that the window is invalid (textureless), and the window geometry. Invalid windows carry values filled in from their valid neighbours (:func:`fill_invalid`);
 the raw invalid probability stays in :attr:`PSFMap.invalid`.
 
 Maps are saved as OME-TIFF (:meth:`PSFMap.to_ome_tiff`, :func:`save_psfmaps`): one channel per
-parameter plus ``invalid``, a T axis when several frames were mapped, and everything needed to use the
+parameter plus ``invalid`` (plus ``<name>_sigma`` channels when the map has σ), a T axis when several frames were mapped, and everything needed to use the
 map again (units, model card, window geometry, optics) as JSON in an OME ``MapAnnotation``.
 """
 
@@ -49,6 +49,7 @@ INVALID_THRESHOLD = 0.5
 _OME_NAMESPACE = "livepsf/psfmap"
 _OME_KEY = "psfmap"
 _FORMAT_VERSION = 1
+_SIGMA_SUFFIX = "_sigma"
 
 
 @dataclass
@@ -77,6 +78,12 @@ class PSFMap:
     model_card
         The full model card (JSON-compatible dict) of the network, recorded in saved maps; may be empty
         for maps built by hand. Treat it as read-only: a mapper shares one dict between its maps.
+    sigma
+        ``{name: (gy, gx) float32}``: the standard deviation of each parameter, same keys and units as
+        :attr:`params` (calibrated on the network's validation set; a window whose content cannot
+        reveal a parameter has a large σ). An **empty dict** when the network predicts no σ (models
+        made before uncertainty existed). Invalid windows keep the network's own σ (not filled), which
+        is large for textureless content.
     """
 
     params: dict[str, np.ndarray]
@@ -91,15 +98,18 @@ class PSFMap:
     model_sha256: str = ""
     optics: Optics = field(default_factory=Optics)
     model_card: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    sigma: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         gy, gx = len(self.centers_y), len(self.centers_x)
-        shapes = {name: np.shape(v) for name, v in self.params.items()}
+        shapes = {name: np.shape(v) for name, v in {**self.params, **self.sigma}.items()}
         if np.shape(self.invalid) != (gy, gx) or any(s != (gy, gx) for s in shapes.values()):
             raise ValueError(f"PSFMap grids must all be {(gy, gx)}; got invalid {np.shape(self.invalid)}, {shapes}")
         spec = get_psf_model(self.psf_model)
         if set(self.params) != set(spec.names):
             raise ValueError(f"PSFMap for {spec.name} needs parameters {spec.names}, got {sorted(self.params)}")
+        if self.sigma and set(self.sigma) != set(spec.names):
+            raise ValueError(f"PSFMap sigma must be empty or hold {spec.names}, got {sorted(self.sigma)}")
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -312,13 +322,16 @@ class PSFMapper:
             self._load(source, shape)
             raw = self.model.module.map_frame(self._buffer, self.stride_px)
             grid = self.grid_shape(shape)
-            if tuple(raw.shape) != (1 + self.spec.n_params, *grid):
+            if tuple(raw.shape) != (self.model.card.n_outputs, *grid):
                 raise RuntimeError(f"model {self.model.name} returned a map of shape {tuple(raw.shape)}, "
-                                   f"expected {(1 + self.spec.n_params, *grid)}")
+                                   f"expected {(self.model.card.n_outputs, *grid)}")
             decoded = self.model.decode(raw, channel_dim=0)
-            stacked = torch.stack([decoded[n] for n in self.spec.names] + [decoded["invalid"]])
-            stacked = stacked.to("cpu", torch.float32).numpy()
-        values, invalid = stacked[:-1], np.ascontiguousarray(stacked[-1])
+            names = [*self.spec.names, "invalid", *self.model.sigma_names]
+            stacked = torch.stack([decoded[n] for n in names]).to("cpu", torch.float32).numpy()
+        n = self.spec.n_params
+        values, invalid = stacked[:n], np.ascontiguousarray(stacked[n])
+        sigma = {name: np.ascontiguousarray(stacked[n + 1 + i]) for i, name in enumerate(self.spec.names)} \
+            if self.model.has_sigma else {}
         filled = fill_invalid(values, invalid > INVALID_THRESHOLD)
         centers_y, centers_x = self.window_centres(shape)
         return PSFMap(
@@ -334,6 +347,7 @@ class PSFMapper:
             model_sha256=self.model.card.weights_sha256,
             optics=self.model.optics,
             model_card=self._card,
+            sigma=sigma,
         )
 
     def _as_tensor(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -394,7 +408,7 @@ class PSFMapper:
             if isinstance(patch, int) and self.stride_px % patch:
                 reason += f"; use a multiple of {patch} px"
             raise InputError(f"model {self.model.name} cannot map with a stride of {self.stride_px} px ({reason})") from None
-        if tuple(out.shape) != (1 + self.spec.n_params, 2, 2):
+        if tuple(out.shape) != (self.model.card.n_outputs, 2, 2):
             raise InputError(f"model {self.model.name} returned a map of shape {tuple(out.shape)} for a 2x2 grid "
                              f"of windows; its map_frame does not follow the model contract")
 
@@ -472,7 +486,8 @@ def save_psfmaps(path: str | Path, maps: Sequence[PSFMap], overwrite: bool = Fal
     """Write one or more PSF maps of the same grid (e.g. the pages of a stack) to one OME-TIFF.
 
     Layout: float32 ``(T, C, gy, gx)`` with axes ``TCYX`` (tifffile drops a T axis of length 1 when
-    reading); channels are the parameters in the model's order, then ``invalid``. Values are in
+    reading); channels are the parameters in the model's order, then ``invalid``, then (maps with σ)
+    ``<name>_sigma`` per parameter, in the parameter's unit. Values are in
     physical units (waves, px²; ``invalid`` a probability). The OME pixel size is the grid step,
     ``stride_px * pixel_size_um`` µm. A ``MapAnnotation`` (namespace ``livepsf/psfmap``, key
     ``psfmap``) holds JSON with the channel units, the model card, window geometry (window, stride,
@@ -504,12 +519,16 @@ def save_psfmaps(path: str | Path, maps: Sequence[PSFMap], overwrite: bool = Fal
             first.psf_model, first.model_sha256, first.window_px, first.stride_px, tuple(first.frame_shape)
         ) or not (np.array_equal(m.centers_y, first.centers_y) and np.array_equal(m.centers_x, first.centers_x)):
             raise ValueError("PSF maps saved together must share PSF model, network and window grid")
+        if bool(m.sigma) != bool(first.sigma):
+            raise ValueError("PSF maps saved together must all have σ or all have none")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; not overwriting it")
     spec = get_psf_model(first.psf_model)
-    channels = [*spec.names, "invalid"]
-    data = np.stack([np.stack([*(m.params[n] for n in spec.names), m.invalid]) for m in maps]).astype(np.float32)
-    units = first.units()
+    sigma_names = list(spec.names) if first.sigma else []
+    channels = [*spec.names, "invalid", *(n + _SIGMA_SUFFIX for n in sigma_names)]
+    data = np.stack([np.stack([*(m.params[n] for n in spec.names), m.invalid, *(m.sigma[n] for n in sigma_names)])
+                     for m in maps]).astype(np.float32)
+    units = {**first.units(), **{n + _SIGMA_SUFFIX: first.units()[n] for n in sigma_names}}
     meta = {
         "format": "livepsf.psfmap",
         "format_version": _FORMAT_VERSION,
@@ -582,10 +601,13 @@ def load_psfmaps(path: str | Path) -> list[PSFMap]:
             raise ValueError(f"pixel data of shape {data.shape} do not match the metadata's {shape}")
         stack = np.asarray(data, dtype=np.float32).reshape(shape)
         optics = Optics(**meta["optics"])
+        n_params = names.index("invalid")
+        sigma_index = {n[: -len(_SIGMA_SUFFIX)]: i for i, n in enumerate(names) if n.endswith(_SIGMA_SUFFIX)}
         maps = [
             PSFMap(
-                params={n: stack[t, i].copy() for i, n in enumerate(names[:-1])},
-                invalid=stack[t, -1].copy(),
+                params={n: stack[t, i].copy() for i, n in enumerate(names[:n_params])},
+                invalid=stack[t, n_params].copy(),
+                sigma={n: stack[t, i].copy() for n, i in sigma_index.items()},
                 centers_y=centers_y.copy(),
                 centers_x=centers_x.copy(),
                 window_px=int(meta["window_px"]),
@@ -695,6 +717,8 @@ def _summary(source: Path, ome_path: Path, maps: list[PSFMap], times_ms: list[fl
         name: {"unit": units[name], **stats(np.stack([m.params[name] for m in maps]), valid)}
         for name in first.params
     }
+    for name in first.sigma:  # typical uncertainty of the valid windows
+        params[name]["sigma_median"] = stats(np.stack([m.sigma[name] for m in maps]), valid)["median"]
     frames = [
         {
             "index": i,

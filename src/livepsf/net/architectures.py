@@ -1,8 +1,11 @@
 """Network architectures in plain torch (no torchvision).
 
-Every network maps raw-intensity windows ``(B, 1, W, W)`` to ``(B, 1 + N)`` (invalid logit, then the N
-parameters normalised to [0, 1]) and has ``map_frame(frame (1, 1, H, W), stride) -> (1 + N, gy, gx)``
-giving the same outputs for all windows whose top-left corners lie on a ``stride`` grid.
+Every network maps raw-intensity windows ``(B, 1, W, W)`` to ``(B, K)`` and has ``map_frame(frame (1, 1,
+H, W), stride) -> (K, gy, gx)`` giving the same outputs for all windows whose top-left corners lie on a
+``stride`` grid. The columns are the invalid logit, the N parameters normalised to [0, 1] and, for
+networks with uncertainty (the default, ``K = 1 + 2N``), the N natural logs of each parameter's standard
+deviation in the same normalised units; networks without it give ``K = 1 + N``. The log-σ columns carry
+a per-parameter shift (buffer ``log_sigma_shift``) that the σ calibration on the validation set sets.
 
 :class:`SharedTrunkNet` is the fast architecture for the live map. Its trunk is fully convolutional and
 runs once over the whole frame; each window's features are average pools of the trunk over the window.
@@ -32,6 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ARCHITECTURES", "ResNet34", "SharedTrunkNet", "build_network", "count_parameters"]
+
+
+def _shift_log_sigma(out: torch.Tensor, n_params: int, shift: torch.Tensor) -> torch.Tensor:
+    """Add the calibration shift to the log-σ columns (the last ``n_params`` of ``out``), if any."""
+    if shift.numel() == 0:
+        return out
+    return torch.cat([out[..., : 1 + n_params], out[..., 1 + n_params:] + shift], dim=-1)
 
 
 class _ZeroSumConv(nn.Conv2d):
@@ -92,10 +102,13 @@ class SharedTrunkNet(nn.Module):
     downsample
         Indices of blocks followed by a 2x2 stride-2 convolution (larger receptive field for large
         blurs at little cost). ``map_frame`` then needs strides that are multiples of the total stride.
+    uncertainty
+        Also predict a log standard deviation per parameter (outputs ``1 + 2N``, see the module docstring).
     """
 
     window_px: int
     patch_px: int
+    n_params: int
     n_outputs: int
     log_features: bool
     second_moment: bool
@@ -105,7 +118,7 @@ class SharedTrunkNet(nn.Module):
     def __init__(self, n_params: int, window_px: int = 128, width: int = 48, depth: int = 3,
                  patch_px: int = 8, hidden: int = 96, block: str = "separable",
                  log_features: bool = True, second_moment: bool = False,
-                 downsample: List[int] = []) -> None:  # noqa: B006 - read-only default
+                 downsample: List[int] = [], uncertainty: bool = True) -> None:  # noqa: B006 - read-only default
         super().__init__()
         if window_px % patch_px:
             raise ValueError(f"window_px ({window_px}) must be a multiple of patch_px ({patch_px})")
@@ -113,7 +126,9 @@ class SharedTrunkNet(nn.Module):
             raise ValueError(f"block must be 'separable' or 'dense', got {block!r}")
         self.window_px = window_px
         self.patch_px = patch_px
-        self.n_outputs = 1 + n_params
+        self.n_params = n_params
+        self.n_outputs = 1 + n_params * (2 if uncertainty else 1)
+        self.register_buffer("log_sigma_shift", torch.zeros(n_params if uncertainty else 0))
         self.log_features = log_features
         self.second_moment = second_moment
         # Trunk cells of stage k that lie wholly inside a window (valid 3x3 convs shrink by 2 each,
@@ -159,7 +174,7 @@ class SharedTrunkNet(nn.Module):
         f = pooled / (norm + 1e-6 * (1.0 + norm))
         if self.log_features:
             f = torch.log(f + 1e-4)
-        return self.head(f)
+        return _shift_log_sigma(self.head(f), self.n_params, self.log_sigma_shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled: List[torch.Tensor] = []
@@ -212,13 +227,16 @@ class ResNet34(nn.Module):
     """
 
     window_px: int
+    n_params: int
     n_outputs: int
 
     def __init__(self, n_params: int, window_px: int = 128, width: int = 64,
-                 layers: List[int] = [3, 4, 6, 3]) -> None:  # noqa: B006 - read-only default
+                 layers: List[int] = [3, 4, 6, 3], uncertainty: bool = True) -> None:  # noqa: B006
         super().__init__()
         self.window_px = window_px
-        self.n_outputs = 1 + n_params
+        self.n_params = n_params
+        self.n_outputs = 1 + n_params * (2 if uncertainty else 1)
+        self.register_buffer("log_sigma_shift", torch.zeros(n_params if uncertainty else 0))
         self.stem = nn.Sequential(nn.Conv2d(1, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
                                   nn.MaxPool2d(3, 2, 1))
         stages: List[nn.Module] = []
@@ -236,7 +254,7 @@ class ResNet34(nn.Module):
         std = x.std(dim=(-3, -2, -1), keepdim=True)
         x = (x - mean) / (std + 1e-6 * (1.0 + mean.abs()))
         h = self.body(self.stem(x))
-        return self.fc(h.mean(dim=(-2, -1)))
+        return _shift_log_sigma(self.fc(h.mean(dim=(-2, -1))), self.n_params, self.log_sigma_shift)
 
     @torch.jit.export
     def map_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
@@ -266,13 +284,16 @@ ARCHITECTURES = {
 }
 
 
-def build_network(architecture: str, n_params: int, window_px: int = 128) -> nn.Module:
-    """A fresh, untrained network by architecture name (see :data:`ARCHITECTURES`)."""
+def build_network(architecture: str, n_params: int, window_px: int = 128, uncertainty: bool = True) -> nn.Module:
+    """A fresh, untrained network by architecture name (see :data:`ARCHITECTURES`).
+
+    With ``uncertainty`` (default) it also predicts a log standard deviation per parameter.
+    """
     try:
         cls, kwargs = ARCHITECTURES[architecture]
     except KeyError:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}") from None
-    return cls(n_params=n_params, window_px=window_px, **kwargs)
+    return cls(n_params=n_params, window_px=window_px, uncertainty=uncertainty, **kwargs)
 
 
 def count_parameters(module: nn.Module) -> int:

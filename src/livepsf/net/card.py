@@ -51,7 +51,10 @@ class ModelCard(BaseModel):
 
     The TorchScript module a card describes takes raw intensities ``(B, 1, window_px, window_px)`` and
     returns ``(B, 1 + N)``: column 0 is the invalid logit, columns 1.. the parameters normalised to
-    ``[0, 1]`` over ``[min, max]`` of :attr:`params`.
+    ``[0, 1]`` over ``[min, max]`` of :attr:`params`. With :attr:`uncertainty` it returns ``(B, 1 + 2N)``:
+    the last N columns are ``log`` of each parameter's standard deviation in the same normalised units
+    (calibrated on the validation set; ``training["sigma_calibration"]`` records how). Cards written before
+    uncertainty existed read as ``uncertainty=False``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,6 +66,7 @@ class ModelCard(BaseModel):
     window_px: int = Field(default=128, ge=16)
     input_normalisation: str
     architecture: str
+    uncertainty: bool = False
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     weights_sha256: str = ""
@@ -87,6 +91,11 @@ class ModelCard(BaseModel):
             if not card.max > card.min:
                 raise ValueError(f"parameter {card.name}: max must exceed min")
         return self
+
+    @property
+    def n_outputs(self) -> int:
+        """Columns of the network's output: ``1 + N``, or ``1 + 2N`` with :attr:`uncertainty`."""
+        return 1 + len(self.params) * (2 if self.uncertainty else 1)
 
     @property
     def spec(self) -> PSFModelSpec:

@@ -1,7 +1,10 @@
 """Evaluation of PSF-parameter networks: R² per parameter (paper eq. 15), validity accuracy, robustness.
 
 All metrics are computed on normalised parameters (each in [0, 1] over the card's range), on *valid*
-patches only for the parameters, as in the paper. R² is the coefficient of determination
+patches only for the parameters, as in the paper. Predictions are scored in canonical form (focus >= 0),
+as they are reported. For networks with σ outputs, the σ calibration is the fraction of errors within
+1σ and 2σ, the error being the smaller of those against the label and its sign mirror (``a`` and ``-a``
+are the same PSF; near focus 0 the canonical astigmatism of two nearly identical PSFs differs in sign). R² is the coefficient of determination
 ``1 - SS_res / SS_tot`` (the paper calls it a squared correlation; on an unbiased regressor the two agree,
 and 1 - SS_res/SS_tot is the stricter one: a constant prediction scores 0, a biased one is penalised).
 """
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from livepsf.optics import PSF_MODELS, ParamSpec, PSFModelSpec
 
 __all__ = [
     "SWEEP_KINDS",
@@ -64,33 +69,72 @@ class EvalResult:
     n_valid: int
     n_invalid: int
     mae: dict[str, float] = field(default_factory=dict)
+    within_1_sigma: dict[str, float] = field(default_factory=dict)
+    within_2_sigma: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"r2": {k: _round(v) for k, v in self.r2.items()}, "mean_r2": _round(self.mean_r2),
-                "validity_accuracy": _round(self.validity_accuracy), "n_valid": self.n_valid,
-                "n_invalid": self.n_invalid, "mae_normalised": {k: _round(v) for k, v in self.mae.items()}}
+        out = {"r2": {k: _round(v) for k, v in self.r2.items()}, "mean_r2": _round(self.mean_r2),
+               "validity_accuracy": _round(self.validity_accuracy), "n_valid": self.n_valid,
+               "n_invalid": self.n_invalid, "mae_normalised": {k: _round(v) for k, v in self.mae.items()}}
+        if self.within_1_sigma:
+            out["within_1_sigma"] = {k: _round(v) for k, v in self.within_1_sigma.items()}
+            out["within_2_sigma"] = {k: _round(v) for k, v in self.within_2_sigma.items()}
+        return out
 
 
 def _round(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 4)
 
 
-def evaluate_outputs(raw: torch.Tensor, targets: torch.Tensor, names: Sequence[str]) -> EvalResult:
-    """Score raw network outputs ``(B, 1 + N)`` against targets ``(B, 1 + N)`` (col 0: invalid label)."""
+def _spec_of(model: Sequence[str] | PSFModelSpec) -> PSFModelSpec:
+    """The PSF model spec itself, or the one whose parameter names are ``model`` (names are unique).
+
+    Other names get a stand-in spec on ``[0, 1]`` without sign symmetry (scores of plain regressions).
+    """
+    if isinstance(model, PSFModelSpec):
+        return model
+    names = tuple(model)
+    for spec in PSF_MODELS.values():
+        if spec.names == names:
+            return spec
+    return PSFModelSpec("unnamed", "gaussian", tuple(ParamSpec(n, "", 0.0, 1.0) for n in names))
+
+
+def evaluate_outputs(raw: torch.Tensor, targets: torch.Tensor, model: Sequence[str] | PSFModelSpec) -> EvalResult:
+    """Score raw network outputs ``(B, 1 + N)`` or ``(B, 1 + 2N)`` against targets ``(B, 1 + N)``.
+
+    ``model`` is the PSF model spec (or its parameter names); column 0 of the targets is the invalid
+    label. Parameters are scored in canonical form; σ outputs (if any) give the within-1σ/2σ fractions.
+    """
+    from livepsf.net.outputs import has_sign_symmetry, mirror_normalised, split_outputs
+
+    spec = _spec_of(model)
+    names = spec.names
     raw = raw.detach().float().cpu()
     targets = targets.detach().float().cpu()
     invalid = targets[:, 0] > 0.5
     predicted_invalid = raw[:, 0] > 0.0  # logit > 0  <=>  probability > 0.5
     accuracy = float((predicted_invalid == invalid).float().mean()) if len(raw) else float("nan")
     valid = ~invalid
-    pred = raw[valid, 1:].clamp(0.0, 1.0)
+    parts = split_outputs(raw[valid], spec)
+    pred = parts.values.clamp(0.0, 1.0)
     true = targets[valid, 1:]
     r2 = r2_score(true, pred) if int(valid.sum()) > 1 else np.full(len(names), np.nan)
     mae = (pred - true).abs().mean(dim=0).numpy() if int(valid.sum()) else np.full(len(names), np.nan)
     per = {n: float(r2[i]) for i, n in enumerate(names)}
     finite = [v for v in per.values() if math.isfinite(v)]
+    within1: dict[str, float] = {}
+    within2: dict[str, float] = {}
+    if parts.sigma is not None and int(valid.sum()):
+        err = (pred - true).abs()
+        if has_sign_symmetry(spec):
+            err = torch.minimum(err, (pred - mirror_normalised(true, spec)).abs())
+        z = err / parts.sigma.clamp_min(1e-12)
+        within1 = {n: float((z[:, i] <= 1.0).float().mean()) for i, n in enumerate(names)}
+        within2 = {n: float((z[:, i] <= 2.0).float().mean()) for i, n in enumerate(names)}
     return EvalResult(tuple(names), per, float(np.mean(finite)) if finite else float("nan"), accuracy,
-                      int(valid.sum()), int(invalid.sum()), {n: float(mae[i]) for i, n in enumerate(names)})
+                      int(valid.sum()), int(invalid.sum()), {n: float(mae[i]) for i, n in enumerate(names)},
+                      within1, within2)
 
 
 @torch.inference_mode()
@@ -250,7 +294,7 @@ def evaluate_model(
                 "degradations, random streams and shipped-image regions never used in training")
     else:
         (x, t), what = test_set, f"{len(test_set[0])} patches given by the caller"
-    test = evaluate_outputs(predict_raw(module, x, device=device), t, spec.names)
+    test = evaluate_outputs(predict_raw(module, x, device=device), t, spec)
     robustness = None
     description = {"test_set": what}
     if n_robustness:

@@ -26,7 +26,8 @@ def export_model(module: torch.nn.Module, card: ModelCard, path: str | Path) -> 
     """Script ``module``, save it to ``path`` (``.pt``) and its card beside it (``.json``).
 
     The module must follow the contract of :class:`~livepsf.net.card.ModelCard` (``forward`` and
-    ``map_frame``). The card's ``weights_sha256``, ``created`` and ``livepsf_version`` are filled in.
+    ``map_frame``). The card's ``weights_sha256``, ``created`` and ``livepsf_version`` are filled in, and
+    ``uncertainty`` is set from the module (``n_outputs == 1 + 2N``: it predicts a σ per parameter).
 
     Returns
     -------
@@ -41,8 +42,10 @@ def export_model(module: torch.nn.Module, card: ModelCard, path: str | Path) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted = torch.jit.script(module.cpu().eval())
     scripted.save(str(path))
+    n_params = len(card.params)
     card = card.model_copy(
         update={
+            "uncertainty": int(getattr(module, "n_outputs", 1 + n_params)) == 1 + 2 * n_params,
             "weights_sha256": file_sha256(path),
             "livepsf_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -15,6 +15,7 @@ import torch
 from livepsf.errors import InputError
 from livepsf.net.card import ModelCard
 from livepsf.net.export import file_sha256
+from livepsf.net.outputs import split_outputs
 from livepsf.optics import Optics, PSFModelSpec, cylinder_axis
 
 __all__ = ["PSFNet", "available_models", "load_model", "models_dir"]
@@ -54,27 +55,43 @@ class PSFNet:
         return self.card.name
 
     @property
+    def has_sigma(self) -> bool:
+        """True when the network predicts a standard deviation per parameter (its card's ``uncertainty``)."""
+        return self.card.uncertainty
+
+    @property
+    def sigma_names(self) -> tuple[str, ...]:
+        """``<name>_sigma`` for each parameter when the network predicts σ, else empty."""
+        return tuple(f"{n}_sigma" for n in self.spec.names) if self.has_sigma else ()
+
+    @property
     def output_names(self) -> tuple[str, ...]:
-        """Names of :meth:`predict`'s outputs: parameters, derived cylinder/axis, ``invalid``."""
+        """Names of :meth:`predict`'s outputs: parameters, derived cylinder/axis, ``invalid``, σ's."""
         derived = ("cylinder", "axis") if self.spec.has_astigmatism else ()
-        return (*self.spec.names, *derived, "invalid")
+        return (*self.spec.names, *derived, "invalid", *self.sigma_names)
 
     def decode(self, raw: torch.Tensor, channel_dim: int = -1) -> dict[str, torch.Tensor]:
         """Turn raw network outputs into physical units.
 
-        Parameters are denormalised with the card's ranges and clipped to them (the network knows nothing
-        outside the range it was trained on); ``invalid`` is the sigmoid of the validity logit.
+        Parameters are put in canonical form (focus >= 0), denormalised with the card's ranges and
+        clipped to them (the network knows nothing outside the range it was trained on); ``invalid`` is
+        the sigmoid of the validity logit; ``<name>_sigma`` (networks with uncertainty) is the standard
+        deviation of each parameter in its unit.
         """
         raw = raw.movedim(channel_dim, -1).float()
-        if raw.shape[-1] != 1 + self.spec.n_params:
+        if raw.shape[-1] != self.card.n_outputs:
             raise ValueError(f"model {self.name} gave {raw.shape[-1]} outputs, its card describes "
-                             f"{1 + self.spec.n_params}")
+                             f"{self.card.n_outputs}")
+        parts = split_outputs(raw, self.spec)
         lo, span = self._lo.to(raw.device), self._span.to(raw.device)
-        values = torch.clamp(raw[..., 1:], 0.0, 1.0) * span + lo
+        values = torch.clamp(parts.values, 0.0, 1.0) * span + lo
         out = {name: values[..., i] for i, name in enumerate(self.spec.names)}
         if self.spec.has_astigmatism:
             out["cylinder"], out["axis"] = cylinder_axis(out["astig_0"], out["astig_45"])
-        out["invalid"] = torch.sigmoid(raw[..., 0])
+        out["invalid"] = torch.sigmoid(parts.invalid_logit)
+        if parts.sigma is not None:
+            sigma = parts.sigma * span
+            out.update({f"{name}_sigma": sigma[..., i] for i, name in enumerate(self.spec.names)})
         return out
 
     @torch.inference_mode()
@@ -91,7 +108,9 @@ class PSFNet:
         -------
         dict
             ``{name: (B,) float32}`` in the card's units, ``cylinder`` (waves) and ``axis`` (radians,
-            ``[0, pi)``) for astigmatic models, and ``invalid`` (probability that a window is textureless).
+            ``[0, pi)``) for astigmatic models, ``invalid`` (probability that a window is textureless)
+            and, for networks with uncertainty (:attr:`has_sigma`), ``<name>_sigma``: the standard
+            deviation of each parameter in its unit (calibrated on the validation set).
         """
         x = _as_float_tensor(patches, "patches")
         if x.ndim != 3 or x.shape[-2:] != (self.window_px, self.window_px):
@@ -154,10 +173,11 @@ def _check_outputs(net: PSFNet) -> None:
     except Exception as exc:
         raise InputError(f"{net.path}: model does not accept {net.window_px}x{net.window_px} windows as its "
                          f"card says ({str(exc).splitlines()[0]})") from None
-    expected = 1 + net.spec.n_params
+    expected = net.card.n_outputs
     if tuple(out.shape) != (1, expected):
+        with_sigma = " with uncertainty" if net.card.uncertainty else ""
         raise InputError(f"{net.path}: model gives outputs of shape {tuple(out.shape)}, its card "
-                         f"({net.spec.name}) needs (1, {expected})")
+                         f"({net.spec.name}{with_sigma}) needs (1, {expected})")
 
 
 def _as_float_tensor(data: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:

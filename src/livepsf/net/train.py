@@ -1,8 +1,20 @@
 """Training of PSF-parameter networks (paper Section II-E2) and export of the result with its card.
 
-Loss: eq. 11 with gamma = 1 on parameters normalised to [0, 1],
+Loss (:func:`psf_loss`): eq. 11 with gamma = 1 on parameters normalised to [0, 1],
 ``E = (a0 - â0)² + (1 - a0) / (2N) · Σ_n (a_n - â_n)²``, where ``â0`` is the sigmoid of the network's
-invalid logit. Adam, cosine learning-rate decay over the budget (steps or wall-clock minutes), gradient
+invalid logit, with two additions:
+
+* **sign symmetry** (Zernike models): PSF(a) = PSF(-a), so the squared error is the smaller of those
+  against ``a`` and against ``-a``. The canonical form (focus >= 0) flips the astigmatism's sign at
+  focus 0, where images of (f, A) and (-f, -A) are nearly the same: a plain error would ask the network
+  for a jump there. Predictions are put back in canonical form after the network
+  (:func:`livepsf.net.outputs.split_outputs`).
+* **uncertainty** (networks with log-σ outputs): a heteroscedastic Gaussian negative log-likelihood
+  ``½ (r² / σ² + 2 log σ)`` per parameter, weighted by ``nll_weight``, where ``r`` is the (detached)
+  error of the mean on valid patches, and on invalid patches the label's distance from the middle of
+  its range (σ learns "anything in the range": textureless windows say they do not know). The mean is
+  learnt by eq. 11 alone, so the σ head cannot buy a lower loss by giving up on hard patches. After
+  training, σ is calibrated on the validation set (:func:`calibrate_sigma`). Adam, cosine learning-rate decay over the budget (steps or wall-clock minutes), gradient
 clipping, checkpoints (plain state dicts, loaded with ``weights_only=True``) and resuming.
 Training data are generated on the fly by :mod:`livepsf.data` (never seen twice); validation and test
 sets are fixed-seed sets that the training stream never produces.
@@ -29,10 +41,12 @@ from livepsf.errors import InputError
 from livepsf.net.architectures import ARCHITECTURES, build_network, count_parameters
 from livepsf.net.card import ModelCard
 from livepsf.net.evaluate import EvalResult, evaluate_outputs, predict_raw
+from livepsf.net.outputs import has_sign_symmetry, mirror_normalised, split_outputs
 from livepsf.net.export import export_model
 from livepsf.optics import Optics, PSFModelSpec, get_psf_model
 
-__all__ = ["TrainConfig", "TrainResult", "eq11_loss", "load_checkpoint", "pick_device", "train"]
+__all__ = ["TrainConfig", "TrainResult", "calibrate_sigma", "eq11_loss", "load_checkpoint", "pick_device",
+           "psf_loss", "train"]
 
 CHECKPOINT_VERSION = 1
 
@@ -43,15 +57,93 @@ def eq11_loss(output: torch.Tensor, target: torch.Tensor, gamma: float = 1.0) ->
     Parameters
     ----------
     output
-        ``(B, 1 + N)`` raw network outputs: invalid logit, then normalised parameters.
+        ``(B, 1 + N)`` raw network outputs: invalid logit, then normalised parameters (further columns,
+        such as log σ, are ignored).
     target
         ``(B, 1 + N)``: invalid label (0/1), then normalised parameters (ignored where invalid).
     """
     a0 = target[:, 0]
-    n = output.shape[1] - 1
+    n = target.shape[1] - 1  # σ columns after the N parameters (if any) are not part of eq. 11
     validity = (a0 - torch.sigmoid(output[:, 0])) ** 2
-    params = ((target[:, 1:] - output[:, 1:]) ** 2).sum(dim=1) * (1.0 - a0) / (2 * n)
+    params = ((target[:, 1:] - output[:, 1 : 1 + n]) ** 2).sum(dim=1) * (1.0 - a0) / (2 * n)
     return (gamma * validity + params).mean()
+
+
+#: log σ (normalised units) is clamped to this range in the loss: σ from 0.0009 to 1.6 x the range.
+_LOG_SIGMA_RANGE = (-7.0, 0.5)
+
+
+def psf_loss(output: torch.Tensor, target: torch.Tensor, spec: PSFModelSpec, gamma: float = 1.0,
+             sign_invariant: bool = True, nll_weight: float = 0.05) -> torch.Tensor:
+    """Eq. 11 with the sign symmetry and, for outputs with log σ, the Gaussian NLL (module docstring).
+
+    Parameters
+    ----------
+    output
+        ``(B, 1 + N)`` or ``(B, 1 + 2N)`` raw network outputs (invalid logit, normalised parameters,
+        log σ).
+    target
+        ``(B, 1 + N)``: invalid label, then canonical normalised parameters.
+    spec
+        The PSF model (its parameter ranges define the sign mirror).
+    sign_invariant
+        Take the smaller error against ``a`` and ``-a`` (Zernike models only; ignored otherwise).
+    nll_weight
+        Weight of the mean NLL of the σ outputs relative to eq. 11.
+    """
+    n = spec.n_params
+    if output.shape[1] not in (1 + n, 1 + 2 * n) or target.shape[1] != 1 + n:
+        raise ValueError(f"{spec.name}: outputs {tuple(output.shape)} and targets {tuple(target.shape)} do not "
+                         f"match 1 + {n} parameters")
+    a0 = target[:, 0]
+    mean, truth = output[:, 1 : 1 + n], target[:, 1:]
+    squared = (mean - truth) ** 2
+    if sign_invariant and has_sign_symmetry(spec):
+        mirrored = (mean - mirror_normalised(truth, spec)) ** 2
+        use_mirror = mirrored.sum(dim=1, keepdim=True) < squared.sum(dim=1, keepdim=True)
+        squared = torch.where(use_mirror, mirrored, squared)
+    validity = (a0 - torch.sigmoid(output[:, 0])) ** 2
+    loss = (gamma * validity + squared.sum(dim=1) * (1.0 - a0) / (2 * n)).mean()
+    if output.shape[1] == 1 + 2 * n:
+        log_sigma = output[:, 1 + n :].clamp(*_LOG_SIGMA_RANGE)
+        residual = torch.where(a0[:, None] > 0.5, (truth - 0.5) ** 2, squared.detach())
+        nll = 0.5 * (residual * torch.exp(-2.0 * log_sigma) + 2.0 * log_sigma)
+        loss = loss + nll_weight * nll.mean()
+    return loss
+
+
+def calibrate_sigma(module: torch.nn.Module, patches: torch.Tensor, targets: torch.Tensor, spec: PSFModelSpec,
+                    device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Scale a network's σ outputs so that they are calibrated on a labelled (validation) set.
+
+    Per parameter, on valid patches, with ``z = |error| / σ`` (errors of the canonical prediction, the
+    smaller of those against the label and its sign mirror), σ is multiplied by
+    ``k = max(q68(z), q95(z) / 2)``: then at least 68.3 % of errors lie within 1σ and at least 95.4 %
+    within 2σ on this set (heavy tails make the second condition the binding one). ``k`` goes into the
+    module's ``log_sigma_shift`` buffer, so the exported network gives calibrated σ.
+
+    Returns
+    -------
+    dict
+        ``{"factors": {name: k}, "n_valid": ...}`` for the model card; empty when the module has no σ.
+    """
+    shift = getattr(module, "log_sigma_shift", None)
+    if shift is None or shift.numel() == 0:
+        return {}
+    raw = predict_raw(module, patches, device=device)
+    valid = targets[:, 0] < 0.5
+    parts = split_outputs(raw[valid], spec)
+    err = (parts.values - targets[valid, 1:]).abs()
+    if has_sign_symmetry(spec):
+        err = torch.minimum(err, (parts.values - mirror_normalised(targets[valid, 1:], spec)).abs())
+    z = (err / parts.sigma.clamp_min(1e-12)).double()
+    if len(z) < 10:
+        raise ValueError(f"σ calibration needs at least 10 valid patches, got {len(z)}")
+    k = torch.maximum(torch.quantile(z, 0.6827, dim=0), torch.quantile(z, 0.9545, dim=0) / 2.0).clamp_min(1e-6)
+    with torch.no_grad():
+        shift.add_(torch.log(k).to(shift))
+    return {"factors": {name: round(float(k[i]), 4) for i, name in enumerate(spec.names)}, "n_valid": int(valid.sum()),
+            "rule": "sigma *= max(q68(|err|/sigma), q95(|err|/sigma) / 2) per parameter on the validation set"}
 
 
 @dataclass
@@ -73,6 +165,9 @@ class TrainConfig:
         Validation-set size and how often (steps) to validate and to write the checkpoint.
     device, threads, workers
         Where to train (default CUDA when present), torch threads, data-making processes.
+    uncertainty, sign_invariant, nll_weight
+        Predict a σ per parameter; take the smaller error against ``a`` and ``-a`` (Zernike models);
+        weight of the σ's negative log-likelihood (see :func:`psf_loss`).
     optics
         Optical sampling of the training PSFs (:class:`~livepsf.optics.Optics` fields).
     data
@@ -102,6 +197,9 @@ class TrainConfig:
     device: str | None = None
     threads: int | None = None
     workers: int = 1
+    uncertainty: bool = True
+    sign_invariant: bool = True
+    nll_weight: float = 0.05
     optics: dict[str, float] = field(default_factory=lambda: Optics().to_dict())
     data: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +237,7 @@ class TrainResult:
     validation: EvalResult | None
     checkpoint: Path | None
     segments: list[dict[str, Any]] = field(default_factory=list)
+    sigma_calibration: dict[str, Any] = field(default_factory=dict)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -247,15 +346,15 @@ def train(
     ckpt_path = out_dir / f"{config.name}.ckpt"
 
     _seed_all(config.seed)
-    module = build_network(config.architecture, spec.n_params, config.window_px).to(device)
+    module = build_network(config.architecture, spec.n_params, config.window_px, config.uncertainty).to(device)
     optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, seconds, history = 0, 0.0, []
     segments: list[dict[str, Any]] = []
     if resume is not None:
         ckpt = load_checkpoint(resume)
         old = ckpt["config"]
-        for key in ("psf_model", "architecture", "window_px"):
-            if old.get(key) != getattr(config, key):
+        for key in ("psf_model", "architecture", "window_px", "uncertainty"):
+            if old.get(key, False if key == "uncertainty" else None) != getattr(config, key):
                 raise InputError(f"{resume}: checkpoint was trained with {key}={old.get(key)!r}, "
                                  f"not {getattr(config, key)!r}")
         module.load_state_dict(ckpt["model"])
@@ -273,7 +372,7 @@ def train(
 
     def validate() -> EvalResult:
         module.eval()
-        res = evaluate_outputs(predict_raw(module, val_x, device=device), val_t, spec.names)
+        res = evaluate_outputs(predict_raw(module, val_x, device=device), val_t, spec)
         module.train()
         return res
 
@@ -299,7 +398,7 @@ def train(
             x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
             for group in optimiser.param_groups:
                 group["lr"] = config.lr * _lr_factor(fraction(), step, config)
-            loss = eq11_loss(module(x), t)
+            loss = psf_loss(module(x), t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training diverged at step {step} (loss {loss.item()})")
             optimiser.zero_grad(set_to_none=True)
@@ -326,7 +425,9 @@ def train(
                 t_last = time.perf_counter()
             bar.update(fraction(), step, running, validation)
     module.eval()
-    return TrainResult(module, config, step, seconds, history, validation, ckpt_path, segments)
+    # Calibrate σ after the checkpoint is written: a resumed run continues from the uncalibrated network.
+    sigma_calibration = calibrate_sigma(module, val_x, val_t, spec, device=device)
+    return TrainResult(module, config, step, seconds, history, validation, ckpt_path, segments, sigma_calibration)
 
 
 class _Progress:
@@ -369,6 +470,15 @@ def hardware_description(device: torch.device | str = "cpu") -> str:
            f"{os.cpu_count()} cores visible"
 
 
+def _loss_description(config: TrainConfig) -> str:
+    parts = ["paper eq. 11, gamma = 1, on parameters normalised to [0, 1]"]
+    if config.sign_invariant and has_sign_symmetry(get_psf_model(config.psf_model)):
+        parts.append("smaller of the errors against a and -a (PSF(a) = PSF(-a))")
+    if config.uncertainty:
+        parts.append(f"+ {config.nll_weight:g} x Gaussian NLL of the per-parameter sigma (detached errors)")
+    return "; ".join(parts)
+
+
 def build_card(result: TrainResult, spec: PSFModelSpec, evaluation: dict[str, Any], command: str,
                data_description: str, notes: str = "") -> ModelCard:
     """The model card of a finished run (training data, seed, steps, wall time, hardware, evaluation)."""
@@ -388,7 +498,8 @@ def build_card(result: TrainResult, spec: PSFModelSpec, evaluation: dict[str, An
         "batch_size": config.batch_size,
         "optimiser": f"AdamW lr {config.lr:g} (cosine to {config.lr_min_fraction:g}x, warm-up "
                      f"{config.warmup_steps} steps), weight decay {config.weight_decay:g}, grad clip {config.grad_clip:g}",
-        "loss": "paper eq. 11, gamma = 1, on parameters normalised to [0, 1]",
+        "loss": _loss_description(config),
+        "sigma_calibration": result.sigma_calibration,
         "data": data_description,
         "n_parameters": count_parameters(module),
         "segments": result.segments,
@@ -446,13 +557,18 @@ def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: 
 
     ckpt = load_checkpoint(checkpoint)
     known = set(TrainConfig.__dataclass_fields__)
-    config = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    # Checkpoints from before uncertainty existed have no such key: their networks have no σ outputs.
+    config = TrainConfig(**{"uncertainty": False, **{k: v for k, v in ckpt["config"].items() if k in known}})
     spec = get_psf_model(config.psf_model)
-    module = build_network(config.architecture, spec.n_params, config.window_px)
+    module = build_network(config.architecture, spec.n_params, config.window_px, config.uncertainty)
     module.load_state_dict(ckpt["model"])
     module.eval()
+    sigma_calibration = {}
+    if config.uncertainty:
+        val_x, val_t = eval_set(spec, "val", n=config.val_n, window_px=config.window_px, optics=Optics(**config.optics))
+        sigma_calibration = calibrate_sigma(module, val_x, val_t, spec)
     result = TrainResult(module, config, int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"]),
-                         None, Path(checkpoint), list(ckpt.get("segments", [])))
+                         None, Path(checkpoint), list(ckpt.get("segments", [])), sigma_calibration)
     report = evaluate_model(module, config.psf_model, Optics(**config.optics), config.window_px,
                             n_test=n_test, n_robustness=n_robustness, test_set=test_set)
     data = (f"livepsf.data.dataset.PatchDataset({config.psf_model!r}, split='train', seed={config.seed}, "
