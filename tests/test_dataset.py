@@ -27,7 +27,7 @@ def _ds(**kw) -> PatchDataset:
 
 
 def test_batches_are_raw_camera_values_with_normalised_targets():
-    patches, targets = next(iter(_ds(seed=1)))
+    patches, targets = next(iter(_ds(seed=1, degradation=DegradationConfig(noise_free_fraction=0.0))))
     assert patches.shape == (8, 1, 32, 32) and patches.dtype == torch.float32
     assert targets.shape == (8, 4) and targets.dtype == torch.float32
     assert set(targets[:, 0].tolist()) <= {0.0, 1.0}
@@ -143,7 +143,10 @@ def test_eval_set_is_fixed_cached_and_disjoint_from_test(tmp_path, monkeypatch):
     files = list((tmp_path / "eval").glob("*.npz"))
     assert len(files) == 1
     with np.load(files[0], allow_pickle=False) as data:  # plain arrays, no pickle
-        assert data["patches"].dtype == np.uint16 and data["patches"].shape == (10, 1, 32, 32)
+        # Whole ADU are stored as uint16; a set holding noise-free (unrounded) patches stays float32.
+        whole = bool(torch.equal(p1, p1.round()))
+        assert data["patches"].dtype == (np.uint16 if whole else np.float32)
+        assert data["patches"].shape == (10, 1, 32, 32)
     p2, t2 = eval_set("Z-1", "val", n=10, window_px=32)
     assert torch.equal(p1, p2) and torch.equal(t1, t2)
     p3, t3 = eval_set("Z-1", "val", n=10, window_px=32, cache=False)
@@ -182,3 +185,27 @@ def test_preview_command_writes_a_png_and_never_overwrites(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["data", "preview", "--psf-model", "Q-7", "--out", str(tmp_path / "x.png")])
     assert exc.value.code == 2
+
+
+def test_held_out_textures_only_outside_training():
+    with pytest.raises(ValueError, match="not allowed in the train split"):
+        _ds(split="train", sources={"voronoi": 1.0}).synthesizer()
+    patches, targets = next(iter(_ds(split="test", sources={"voronoi": 1.0})))
+    assert patches.shape == (8, 1, 32, 32)
+
+
+def test_noise_free_patches_are_expected_values_and_the_camera_never_saturates():
+    """Noise-free patches: offset + gain x electrons exactly; every patch stays below 90 % of the ADC."""
+    cfg = DegradationConfig(noise_free_fraction=0.5, photons=(1e5, 1e6), gain_adu=(4.0, 4.0))
+    synth = _ds(degradation=cfg, batch_size=16).synthesizer()
+    patches, targets, info = synth.next_batch(details=True)
+    cond, electrons = info["conditions"], info["electrons"]
+    nf = cond.noise_free
+    assert bool(nf.any()) and bool((~nf).any())
+    gain = cond.gain_below_saturation(electrons.flatten(1).amax(dim=1))
+    assert bool((gain < 4.0).all())  # 1e5+ photons x 4 ADU/e would pass 65535: the gain was lowered
+    expected = cond.offset_adu[:, None, None] + gain[:, None, None] * electrons.double()
+    np.testing.assert_allclose(patches[nf, 0].numpy(), expected[nf].numpy(), rtol=1e-5)
+    assert float(patches.max()) < 0.9 * 65535 + 1000  # noise of up to ~1000 ADU above the expected peak
+    noisy = patches[~nf, 0].double() - expected[~nf]
+    assert float(noisy.std()) > 1.0 and torch.equal(patches[~nf], patches[~nf].round())

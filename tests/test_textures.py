@@ -113,3 +113,33 @@ def test_rotating_a_blurred_patch_equals_blurring_the_rotated_texture_with_the_t
         # And the untransformed label would not do (the test can fail).
         wrong = blur_fft(moved, psf_spectrum(psf_batch(spec, values, size), fft_px), size, out)
         assert float((wrong - rotated).abs().max()) > 100 * float((expected - rotated).abs().max())
+
+
+def _orientation_coherence(image: np.ndarray) -> float:
+    """Structure-tensor coherence over the whole image: 1 for purely oriented content, 0 for isotropic."""
+    gy, gx = np.gradient(image.astype(np.float64))
+    jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
+    return float(np.hypot(jxx - jyy, 2 * jxy) / (jxx + jyy))
+
+
+@pytest.mark.parametrize("n_lines", [1, 3, 0])
+def test_lines_are_purely_oriented_at_the_requested_angle(n_lines):
+    image = T.lines((128, 128), np.random.default_rng(0), n_lines=n_lines, spacing_px=25.0, width_px=3.0,
+                    angle_deg=30.0)
+    assert _orientation_coherence(image) > 0.9  # anti-aliased pixel staircases keep it just below 1
+    gy, gx = np.gradient(image.astype(np.float64))
+    # The gradient points across the lines: along (-sin 30°, cos 30°) in (x, y).
+    t = np.radians(30.0)
+    along = np.abs(gx * np.cos(t) + gy * np.sin(t)).sum()
+    across = np.abs(-gx * np.sin(t) + gy * np.cos(t)).sum()
+    assert along < 0.35 * across
+    if n_lines == 1:  # one line 3 px wide crossing the field: about 3 px of "ink" per column
+        assert 2.0 < image.sum() / 128 < 5.0
+
+
+def test_held_out_family_is_never_drawn_for_training():
+    assert set(T.HELD_OUT_KINDS) <= set(T.GENERATORS) and not set(T.HELD_OUT_KINDS) & set(T.TEXTURE_KINDS)
+    assert "lines" in T.TEXTURE_KINDS
+    image = T.voronoi((96, 96), np.random.default_rng(1), cell_px=20.0, wall_px=2.0)
+    assert image.max() == pytest.approx(1.0) and 0.05 < float((image > 0.5).mean()) < 0.5
+    assert _orientation_coherence(image) < 0.3  # walls in every direction

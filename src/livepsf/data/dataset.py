@@ -55,7 +55,7 @@ from livepsf.data.degrade import (
     invalid_rule,
     psf_spectrum,
 )
-from livepsf.data.textures import SHIPPED_IMAGES, TEXTURE_KINDS, blank, dihedral, random_texture
+from livepsf.data.textures import HELD_OUT_KINDS, SHIPPED_IMAGES, TEXTURE_KINDS, blank, dihedral, random_texture
 from livepsf.optics import Optics, PSFModelSpec, fast_fft_size, get_psf_model, psf_batch
 
 __all__ = [
@@ -82,7 +82,7 @@ _SPLIT_IMAGES = {
     "test": (EVAL_IMAGES, (0.0, 1.0, 0.5, 1.0)),
 }
 # Bump when the synthesis changes so that cached evaluation sets are regenerated.
-_DATA_VERSION = 5
+_DATA_VERSION = 6
 
 
 def default_psf_size_px(spec: PSFModelSpec, optics: Optics) -> int:
@@ -150,7 +150,8 @@ class BatchSynthesizer:
     split
         Which shipped images and regions may be used (``"train"``, ``"val"``, ``"test"``).
     sources
-        Texture kinds and weights (default :data:`~livepsf.data.textures.TEXTURE_KINDS`).
+        Texture kinds and weights (default :data:`~livepsf.data.textures.TEXTURE_KINDS`); the
+        held-out families (:data:`~livepsf.data.textures.HELD_OUT_KINDS`) only outside ``"train"``.
     psf_pool, psf_refresh
         PSFs kept, and replaced per batch. ``psf_refresh >= psf_pool`` gives every patch its own PSF.
     texture_pool, texture_px, texture_refresh
@@ -187,10 +188,12 @@ class BatchSynthesizer:
         self.batch_size = int(batch_size)
         self.degradation = degradation or DegradationConfig()
         self.sources = dict(sources) if sources is not None else dict(TEXTURE_KINDS)
-        unknown = set(self.sources) - set(TEXTURE_KINDS)
+        # Held-out families are for evaluation only: training never sees them.
+        allowed = (*TEXTURE_KINDS, *HELD_OUT_KINDS) if split != "train" else tuple(TEXTURE_KINDS)
+        unknown = set(self.sources) - set(allowed)
         if unknown:
-            raise ValueError(f"unknown texture sources {sorted(unknown)}; "
-                             f"choose from {', '.join(TEXTURE_KINDS)}")
+            raise ValueError(f"texture sources {sorted(unknown)} are not allowed in the {split} split; "
+                             f"choose from {', '.join(allowed)}")
         self.psf_size_px = int(psf_size_px or default_psf_size_px(spec, optics))
         self.fft_px = fast_fft_size(self.patch_px + self.psf_size_px - 1)
         self.texture_px = int(texture_px or max(512, self.fft_px + 64))
@@ -264,16 +267,17 @@ class BatchSynthesizer:
                 crops[i] = tex[oy : oy + f, ox : ox + f]
         t = torch.from_numpy(crops).mul_(cond.contrast.float()[:, None, None])
         photons = torch.where(cond.black, 0.0, cond.photons)
+        rule_photons = cond.photons_for_rules()  # noise-free patches are limited by texture, not noise
 
         lo = (f - w) // 2
         window = t[:, lo : lo + w, lo : lo + w]
-        invalid = invalid_rule(window, photons, cond.background, cond.read_noise_e, cfg)
+        invalid = invalid_rule(window, rule_photons, cond.background, cond.read_noise_e, cfg)
         invalid = torch.maximum(invalid, (cond.blank | cond.black).float())
 
         values = self.pool_values[idx].clone()
         blurred = blur_fft(t, self.pool_spectra[idx], self.psf_size_px, p)
         m = (p - w) // 2  # the window inside the (possibly larger) patch
-        buried = blurred_invalid(blurred[:, m : m + w, m : m + w], photons, cond.background,
+        buried = blurred_invalid(blurred[:, m : m + w, m : m + w], rule_photons, cond.background,
                                  cond.read_noise_e, cfg)
         invalid = torch.maximum(invalid, buried)
         # Dihedral op o: o % 4 quarter turns, then a row flip when o >= 4 (one gather for the images).
@@ -288,8 +292,12 @@ class BatchSynthesizer:
         if bool((cond.gradient > 0).any()):
             scale = scale * illumination_ramp(p, cond.gradient, cond.gradient_angle)
         electrons = blurred.add_(cond.background.float()[:, None, None]).mul_(scale)
-        raw = camera_noise(electrons, cond.read_noise_e, cond.gain_adu, cond.offset_adu, self.gen,
+        gain = cond.gain_below_saturation(electrons.flatten(1).amax(dim=1))
+        raw = camera_noise(electrons, cond.read_noise_e, gain, cond.offset_adu, self.gen,
                            noise=cfg.noise, quantise=cfg.quantise)
+        if bool(cond.noise_free.any()):  # the continuum's limit: expected ADU, no noise, no rounding
+            nf = cond.noise_free
+            raw[nf] = (cond.offset_adu[nf, None, None] + gain[nf, None, None] * electrons[nf].double()).float()
         targets = torch.cat([invalid[:, None], self.spec.normalise(values).float()], dim=1)
         patches = raw[:, None].contiguous()
         if not details:
@@ -453,7 +461,7 @@ def eval_set(
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         stored = patches.numpy()
-        if degradation.quantise:
+        if degradation.quantise and np.array_equal(stored, np.round(stored)):
             stored = stored.astype(np.uint16)  # whole ADU in [0, 65535]: lossless and half the size
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
         np.savez(tmp, patches=stored, targets=targets.numpy())

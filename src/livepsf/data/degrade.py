@@ -35,6 +35,13 @@ sharp texture times its contrast, a patch is invalid when any of these holds:
 
 Explicit blank (flat grey) and black (no light) patches are added at ``invalid_fraction``.
 
+Signal level and camera are drawn independently of the blur, so that neither the noise level nor the
+brightness can stand in for the label: photons log-uniformly from 10² to 10⁶ per pixel at texture value
+1, plus a ``noise_free_fraction`` of patches with no noise at all (expected values in ADU, unrounded),
+the continuum's limit. Gain, offset and read noise are drawn on their own; the gain is then lowered
+where the brightest expected pixel would pass 90 % of the 16-bit range (a user sets exposure or gain
+below saturation: clipped highlights would erase the blur they hold).
+
 For the robustness sweep of the paper's Fig. 7, :func:`apply_strength` applies one degradation of a
 given *strength* to clean (noise-free) patches; see its docstring for the definition of strength.
 """
@@ -96,6 +103,9 @@ class DegradationConfig:
         Fraction of textures inverted (``1 - t``: dark objects on a bright background, transmitted light).
     invalid_fraction
         Fraction of explicit invalid patches (flat grey or black).
+    noise_free_fraction
+        Fraction of patches without any noise (expected values in ADU, not rounded): the limit of the
+        photon continuum, so that the network sees what more signal converges to.
     black_fraction
         Among the explicit invalid patches, the fraction that are black (no light at all).
     min_snr, min_contrast, max_white_ratio, min_blurred_snr
@@ -106,7 +116,7 @@ class DegradationConfig:
         Round to whole ADU and clip to the 16-bit range, as an ADC does.
     """
 
-    photons: Range = (100.0, 100000.0)
+    photons: Range = (100.0, 1.0e6)
     background: Range = (0.0, 0.3)
     contrast: Range = (0.25, 1.0)
     read_noise_e: Range = (0.5, 6.0)
@@ -115,6 +125,7 @@ class DegradationConfig:
     gradient: Range = (0.0, 0.6)
     invert_fraction: float = 0.3
     invalid_fraction: float = 0.08
+    noise_free_fraction: float = 0.1
     black_fraction: float = 0.5
     min_snr: float = 1.0
     min_contrast: float = 0.02
@@ -134,7 +145,8 @@ class DegradationConfig:
                 raise ValueError(f"DegradationConfig.{name} must be positive, got {getattr(self, name)}")
         if self.gradient[1] > 1:
             raise ValueError(f"DegradationConfig.gradient must lie in [0, 1], got {self.gradient}")
-        for name in ("invert_fraction", "invalid_fraction", "black_fraction", "max_white_ratio"):
+        for name in ("invert_fraction", "invalid_fraction", "black_fraction", "max_white_ratio",
+                     "noise_free_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"DegradationConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
 
@@ -147,7 +159,7 @@ class DegradationConfig:
         """
         base = dict(photons=(1.0, 1.0), background=(0.0, 0.0), contrast=(1.0, 1.0), read_noise_e=(0.0, 0.0),
                     gain_adu=(1.0, 1.0), offset_adu=(0.0, 0.0), gradient=(0.0, 0.0), noise=False,
-                    quantise=False, min_snr=0.0, min_blurred_snr=0.0)
+                    quantise=False, min_snr=0.0, min_blurred_snr=0.0, noise_free_fraction=0.0)
         return cls(**(base | overrides))
 
     def to_dict(self) -> dict:
@@ -172,6 +184,7 @@ class PatchConditions:
     invert: torch.Tensor
     blank: torch.Tensor
     black: torch.Tensor
+    noise_free: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     extras: dict = field(default_factory=dict)
 
     @classmethod
@@ -185,7 +198,7 @@ class PatchConditions:
         u_invalid = torch.rand(n, generator=generator, dtype=torch.float64)
         u_black = torch.rand(n, generator=generator, dtype=torch.float64)
         explicit = u_invalid < config.invalid_fraction
-        return cls(
+        conditions = cls(
             photons=logu(config.photons),
             background=uni(config.background),
             contrast=logu(config.contrast),
@@ -198,6 +211,19 @@ class PatchConditions:
             blank=explicit & (u_black >= config.black_fraction),
             black=explicit & (u_black < config.black_fraction),
         )
+        # Drawn last, so that the other draws of a stream do not depend on this fraction.
+        conditions.noise_free = torch.rand(n, generator=generator, dtype=torch.float64) < config.noise_free_fraction
+        return conditions
+
+    def photons_for_rules(self) -> torch.Tensor:
+        """Photons as the invalid rules see them: 0 for black patches, "infinite" (1e12) without noise."""
+        photons = torch.where(self.black, 0.0, self.photons)
+        return torch.where(self.noise_free & ~self.black, 1e12, photons)
+
+    def gain_below_saturation(self, peak_electrons: torch.Tensor, fill: float = 0.9) -> torch.Tensor:
+        """The drawn gain, lowered where ``offset + gain * peak_electrons`` would pass ``fill`` of the ADC range."""
+        room = (fill * _ADC_MAX - self.offset_adu).clamp_min(1.0)
+        return torch.minimum(self.gain_adu, room / peak_electrons.to(torch.float64).clamp_min(1e-9))
 
 
 # -- blur ------------------------------------------------------------------------------------------

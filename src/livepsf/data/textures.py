@@ -8,7 +8,10 @@ training data's only blur must be the PSF whose parameters are the label.
 
 Procedural generators: :func:`cells`, :func:`points` (beads), :func:`filaments`, :func:`fractal_noise`
 (1/f^beta), :func:`shapes` (filled shapes and lines), :func:`printed_grid` (laser-printed lines on
-transparent foil, the depth-calibration target), :func:`blank` (textureless). Photographs and
+transparent foil, the depth-calibration target), :func:`lines` (one straight line or parallel lines:
+purely oriented content, which shows the blur across the lines only), :func:`blank` (textureless).
+:func:`voronoi` (walls of polygonal cells) is a held-out family (:data:`HELD_OUT_KINDS`): training
+never draws it, so test sets built from it measure generalisation to unseen content. Photographs and
 micrographs shipped inside scikit-image's wheel (:data:`SHIPPED_IMAGES`) are loaded from the installed
 package with :func:`shipped_image` and cropped with :func:`shipped_crop`.
 
@@ -37,6 +40,8 @@ __all__ = [
     "dihedral",
     "filaments",
     "fractal_noise",
+    "HELD_OUT_KINDS",
+    "lines",
     "normalise_minmax",
     "points",
     "printed_grid",
@@ -45,6 +50,7 @@ __all__ = [
     "shipped_crop",
     "shipped_image",
     "standardise",
+    "voronoi",
 ]
 
 Shape = tuple[int, int]
@@ -421,6 +427,77 @@ def printed_grid(
     return transmission.astype(np.float32)
 
 
+def lines(
+    shape: Sequence[int] | int,
+    rng: np.random.Generator,
+    n_lines: int = 1,
+    spacing_px: float = 20.0,
+    width_px: float = 2.0,
+    angle_deg: float | None = None,
+    background: float = 0.0,
+) -> np.ndarray:
+    """One straight line, or ``n_lines`` parallel lines, at any angle: purely oriented content.
+
+    Such a window shows the blur *across* the lines only, so it cannot reveal astigmatism along them:
+    training on it teaches the network to say so (a large σ) rather than guess.
+
+    Parameters
+    ----------
+    n_lines
+        Number of parallel lines (``0``: as many as fit the field at ``spacing_px``).
+    spacing_px
+        Distance between line centres.
+    width_px
+        Line width (anti-aliased edges, otherwise sharp).
+    angle_deg
+        Direction of the lines, counter-clockwise from the x axis (random when omitted).
+    background
+        Level between the lines (the lines are 1).
+    """
+    h, w = _shape(shape)
+    if width_px <= 0 or spacing_px <= width_px:
+        raise ValueError(f"need 0 < width_px < spacing_px, got {width_px} and {spacing_px}")
+    t = math.radians(rng.uniform(0.0, 180.0) if angle_deg is None else angle_deg)
+    yy = np.arange(h, dtype=np.float64)[:, None] - h / 2
+    xx = np.arange(w, dtype=np.float64)[None, :] - w / 2
+    across = -xx * math.sin(t) + yy * math.cos(t) - rng.uniform(-0.5, 0.5) * spacing_px  # signed distance
+    if n_lines <= 0:
+        dist = np.abs((across + spacing_px / 2) % spacing_px - spacing_px / 2)
+    else:
+        centres = (np.arange(n_lines) - (n_lines - 1) / 2) * spacing_px
+        dist = np.min(np.abs(across[..., None] - centres), axis=-1)
+    coverage = np.clip(width_px / 2 - dist + 0.5, 0.0, 1.0)
+    return (background + (1.0 - background) * coverage).astype(np.float32)
+
+
+def voronoi(
+    shape: Sequence[int] | int,
+    rng: np.random.Generator,
+    cell_px: float = 30.0,
+    wall_px: float = 2.0,
+) -> np.ndarray:
+    """Walls of polygonal (Voronoi) cells, like plant tissue or a honeycomb; held out of training.
+
+    Parameters
+    ----------
+    cell_px
+        Typical cell diameter.
+    wall_px
+        Wall thickness (anti-aliased).
+    """
+    from scipy.spatial import cKDTree
+
+    h, w = _shape(shape)
+    n = max(4, int(rng.poisson(h * w / cell_px**2)))
+    seeds = np.column_stack([rng.uniform(-cell_px, h + cell_px, n), rng.uniform(-cell_px, w + cell_px, n)])
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist, _ = cKDTree(seeds).query(np.column_stack([yy.ravel(), xx.ravel()]), k=2)
+    # Half the gap between the nearest and second-nearest seed distances ~ distance to the wall.
+    to_wall = (0.5 * (dist[:, 1] - dist[:, 0])).reshape(h, w)
+    levels = rng.uniform(0.0, 0.3)
+    return (levels + (1.0 - levels) * np.clip(wall_px / 2 - to_wall + 0.5, 0.0, 1.0)).astype(np.float32)
+
+
 # -- images shipped in installed packages ----------------------------------------------------------
 
 #: scikit-image sample images that are inside its wheel (no download) and load offline; checked with
@@ -529,19 +606,25 @@ GENERATORS: dict[str, Callable[..., np.ndarray]] = {
     "fractal_noise": fractal_noise,
     "shapes": shapes,
     "printed_grid": printed_grid,
+    "lines": lines,
     "shipped": shipped_crop,
     "blank": blank,
+    "voronoi": voronoi,
 }
+
+#: Texture families that training never draws (the test battery's unseen content).
+HELD_OUT_KINDS: tuple[str, ...] = ("voronoi",)
 
 #: Kinds drawn by :func:`random_texture` (everything but ``blank``) with their default weights.
 TEXTURE_KINDS: dict[str, float] = {
-    "cells": 0.2,
+    "cells": 0.17,
     "points": 0.1,
-    "filaments": 0.15,
-    "fractal_noise": 0.1,
+    "filaments": 0.13,
+    "fractal_noise": 0.08,
     "shapes": 0.1,
-    "printed_grid": 0.1,
-    "shipped": 0.25,
+    "printed_grid": 0.12,
+    "lines": 0.1,
+    "shipped": 0.2,
 }
 
 
@@ -552,7 +635,7 @@ def random_scales(kind: str, rng: np.random.Generator) -> dict:
         return {"cell_radius_px": logu(8, 80), "density": rng.uniform(0.3, 1.0),
                 "nucleus_fraction": rng.uniform(0.3, 0.6)}
     if kind == "points":
-        return {"density_per_px": logu(2e-4, 2e-2),
+        return {"density_per_px": logu(5e-5, 2e-2),
                 "radius_px": 0.0 if rng.random() < 0.6 else logu(0.6, 4.0),
                 "brightness_spread": rng.uniform(0.0, 0.8)}
     if kind == "filaments":
@@ -566,9 +649,15 @@ def random_scales(kind: str, rng: np.random.Generator) -> dict:
         pitch = logu(40, 320)
         return {"pitch_px": pitch, "line_width_px": pitch * rng.uniform(0.03, 0.3),
                 "offset_px": (rng.uniform(0, pitch), rng.uniform(0, pitch)),
-                "rotation_deg": rng.uniform(-10, 10),
+                "rotation_deg": rng.uniform(-10, 10) if rng.random() < 0.5 else rng.uniform(0, 90),
                 "grain_px": logu(2, 10), "edge_roughness_px": logu(0.5, 4),
                 "toner_transmission": rng.uniform(0.0, 0.3)}
+    if kind == "lines":
+        spacing = logu(6, 120)
+        return {"n_lines": int(rng.choice([1, 1, 2, 3, 0])), "spacing_px": spacing,
+                "width_px": min(logu(0.7, 12), 0.6 * spacing), "background": rng.uniform(0.0, 0.3)}
+    if kind == "voronoi":
+        return {"cell_px": logu(10, 120), "wall_px": logu(0.8, 6)}
     if kind in ("shipped", "blank"):
         return {}
     raise ValueError(f"unknown texture kind {kind!r}; choose from {', '.join(GENERATORS)}")
