@@ -9,7 +9,7 @@ import pytest
 import useq
 from pymmcore_plus import CMMCorePlus
 
-from livepsf.sim import LENS_ASTIG_0_WAVES, create_core, get_scene, ground_truth
+from livepsf.sim import LENS_ASTIG_0_WAVES, SimClock, create_core, get_scene, ground_truth
 
 SHAPE = (192, 192)
 
@@ -259,3 +259,47 @@ def test_every_snap_shows_the_render_of_the_current_state(core: CMMCorePlus) -> 
         electrons = flux * core.getExposure() * render.brightness
         residual = (frame - expected) / (sensor_gain * np.sqrt(electrons + read_noise**2))
         assert abs(residual.mean()) < 0.05 and residual.std() < 1.1
+
+
+# -- XY stage and drift (issue 15) ------------------------------------------------------------------
+
+
+def test_xy_stage_moves_the_sample_under_the_field_and_the_surface_with_it() -> None:
+    core = create_core(sample="cells", tilt_deg=3.0, lens=True, shape=(128, 128), seed=1)
+    assert core.getXYStageDevice() == "XY"
+    before = _snap(core).astype(np.float64)
+    step_px = 40
+    core.setXYPosition(step_px * 0.65, 0.0)  # +x µm: the content moves towards lower columns
+    core.waitForSystem()
+    after = _snap(core).astype(np.float64)
+    assert np.allclose(core.getXYPosition(), (step_px * 0.65, 0.0))
+    shifted = np.corrcoef(before[:, step_px:].ravel(), after[:, :-step_px].ravel())[0, 1]
+    unshifted = np.corrcoef(before.ravel(), after.ravel())[0, 1]
+    assert shifted > 0.95 and unshifted < 0.5
+    # The tilt belongs to the sample: the height under the frame centre rises by tan(3°) · 26 µm.
+    truth = ground_truth(core)
+    centre_um = float(truth.height_um[63:65, 63:65].mean())
+    assert centre_um == pytest.approx(np.tan(np.radians(3.0)) * step_px * 0.65, abs=0.05)
+    # Far from the origin the sample is still there (not a blank or mirrored edge); flat, so in focus.
+    core.setProperty("Sample", "TiltDeg", 0.0)
+    core.setXYPosition(-4000.0, 2500.0)
+    core.waitForSystem()
+    far = _snap(core).astype(np.float64)
+    assert far.std() > 0.2 * before.std()
+
+
+def test_drift_moves_the_sample_on_the_scene_clock() -> None:
+    clock = SimClock()
+    core = create_core(sample="cells", tilt_deg=0.0, shape=(64, 64), drift_um_per_min=2.0, clock=clock)
+    _snap(core)
+    assert float(np.median(ground_truth(core).defocus_um)) == pytest.approx(0.0, abs=0.01)
+    clock.advance(90.0)
+    _snap(core)
+    # The sample rose by 3 µm: the same stage Z is now 3 µm below it.
+    assert float(np.median(ground_truth(core).defocus_um)) == pytest.approx(-3.0, abs=0.01)
+    core.setProperty("Sample", "DriftUmPerMin", 0.0)
+    clock.advance(600.0)
+    _snap(core)
+    assert float(np.median(ground_truth(core).height_um)) == pytest.approx(3.0, abs=0.01)
+    with pytest.raises(ValueError, match="forward"):
+        clock.advance(-1.0)

@@ -1,10 +1,11 @@
 """Simulated microscope on pymmcore-plus: real Micro-Manager devices over a physical image model.
 
 ``create_core()`` returns a ``UniMMCore`` (a ``CMMCorePlus``) with a camera ``Camera``, focus stage
-``Z``, cylindrical lens ``Lens`` (state device Out/In), specimen ``Sample`` (properties ``Sample``,
-``TiltDeg``, ``TiltAxis``, ``CurvaturePerMm``, ``Seed``) and lamp ``Shutter``; any code written against
-``CMMCorePlus`` (snap, sequence acquisition, MDA, events) drives it unchanged. The image of a thin
-sample on a tilted / curved surface is blurred pixel by pixel with the Zernike PSF of its local defocus
+``Z``, XY stage ``XY`` (the sample extends beyond the field), cylindrical lens ``Lens`` (state device
+Out/In), specimen ``Sample`` (properties ``Sample``, ``TiltDeg``, ``TiltAxis``, ``CurvaturePerMm``,
+``Seed``, ``DriftUmPerMin``) and lamp ``Shutter``; any code written against ``CMMCorePlus`` (snap,
+sequence acquisition, MDA, events) drives it unchanged. The image of a thin sample on a tilted / curved
+surface is blurred pixel by pixel with the Zernike PSF of its local defocus
 (stage Z - surface height), plus the lens astigmatism, then recorded with Poisson–Gaussian noise.
 ``ground_truth(core)`` gives the true height and defocus maps of the last frame.
 
@@ -17,10 +18,12 @@ from livepsf.sim.microscope import (
     GroundTruth,
     SceneState,
     SimCamera,
+    SimClock,
     SimLens,
     SimSample,
     SimScene,
     SimShutter,
+    SimXYStage,
     SimZStage,
     create_core,
     get_scene,
@@ -38,10 +41,12 @@ __all__ = [
     "GroundTruth",
     "SceneState",
     "SimCamera",
+    "SimClock",
     "SimLens",
     "SimSample",
     "SimScene",
     "SimShutter",
+    "SimXYStage",
     "SimZStage",
     "SurfaceGeometry",
     "create_core",

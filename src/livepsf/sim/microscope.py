@@ -7,10 +7,16 @@ Devices (labels as loaded by :func:`create_core`):
             Each frame's metadata carries ``SimZ_um`` (the stage Z the image shows), ``StageZ_um`` (where
             the stage is when the frame is read out), ``SimFrameCounter``, ``SimLens``, ``SimSample``.
 ``Z``       :class:`SimZStage`, the focus drive, µm.
+``XY``      :class:`SimXYStage`, the specimen stage, µm. The sample extends far beyond the field (its
+            content is tiled from seeded canvases the size of the frame plus margin, generated as the
+            stage reaches them): at stage (x, y) the frame shows the sample around (x, y), so moving
+            the stage by +x µm moves the image content by -x / pixel size columns. A tilted or
+            curved surface is fixed to the sample, so the height under the frame changes with XY.
 ``Lens``    :class:`SimLens`, state device, ``Out`` (0) / ``In`` (1): the cylindrical lens that adds
             :data:`~livepsf.sim.render.LENS_ASTIG_0_WAVES` of astigmatism.
 ``Sample``  :class:`SimSample`, generic device whose properties choose the sample (``Sample``), its
-            tilt (``TiltDeg``, ``TiltAxis``), a curved surface (``CurvaturePerMm``) and ``Seed``.
+            tilt (``TiltDeg``, ``TiltAxis``), a curved surface (``CurvaturePerMm``), ``Seed``, and a slow
+            focus drift of the sample (``DriftUmPerMin``, on the scene's clock; see :class:`SimClock`).
 ``Shutter`` :class:`SimShutter`, the lamp shutter (closed → dark frames: offset and read noise only).
             Auto-shutter is off and the shutter open after :func:`create_core`: pymmcore-plus's UniMMCore
             does not drive Python shutters from ``snapImage``, so auto-shutter would give dark frames.
@@ -28,12 +34,13 @@ Ground truth of the last frame (height map, local defocus map, µm): :func:`grou
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -48,6 +55,7 @@ from pymmcore_plus.experimental.unicore import (
     StageDevice,
     StateDevice,
     UniMMCore,
+    XYStageDevice,
     pymm_property,
 )
 
@@ -63,7 +71,9 @@ __all__ = [
     "SimLens",
     "SimSample",
     "SimScene",
+    "SimClock",
     "SimShutter",
+    "SimXYStage",
     "SimZStage",
     "create_core",
     "get_scene",
@@ -76,6 +86,35 @@ _RENDER_TIMEOUT_S = 60.0
 RECENT_TRUTHS = 256
 # Sample content beyond each frame edge (px) so edges blur with true neighbours; larger PSFs mirror it.
 _SAMPLE_MARGIN_PX = 64
+# Sample canvases kept for XY moves (each the frame plus margin); four cover any field of view.
+_MAX_TILES = 9
+# The drifting sample height is rendered in steps of this size (µm): finer than any focus tolerance,
+# coarse enough that a slow drift re-renders a few times a second at most.
+_DRIFT_STEP_UM = 0.01
+
+
+class SimClock:
+    """A clock that only moves when told (simulated seconds), for drift runs faster than real time.
+
+    Pass it to :func:`create_core` (``clock=``); :meth:`advance` it between frames. The default clock
+    of a scene is ``time.monotonic``.
+    """
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        self._t = float(start_s)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._t
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward by ``seconds`` (>= 0); returns the new time."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"a clock only moves forward, got {seconds!r} s")
+        with self._lock:
+            self._t += float(seconds)
+            return self._t
 
 
 @dataclass(frozen=True)
@@ -89,6 +128,9 @@ class SceneState:
     tilt_deg: float = 6.0
     tilt_axis: str = "x"
     curvature_per_mm: float = 0.0
+    x_um: float = 0.0
+    y_um: float = 0.0
+    sample_z_um: float = 0.0
 
     @property
     def geometry(self) -> SurfaceGeometry:
@@ -166,6 +208,10 @@ class SimScene:
         Initial state.
     level_step_waves
         Defocus level spacing of the renderer.
+    clock
+        Seconds for the drift (``time.monotonic`` by default; a :class:`SimClock` for simulated time).
+    drift_um_per_min
+        Speed at which the sample moves up along Z (µm per minute of ``clock``); 0 for none.
     """
 
     def __init__(
@@ -174,6 +220,8 @@ class SimScene:
         optics: Optics | None = None,
         state: SceneState | None = None,
         level_step_waves: float = 0.1,
+        clock: Callable[[], float] | None = None,
+        drift_um_per_min: float = 0.0,
     ) -> None:
         if len(shape) != 2 or min(shape) < 16:
             raise ValueError(f"frame shape must be two sizes >= 16, got {shape!r}")
@@ -184,10 +232,14 @@ class SimScene:
         self._target = _validated(state or SceneState())
         self._current: _Render | None = None
         self._error: BaseException | None = None
-        self._textures: dict[tuple[str, int], np.ndarray] = {}
-        self._height: tuple[SurfaceGeometry, np.ndarray] | None = None
+        self._sample_key: tuple[str, int] | None = None
+        self._tiles: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._height: tuple[tuple[SurfaceGeometry, float, float], np.ndarray] | None = None
         self._cond = threading.Condition()
         self._closed = False
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self._drift = (0.0, self.clock(), self._target.sample_z_um)  # (µm/min, since, height then)
+        self.set_drift(drift_um_per_min)
         self._thread = threading.Thread(target=self._run, name="livepsf-sim-render", daemon=True)
         self._thread.start()
 
@@ -205,6 +257,32 @@ class SimScene:
             if new != self._target:
                 self._target = new
                 self._cond.notify_all()
+
+    # -- drift ---------------------------------------------------------------------------------
+    @property
+    def drift_um_per_min(self) -> float:
+        """Speed of the sample's Z drift, µm per minute of :attr:`clock` (positive: upwards)."""
+        return self._drift[0]
+
+    def set_drift(self, um_per_min: float) -> None:
+        """Start drifting at ``um_per_min`` from the sample's present height (0 stops it)."""
+        um_per_min = float(um_per_min)
+        if not math.isfinite(um_per_min):
+            raise ValueError(f"drift must be finite, got {um_per_min!r}")
+        with self._cond:
+            now = self.clock()
+            self._drift = (um_per_min, now, self._drift_height(now))
+
+    def _drift_height(self, now: float) -> float:
+        rate, since, height = self._drift
+        return height + rate * (now - since) / 60.0
+
+    def apply_drift(self) -> None:
+        """Bring the sample's height up to the clock (called before every frame)."""
+        if self._drift[0] == 0.0:
+            return
+        height = round(self._drift_height(self.clock()) / _DRIFT_STEP_UM) * _DRIFT_STEP_UM
+        self.update(sample_z_um=height)
 
     @property
     def busy(self) -> bool:
@@ -275,19 +353,56 @@ class SimScene:
     def _render(self, state: SceneState) -> _Render:
         t0 = time.perf_counter()
         key = (state.sample, state.seed)
-        if key not in self._textures:
-            shape = (self.shape[0] + 2 * _SAMPLE_MARGIN_PX, self.shape[1] + 2 * _SAMPLE_MARGIN_PX)
-            self._textures = {key: sample_brightness(state.sample, shape, self.optics.pixel_size_um, state.seed)}
+        if key != self._sample_key:
+            self._tiles.clear()
+            self._sample_key = key
             self.renderer.clear_level_cache()  # level images of the previous sample are of no further use
-        if self._height is None or self._height[0] != state.geometry:
-            height = state.geometry.height_um(self.shape, self.optics.pixel_size_um).astype(np.float32)
-            self._height = (state.geometry, height)
+        px = self.optics.pixel_size_um
+        oy, ox = round(state.y_um / px), round(state.x_um / px)
+        texture = self._sample_region(state, oy, ox)
+        height_key = (state.geometry, ox * px, oy * px)
+        if self._height is None or self._height[0] != height_key:
+            height = state.geometry.height_um(self.shape, px, center_um=(ox * px, oy * px)).astype(np.float32)
+            self._height = (height_key, height)
         height = self._height[1]
+        if state.sample_z_um:
+            height = height + np.float32(state.sample_z_um)
         brightness = self.renderer.render(
-            self._textures[key], np.float32(state.z_um) - height, astig_0_waves=state.astig_0_waves,
-            cache_key=(state.sample, state.seed),
+            texture, np.float32(state.z_um) - height, astig_0_waves=state.astig_0_waves,
+            cache_key=(state.sample, state.seed, oy, ox),
         )
         return _Render(state, brightness, height, time.perf_counter() - t0)
+
+    def _sample_region(self, state: SceneState, oy: int, ox: int) -> np.ndarray:
+        """The sample under the frame (plus margin) with the stage ``(oy, ox)`` pixels from its origin.
+
+        The sample is a plane tiled by canvases of the region's size: tile (0, 0) is the canvas a stage
+        at the origin shows, the others are seeded from the sample seed and their index.
+        """
+        th, tw = self.shape[0] + 2 * _SAMPLE_MARGIN_PX, self.shape[1] + 2 * _SAMPLE_MARGIN_PX
+        if oy % th == 0 and ox % tw == 0:
+            return self._tile(state, oy // th, ox // tw, (th, tw))
+        region = np.empty((th, tw), dtype=np.float32)
+        for i, j in itertools.product(range(oy // th, (oy + th - 1) // th + 1), range(ox // tw, (ox + tw - 1) // tw + 1)):
+            y0, y1 = max(oy, i * th), min(oy + th, (i + 1) * th)
+            x0, x1 = max(ox, j * tw), min(ox + tw, (j + 1) * tw)
+            tile = self._tile(state, i, j, (th, tw))
+            region[y0 - oy : y1 - oy, x0 - ox : x1 - ox] = tile[y0 - i * th : y1 - i * th, x0 - j * tw : x1 - j * tw]
+        return region
+
+    def _tile(self, state: SceneState, i: int, j: int, shape: tuple[int, int]) -> np.ndarray:
+        if (i, j) in self._tiles:
+            self._tiles.move_to_end((i, j))
+            return self._tiles[(i, j)]
+        # Tile (0, 0) keeps the sample seed itself, so a stage at the origin shows what it always did.
+        seed = state.seed if (i, j) == (0, 0) else int(
+            np.random.SeedSequence([state.seed, i % 2**32, j % 2**32]).generate_state(1)[0])
+        tile = sample_brightness(state.sample, shape, self.optics.pixel_size_um, seed,
+                                 origin_px=(i * shape[0], j * shape[1]))
+        self._tiles[(i, j)] = tile
+        while len(self._tiles) > _MAX_TILES:
+            self._tiles.popitem(last=False)
+        return tile
 
 
 def _validated(state: SceneState) -> SceneState:
@@ -295,13 +410,14 @@ def _validated(state: SceneState) -> SceneState:
         raise ValueError(f"unknown sample {state.sample!r}; choose one of {SAMPLES}")
     if state.tilt_axis not in TILT_AXES:
         raise ValueError(f"tilt axis must be one of {TILT_AXES}, got {state.tilt_axis!r}")
-    for name in ("z_um", "tilt_deg", "curvature_per_mm"):
+    for name in ("z_um", "tilt_deg", "curvature_per_mm", "x_um", "y_um", "sample_z_um"):
         if not math.isfinite(getattr(state, name)):
             raise ValueError(f"{name} must be finite, got {getattr(state, name)!r}")
     if abs(state.tilt_deg) >= 45:
         raise ValueError(f"tilt_deg must be within ±45°, got {state.tilt_deg!r}")
     return replace(state, z_um=float(state.z_um), tilt_deg=float(state.tilt_deg),
-                   curvature_per_mm=float(state.curvature_per_mm), seed=int(state.seed), lens_in=bool(state.lens_in))
+                   curvature_per_mm=float(state.curvature_per_mm), seed=int(state.seed), lens_in=bool(state.lens_in),
+                   x_um=float(state.x_um), y_um=float(state.y_um), sample_z_um=float(state.sample_z_um))
 
 
 @contextmanager
@@ -403,6 +519,7 @@ class SimCamera(SimpleCameraDevice):
 
     def snap(self, buffer: np.ndarray) -> Mapping:
         scene = self._scene
+        scene.apply_drift()
         render = scene.current() if self._wait_for_current else scene.latest()
         # Hold the render itself in the key: an id() could be reused by a later render once it is freed.
         key = (render, self._exposure_ms, self._sensor, scene.shutter_open)
@@ -506,6 +623,43 @@ class SimZStage(StageDevice):
         return self._scene.busy
 
 
+class SimXYStage(XYStageDevice):
+    """Specimen stage (µm): moves the sample under the field of view; busy while the new field renders."""
+
+    def __init__(self, scene: SimScene, limits_um: tuple[float, float] = (-50_000.0, 50_000.0)) -> None:
+        super().__init__()
+        self._scene = scene
+        self._origin_um = (0.0, 0.0)  # physical (x, y) of the reported zero
+        self._limits_um = limits_um
+
+    def set_position_um(self, x: float, y: float) -> None:
+        px, py = float(x) + self._origin_um[0], float(y) + self._origin_um[1]
+        lo, hi = self._limits_um
+        if not (lo <= px <= hi and lo <= py <= hi):
+            raise ValueError(f"XY position ({x}, {y}) µm is outside the stage travel {self._limits_um} µm")
+        self._scene.update(x_um=px, y_um=py)
+        self.core.events.XYStagePositionChanged.emit(self.get_label(), float(x), float(y))
+
+    def get_position_um(self) -> tuple[float, float]:
+        state = self._scene.state
+        return state.x_um - self._origin_um[0], state.y_um - self._origin_um[1]
+
+    def home(self) -> None:
+        self.set_position_um(-self._origin_um[0], -self._origin_um[1])
+
+    def stop(self) -> None:
+        """Moves are instantaneous: nothing to stop."""
+
+    def set_origin_x(self) -> None:
+        self._origin_um = (self._scene.state.x_um, self._origin_um[1])
+
+    def set_origin_y(self) -> None:
+        self._origin_um = (self._origin_um[0], self._scene.state.y_um)
+
+    def busy(self) -> bool:
+        return self._scene.busy
+
+
 class SimLens(StateDevice):
     """Cylindrical lens in the detection path: state 0 ``Out``, 1 ``In`` (adds fixed astigmatism)."""
 
@@ -571,6 +725,15 @@ class SimSample(GenericDevice):
     def curvature_per_mm(self, value: float) -> None:
         self._scene.update(curvature_per_mm=float(value))
 
+    @pymm_property(limits=(-1000.0, 1000.0), name="DriftUmPerMin", property_type="float")
+    def drift_um_per_min(self) -> float:
+        """Slow Z drift of the sample, µm per minute of the scene's clock (positive: upwards); 0: none."""
+        return self._scene.drift_um_per_min
+
+    @drift_um_per_min.setter
+    def drift_um_per_min(self, value: float) -> None:
+        self._scene.set_drift(float(value))
+
     @pymm_property(limits=(0, 2**31 - 1), name="Seed", property_type="integer")
     def seed(self) -> int:
         """Seed of the sample's random content."""
@@ -617,6 +780,8 @@ def create_core(
     optics: Optics | None = None,
     sensor: CameraSensor | None = None,
     level_step_waves: float = 0.1,
+    drift_um_per_min: float = 0.0,
+    clock: Callable[[], float] | None = None,
     core: UniMMCore | None = None,
 ) -> UniMMCore:
     """A ``UniMMCore`` with the simulated microscope loaded, initialised and its first image rendered.
@@ -644,13 +809,18 @@ def create_core(
         Optical sampling (default: 10×/0.3 air, 550 nm, 0.65 µm pixels) and camera noise model.
     level_step_waves
         Defocus level spacing of the renderer.
+    drift_um_per_min
+        Slow Z drift of the sample (µm per minute of ``clock``; positive: upwards), 0 for none.
+    clock
+        Seconds for the drift: ``time.monotonic`` by default, or a :class:`SimClock` for simulated time.
     core
         An existing, empty ``UniMMCore`` to load the devices into; a new one when omitted.
 
     Returns
     -------
     UniMMCore
-        Camera ``Camera``, focus stage ``Z``, lens ``Lens``, sample ``Sample``, shutter ``Shutter``;
+        Camera ``Camera``, focus stage ``Z``, XY stage ``XY``, lens ``Lens``, sample ``Sample``, shutter
+        ``Shutter``;
         pixel size configuration ``Res10x`` active; auto-shutter off, shutter open; device timeout 60 s.
 
     Examples
@@ -662,17 +832,19 @@ def create_core(
     optics = optics or Optics()
     state = SceneState(z_um=z_um, lens_in=lens, sample=sample, seed=seed, tilt_deg=tilt_deg,
                        tilt_axis=tilt_axis, curvature_per_mm=curvature_per_mm)
-    scene = SimScene(shape, optics, state, level_step_waves)
+    scene = SimScene(shape, optics, state, level_step_waves, clock=clock, drift_um_per_min=drift_um_per_min)
     core = core if core is not None else _new_core()
     camera = SimCamera(scene, sensor, exposure_ms, seed)
     core.loadPyDevice("Camera", camera)
     core.loadPyDevice("Z", SimZStage(scene))
+    core.loadPyDevice("XY", SimXYStage(scene))
     core.loadPyDevice("Lens", SimLens(scene))
     core.loadPyDevice("Sample", SimSample(scene))
     core.loadPyDevice("Shutter", SimShutter(scene))
     core.initializeAllDevices()
     core.setCameraDevice("Camera")
     core.setFocusDevice("Z")
+    core.setXYStageDevice("XY")
     core.setShutterDevice("Shutter")
     core.setAutoShutter(False)
     # Devices are busy while the new state renders (a second or more on a busy 2-core machine for a new

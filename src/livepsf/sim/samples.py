@@ -67,11 +67,16 @@ class SurfaceGeometry:
         if not math.isfinite(self.curvature_per_mm):
             raise ValueError(f"curvature_per_mm must be finite, got {self.curvature_per_mm!r}")
 
-    def height_um(self, shape: tuple[int, int], pixel_size_um: float) -> np.ndarray:
-        """Surface height (µm, float64) under each pixel of a ``shape`` frame; 0 at the frame centre."""
+    def height_um(self, shape: tuple[int, int], pixel_size_um: float,
+                  center_um: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+        """Surface height (µm, float64) under each pixel of a ``shape`` frame.
+
+        ``center_um`` is the ``(x, y)`` position of the frame centre on the sample (the XY stage's);
+        the height is 0 at the sample's origin, so at the frame centre for the default.
+        """
         h, w = shape
-        y_um = (np.arange(h, dtype=np.float64) - (h - 1) / 2.0)[:, None] * pixel_size_um
-        x_um = (np.arange(w, dtype=np.float64) - (w - 1) / 2.0)[None, :] * pixel_size_um
+        y_um = (np.arange(h, dtype=np.float64) - (h - 1) / 2.0)[:, None] * pixel_size_um + center_um[1]
+        x_um = (np.arange(w, dtype=np.float64) - (w - 1) / 2.0)[None, :] * pixel_size_um + center_um[0]
         along = x_um if self.tilt_axis == "x" else y_um
         height = np.broadcast_to(math.tan(math.radians(self.tilt_deg)) * along, (h, w))
         if self.curvature_per_mm:
@@ -79,11 +84,13 @@ class SurfaceGeometry:
         return np.array(height, dtype=np.float64)
 
 
-def sample_brightness(name: str, shape: tuple[int, int], pixel_size_um: float = 0.65, seed: int = 0) -> np.ndarray:
+def sample_brightness(name: str, shape: tuple[int, int], pixel_size_um: float = 0.65, seed: int = 0,
+                      origin_px: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Sharp relative brightness (float32 in ``[0, 1]``) of a sample over a ``shape`` canvas.
 
     The canvas is centred on the frame: for the printed grid, two lines cross at the canvas centre, so a
-    frame cut from its middle is symmetric.
+    frame cut from its middle is symmetric. A canvas at ``origin_px`` (rows, columns from the top-left
+    of the canvas at the origin) continues the same grid, so neighbouring canvases tile a larger sample.
 
     Parameters
     ----------
@@ -105,7 +112,7 @@ def sample_brightness(name: str, shape: tuple[int, int], pixel_size_um: float = 
     if name == "printed-grid":
         pitch_px = GRID_SQUARE_UM / pixel_size_um
         # A line crossing at the canvas centre: with a tilted sample, the in-focus middle shows lines.
-        offset = ((h - 1) / 2.0, (w - 1) / 2.0)
+        offset = ((h - 1) / 2.0 - origin_px[0], (w - 1) / 2.0 - origin_px[1])
         return textures.printed_grid(
             (h, w),
             rng,
