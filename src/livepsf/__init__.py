@@ -11,6 +11,7 @@ The public API (kept stable; scripts and notebooks depend on it)::
     z_um = cal.depth_um(pmap)
     cal = livepsf.calibrate_tilted_grid(frames, tilt_deg=[3, 6, 10], pixel_size_um=0.65, mapper=mapper)
     out = livepsf.deconvolve(image, pmap, iterations=20)
+    result = livepsf.autofocus(core, mapper=mapper, calibration=cal)   # AutofocusResult
 
 The simulator is ``livepsf.sim.create_core``; the live loop ``livepsf.acquisition.loop.LiveLoop``; the
 window ``livepsf.gui`` (imports Qt, so it is not loaded here).
@@ -18,6 +19,7 @@ window ``livepsf.gui`` (imports Qt, so it is not loaded here).
 
 __version__ = "0.1.0"
 
+from livepsf.acquisition.autofocus import AutofocusResult, autofocus
 from livepsf.deconv import deconvolve
 from livepsf.depth import Calibration, calibrate_tilted_grid
 from livepsf.errors import InputError
@@ -26,6 +28,7 @@ from livepsf.net import ModelCard, PSFNet, available_models, load_model
 from livepsf.optics import Optics, make_psf
 
 __all__ = [
+    "AutofocusResult",
     "Calibration",
     "InputError",
     "ModelCard",
@@ -34,6 +37,7 @@ __all__ = [
     "PSFMapper",
     "PSFNet",
     "__version__",
+    "autofocus",
     "available_models",
     "calibrate_tilted_grid",
     "deconvolve",
