@@ -151,3 +151,89 @@ def test_cli_deconvolve_writes_beside_input_and_reports_bad_files(tmp_path: Path
     with pytest.raises(SystemExit) as exit_info:  # through main(): bad options are input errors
         main(["deconvolve", str(source), "--tv", "0.5"])
     assert exit_info.value.code == 2
+
+
+def test_rerun_with_the_same_settings_reuses_the_output_and_other_settings_do_not(tmp_path: Path) -> None:
+    source = _recording(tmp_path, frames=1, size=64)
+    journal = tmp_path / "journal.jsonl"
+    with DeconvolutionQueue(journal, torch_threads=1) as queue:
+        first = queue.submit(source, iterations=2)
+        assert queue.wait(timeout=200)
+    output = Path(queue.job(first).output)
+    stamp = output.stat().st_mtime_ns
+    # A new journal (another user, a lost cache): the output itself records its settings.
+    with DeconvolutionQueue(tmp_path / "other.jsonl", torch_threads=1) as queue:
+        again = queue.submit(source, iterations=2)
+        changed = queue.submit(source, iterations=3)
+        assert queue.job(again).state == "done" and queue.job(again).reused
+        assert queue.wait(timeout=200)
+        assert queue.job(changed).state == "done" and not queue.job(changed).reused
+    assert Path(queue.job(again).output) == output and output.stat().st_mtime_ns == stamp
+    assert Path(queue.job(changed).output).name == "rec_deconv-1.ome.tif"
+    assert sorted(p.name for p in tmp_path.glob("*deconv*")) == ["rec_deconv-1.ome.tif", "rec_deconv.ome.tif"]
+
+
+def test_run_job_interrupted_mid_file_redoes_only_the_missing_frames(tmp_path: Path) -> None:
+    source = _recording(tmp_path, frames=3, size=64)
+    spec = {"id": "a", "input": str(source), "iterations": 3, "tv_weight": 0.01, "out_dir": None,
+            "model": "default", "stride_px": 64, "output": None}
+    reference = run_job({**spec, "out_dir": str(tmp_path / "reference")})
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_third_frame(done: int, total: int) -> None:
+        if done > 2 * 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_job(spec, progress=stop_in_third_frame)
+    assert not list(tmp_path.glob("rec_deconv*"))  # no output yet, two finished frames kept aside
+    steps: list[int] = []
+    out = run_job(spec, progress=lambda done, total: steps.append(done))
+    assert steps[0] == 2 * 3 + 1 and steps[-1] == 9  # only the third frame was computed
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(reference))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the frame store is gone
+
+
+def test_cli_batch_dies_with_its_parent_and_a_rerun_finishes_without_duplicates(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    psutil = pytest.importorskip("psutil")
+    sources = [_recording(tmp_path, name=f"f{i}.ome.tif", frames=1, size=128) for i in range(2)]
+    journal = tmp_path / "journal.jsonl"
+    args = ["deconvolve", *map(str, sources), "--iterations", "200", "--workers", "2", "--journal", str(journal)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-m", "livepsf", *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: journal.is_file() and journal.read_text().count('"started"') == 2, timeout=120)
+        workers = [c for c in psutil.Process(parent.pid).children(recursive=True)
+                   if "resource_tracker" not in " ".join(c.cmdline())]
+        assert len(workers) >= 2
+        time.sleep(0.5)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=60)  # a worker still importing torch exits after it
+        assert not alive, f"workers outlived their parent: {alive}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+    def sizes() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in tmp_path.glob("f*_deconv*.ome.tif")}
+
+    at_kill = sizes()
+    time.sleep(1.5)
+    assert sizes() == at_kill  # nobody goes on writing after the parent is gone
+
+    from typer.testing import CliRunner
+
+    from livepsf.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.glob("f*_deconv*"))
+    assert names == ["f0_deconv.ome.tif", "f1_deconv.ome.tif"]
+    assert all(tifffile.imread(tmp_path / n).shape == (128, 128) for n in names)

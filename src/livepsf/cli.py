@@ -577,7 +577,7 @@ def deconvolve_images(
         console.print(f"resuming {len(queue.resumed)} unfinished job(s) from {queue.journal_path}", highlight=False)
     ids = [queue.submit(image, iterations=iterations, tv_weight=tv, out_dir=out, model=model, stride_px=stride)
            for image in readable]
-    watched = list(queue.resumed) + ids
+    watched = list(dict.fromkeys(list(queue.resumed) + ids))  # submit returns a resumed job's id again
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {job_id: progress.add_task(Path(queue.job(job_id).input).name, total=None) for job_id in watched}
@@ -592,7 +592,8 @@ def deconvolve_images(
     for job_id in watched:
         job = queue.job(job_id)
         if job.state == "done":
-            console.print(f"{job.input} → {job.output}", highlight=False, soft_wrap=True)
+            note = " (already done with these settings)" if job.reused else ""
+            console.print(f"{job.input} → {job.output}{note}", highlight=False, soft_wrap=True)
         else:
             err_console.print(f"[bold red]error:[/] {job.error}", highlight=False, soft_wrap=True)
             failed_input += job.bad_input

@@ -12,7 +12,7 @@ import numpy as np
 
 from livepsf.errors import InputError
 
-__all__ = ["read_frames", "output_path", "check_frame"]
+__all__ = ["read_frames", "output_path", "output_stem", "existing_outputs", "check_frame"]
 
 _TIFF_SUFFIXES = {".tif", ".tiff"}
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -101,6 +101,34 @@ def output_path(source: str | Path, suffix: str, out_dir: str | Path | None = No
         candidate = folder / f"{stem}{base}-{k}{ext}"
         k += 1
     return candidate
+
+
+def output_stem(source: str | Path, suffix: str) -> str:
+    """The name :func:`output_path` starts from, without extension.
+
+    ``output_stem("a/cell.ome.tif", "_deconv.ome.tif")`` is ``"cell_deconv"``.
+    """
+    return _stem(Path(source)) + _split_suffix(suffix)[0]
+
+
+def existing_outputs(source: str | Path, suffix: str, out_dir: str | Path | None = None) -> list[Path]:
+    """The files :func:`output_path` has already handed out for ``source`` and ``suffix``, in order.
+
+    ``a/cell_deconv.ome.tif``, ``a/cell_deconv-1.ome.tif``, ... as far as they exist (a gap ends the
+    list, as it ends :func:`output_path`'s search). Used to find an earlier run's output to resume from.
+    """
+    source = Path(source)
+    folder = Path(out_dir) if out_dir is not None else source.parent
+    base, ext = _split_suffix(suffix)
+    stem = _stem(source)
+    found, k = [], 0
+    while True:
+        candidate = folder / f"{stem}{base}{'' if k == 0 else f'-{k}'}{ext}"
+        if not candidate.exists():
+            return found
+        if candidate.resolve() != source.resolve():
+            found.append(candidate)
+        k += 1
 
 
 def _stem(path: Path) -> str:

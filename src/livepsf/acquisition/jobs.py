@@ -12,9 +12,19 @@ maps the CNN estimated live for each frame; any other image is mapped in the wor
 
 **Output.** ``<name>_deconv.ome.tif`` beside the input (or in ``out_dir``), never overwriting
 (:func:`livepsf.imageio.output_path`): float32 ``(T,) Y X``, and the parameters used (iterations, TV
-weight, PSF source, model, per-frame PSF grid) as JSON in the OME ``Description``. The worker writes a
-temporary file and renames it onto the reserved name when complete, so an output that exists is whole.
-The input is only ever read.
+weight, PSF source, model, per-frame PSF grid, and the run's *settings*: input identity and options) as
+JSON in the OME ``Description``. The worker writes a temporary file and renames it onto the reserved
+name when complete, so an output that exists is whole. The input is only ever read.
+
+**Resume without duplicates.** Each finished frame is kept in a :class:`~livepsf.framestore.FrameStore`
+until the output is written, so a job interrupted mid-file redoes only its missing frames.
+:meth:`DeconvolutionQueue.submit` of an input whose complete output with the *same settings* already
+exists returns a job that is done at once with that output (``reused``); of an input already queued
+unfinished with the same settings, that job's id. Other settings always give a new output name.
+
+**Workers die with their owner.** Each worker holds the read end of a pipe whose only write end stays
+in the queue's process; a watchdog thread in the worker exits the process when that pipe closes,
+which the kernel does whenever the owner dies (SIGKILL included). No orphan goes on writing outputs.
 
 **Journal.** One JSON object per line, appended and fsync-ed by the queue's owner process only:
 ``submitted`` (the job's parameters), ``started`` (attempt number, reserved output), ``done`` (output),
@@ -44,9 +54,20 @@ from typing import Any
 
 from psygnal import Signal
 
-from livepsf.deconv import DEFAULT_ITERATIONS, DEFAULT_TV_WEIGHT
+from livepsf.deconv import DEFAULT_ACCELERATE, DEFAULT_ITERATIONS, DEFAULT_TV_WEIGHT
 
-__all__ = ["DeconvolutionQueue", "JobState", "default_journal_path", "run_job"]
+__all__ = [
+    "DeconvolutionQueue",
+    "JobState",
+    "deconv_params",
+    "deconv_settings",
+    "deconvolve_frame",
+    "default_journal_path",
+    "find_finished_output",
+    "output_settings",
+    "run_job",
+    "write_deconv_output",
+]
 
 _OUTPUT_SUFFIX = "_deconv.ome.tif"
 
@@ -73,6 +94,7 @@ class JobState:
     output: str | None = None
     error: str | None = None
     bad_input: bool = False  # the failure was the input's fault (unreadable file, ...), not a bug
+    reused: bool = False  # done at submission: a complete output with the same settings existed
     submitted_utc: str = ""
     finished_utc: str | None = None
     history: list[str] = field(default_factory=list)
@@ -133,6 +155,7 @@ def _apply(jobs: dict[str, JobState], ev: dict[str, Any]) -> None:
         job.state, job.attempts, job.output = "running", ev["attempt"], ev.get("output")
     elif kind == "done":
         job.state, job.output, job.error, job.finished_utc = "done", ev["output"], None, ev.get("utc")
+        job.reused = bool(ev.get("reused", False))
     elif kind == "failed":
         job.state, job.error, job.finished_utc = "failed", ev["reason"], ev.get("utc")
         job.bad_input = bool(ev.get("bad_input", False))
@@ -219,16 +242,31 @@ class DeconvolutionQueue:
         model: str = "default",
         stride_px: int = 64,
     ) -> str:
-        """Queue one image file; returns the job id. The job is in the journal before this returns."""
+        """Queue one image file; returns the job id. The job is in the journal before this returns.
+
+        The same input with the same settings is not done twice: when this queue already holds it
+        unfinished, that job's id is returned; when a complete output made with these settings exists,
+        the new job is done at once with that output (:attr:`JobState.reused`).
+        """
         job = JobState(id=uuid.uuid4().hex[:12], input=str(Path(path).resolve()), iterations=int(iterations),
                        tv_weight=float(tv_weight), out_dir=None if out_dir is None else str(Path(out_dir).resolve()),
                        model=str(model), stride_px=int(stride_px), submitted_utc=_utc())
         record = asdict(job)
-        for transient in ("state", "attempts", "output", "error", "bad_input", "finished_utc", "history"):
+        for transient in ("state", "attempts", "output", "error", "bad_input", "reused", "finished_utc", "history"):
             record.pop(transient)
+        settings = _job_settings(job)
         with self._lock:
+            if settings is not None:
+                for other in self._jobs.values():
+                    if not other.finished and other.out_dir == job.out_dir and _job_settings(other) == settings:
+                        return other.id
+            finished = None if settings is None else find_finished_output(job.input, job.out_dir, settings)
             self._log({"event": "submitted", "job": record, "utc": job.submitted_utc})
-            self._pending.append(job.id)
+            if finished is not None:
+                self._log({"event": "done", "id": job.id, "output": str(finished), "reused": True, "utc": _utc()})
+                self.finished.emit(JobState(**asdict(self._jobs[job.id])))
+            else:
+                self._pending.append(job.id)
         return job.id
 
     def jobs(self) -> list[JobState]:
@@ -277,6 +315,7 @@ class DeconvolutionQueue:
                     w["process"].kill()
                     w["process"].join(timeout=2.0)
                 w["conn"].close()
+                w["alive"].close()
             self._workers.clear()
             self._thread = None
 
@@ -290,11 +329,14 @@ class DeconvolutionQueue:
 
     def _spawn(self) -> dict[str, Any]:
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self.device, self.torch_threads),
+        # Only this process holds alive_writer: the kernel closes it when we die, however we die.
+        alive_reader, alive_writer = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=_worker_main, args=(child, alive_reader, self.device, self.torch_threads),
                                     name="livepsf-deconv-worker", daemon=True)
         process.start()
         child.close()
-        return {"process": process, "conn": parent, "job": None}
+        alive_reader.close()
+        return {"process": process, "conn": parent, "alive": alive_writer, "job": None}
 
     def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
@@ -341,6 +383,7 @@ class DeconvolutionQueue:
             code = w["process"].exitcode
             job_id = w["job"]
             w["conn"].close()
+            w["alive"].close()
             if job_id is not None:
                 job = self._jobs[job_id]
                 reason = f"worker process died (exit code {code}) during attempt {job.attempts}"
@@ -394,11 +437,134 @@ def _is_complete_output(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
+def _job_settings(job: JobState) -> dict[str, Any] | None:
+    """The settings a job's output records, or ``None`` when its input cannot be looked at."""
+    try:
+        return deconv_settings(job.input, iterations=job.iterations, tv_weight=job.tv_weight, model=job.model,
+                               stride_px=job.stride_px)
+    except OSError:
+        return None  # a missing input: the job fails in the worker with a clear message
+
+
+# -- settings and outputs (shared with livepsf.batch) ----------------------------------------------
+
+
+def deconv_settings(source: str | Path, *, iterations: int, tv_weight: float, model: str,
+                    stride_px: int) -> dict[str, Any]:
+    """Everything that decides a deconvolution output: the input's identity and the options.
+
+    Two runs with equal settings make the same output, so a finished one can be reused.
+
+    Raises
+    ------
+    OSError
+        The input cannot be looked at (missing).
+    """
+    from livepsf.framestore import source_identity
+
+    return {"command": "deconvolve", **source_identity(source), "iterations": int(iterations),
+            "tv_weight": float(tv_weight), "acceleration": "Biggs-Andrews" if DEFAULT_ACCELERATE else None,
+            "model": str(model), "stride_px": int(stride_px)}
+
+
+def output_settings(path: str | Path) -> dict[str, Any] | None:
+    """The settings recorded in a deconvolution output, or ``None`` (not one, older, or unreadable)."""
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+        root = ET.fromstring(xml or "")
+    except Exception:  # not a TIFF, a truncated file, no OME-XML: not a finished output of ours
+        return None
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Description" and element.text:
+            try:
+                params = json.loads(element.text)
+            except json.JSONDecodeError:
+                return None
+            settings = params.get("settings") if isinstance(params, dict) else None
+            return settings if isinstance(settings, dict) else None
+    return None
+
+
+def find_finished_output(source: str | Path, out_dir: str | Path | None,
+                         settings: dict[str, Any]) -> Path | None:
+    """A complete ``<name>_deconv*.ome.tif`` of ``source`` made with ``settings``, or ``None``."""
+    from livepsf.imageio import existing_outputs
+
+    for path in existing_outputs(source, _OUTPUT_SUFFIX, out_dir):
+        if _is_complete_output(path) and output_settings(path) == settings:
+            return path
+    return None
+
+
+def deconvolve_frame(frame: Any, pmap: Any, *, iterations: int, tv_weight: float, device: str | None = None,
+                     progress: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Deconvolve one frame with its PSF map; returns the float32 image and the map's grid record."""
+    from livepsf.deconv import deconvolve
+
+    image = deconvolve(frame, pmap, iterations=int(iterations), tv_weight=float(tv_weight),
+                       accelerate=DEFAULT_ACCELERATE, device=device, progress=progress)
+    grid = {"psf_model": pmap.psf_model, "model_name": pmap.model_name, "grid": list(pmap.grid_shape),
+            "window_px": pmap.window_px, "stride_px": pmap.stride_px}
+    return image, grid
+
+
+def deconv_params(settings: dict[str, Any], recorded_maps: bool, grids: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON recorded in an output's OME ``Description``."""
+    return {
+        "software": "livepsf deconvolve", "source": settings["source"], "iterations": settings["iterations"],
+        "tv_weight": settings["tv_weight"], "acceleration": settings["acceleration"],
+        "psf_source": "recorded PSF maps" if recorded_maps else "CNN",
+        "model": None if recorded_maps else settings["model"],
+        "stride_px": None if recorded_maps else settings["stride_px"],
+        "frames": grids, "settings": settings,
+    }
+
+
+def write_deconv_output(final: Path, planes: list[Any], params: dict[str, Any], pixel_size_um: float) -> Path:
+    """Write the deconvolved planes to ``final`` through a temporary name: it appears whole or not at all."""
+    import numpy as np
+    import tifffile
+
+    data = np.stack(planes) if len(planes) > 1 else planes[0]
+    partial = final.with_name(f".{final.name}.partial")  # final is reserved for this output alone
+    try:
+        tifffile.imwrite(partial, data, ome=True, photometric="minisblack",
+                         resolution=(1.0 / pixel_size_um, 1.0 / pixel_size_um), resolutionunit="MICROMETER",
+                         metadata={"axes": "TYX" if data.ndim == 3 else "YX", "PhysicalSizeX": pixel_size_um,
+                                   "PhysicalSizeY": pixel_size_um, "Description": json.dumps(params)})
+        with open(partial, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(partial, final)  # onto our own reservation (or a new name)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return final
+
+
 # -- worker side -----------------------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, device: str | None, torch_threads: int | None) -> None:
+def _exit_with_parent(alive: Connection) -> None:
+    """Exit this process as soon as ``alive``'s other end closes (its owner died)."""
+
+    def watch() -> None:
+        try:
+            alive.recv()  # the owner never sends: this returns only by EOF
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="livepsf-parent-watch", daemon=True).start()
+
+
+def _worker_main(conn: Connection, alive: Connection, device: str | None, torch_threads: int | None) -> None:
     """Worker process: run jobs sent on ``conn`` until ``None`` arrives or the pipe closes."""
+    _exit_with_parent(alive)
     import torch
 
     if torch_threads:
@@ -437,14 +603,13 @@ def run_job(
 ) -> Path:
     """Deconvolve every frame of ``spec["input"]`` into ``spec["output"]`` (the reserved name).
 
-    Runs in the worker; usable in-process too (tests, scripts). Returns the output path.
+    Runs in the worker; usable in-process too (tests, scripts). Finished frames are kept in a
+    :class:`~livepsf.framestore.FrameStore` until the output is written, so a rerun after a crash does
+    only the missing ones. Returns the output path.
     """
-    import numpy as np
-    import tifffile
-
     from livepsf.acquisition.recorder import read_frame_metadata, recorded_psfmaps
-    from livepsf.deconv import DEFAULT_ACCELERATE, deconvolve
     from livepsf.errors import InputError
+    from livepsf.framestore import FrameStore
     from livepsf.imageio import output_path, read_frames
 
     source = Path(spec["input"])
@@ -452,52 +617,46 @@ def run_job(
     header, _ = read_frame_metadata(source)
     maps = recorded_psfmaps(source)
     use_recorded = len(maps) == len(frames) and all(m is not None for m in maps)
-    mapper = None
-    if not use_recorded:
-        from livepsf.mapping import PSFMapper
-        from livepsf.net import load_model
-
-        key = (spec["model"], int(spec["stride_px"]))
-        if mappers is not None and key in mappers:
-            mapper = mappers[key]
-        else:
-            mapper = PSFMapper(load_model(spec["model"]), stride_px=int(spec["stride_px"]))
-            if mappers is not None:
-                mappers[key] = mapper
-    iterations = int(spec["iterations"])
-    accelerate = DEFAULT_ACCELERATE
-    total = len(frames) * max(iterations, 1)
-    results, grids = [], []
-    for i, frame in enumerate(frames):
+    settings = deconv_settings(source, iterations=spec["iterations"], tv_weight=spec["tv_weight"],
+                               model=spec["model"], stride_px=spec["stride_px"])
+    final = Path(spec["output"]) if spec.get("output") else output_path(source, _OUTPUT_SUFFIX, spec.get("out_dir"))
+    store = FrameStore.for_output(source, _OUTPUT_SUFFIX, final.parent, settings, len(frames))
+    mapper = None if use_recorded else _cached_mapper(spec["model"], int(spec["stride_px"]), mappers)
+    steps = max(int(spec["iterations"]), 1)
+    total = len(frames) * steps
+    for count, i in enumerate(store.missing(), start=len(store.done())):
         try:
-            pmap = maps[i] if use_recorded else mapper(frame)
+            pmap = maps[i] if use_recorded else mapper(frames[i])
         except InputError as exc:
             raise InputError(f"{source} (frame {i}): {exc}") from None
 
-        def step(it: int, n: int, i: int = i) -> None:
+        def step(it: int, n: int, count: int = count) -> None:
             if progress is not None:
-                progress(i * max(iterations, 1) + it, total)
+                progress(count * steps + it, total)
 
-        results.append(deconvolve(frame, pmap, iterations=iterations, tv_weight=float(spec["tv_weight"]),
-                                  accelerate=accelerate, device=device, progress=step))
-        grids.append({"psf_model": pmap.psf_model, "model_name": pmap.model_name,
-                      "grid": list(pmap.grid_shape), "window_px": pmap.window_px, "stride_px": pmap.stride_px})
-    pixel_size_um = header.get("pixel_size_um") or pmap.optics.pixel_size_um
-    params = {
-        "software": "livepsf deconvolve", "source": str(source), "iterations": iterations,
-        "tv_weight": float(spec["tv_weight"]), "acceleration": "Biggs-Andrews" if accelerate else None,
-        "psf_source": "recorded PSF maps" if use_recorded else "CNN",
-        "model": None if use_recorded else spec["model"], "stride_px": None if use_recorded else spec["stride_px"],
-        "frames": grids,
-    }
-    data = np.stack(results) if len(results) > 1 else results[0]
-    final = Path(spec["output"]) if spec.get("output") else output_path(source, _OUTPUT_SUFFIX, spec.get("out_dir"))
-    partial = final.with_name(f".{final.name}.{spec['id']}.partial")
-    tifffile.imwrite(partial, data, ome=True, photometric="minisblack",
-                     resolution=(1.0 / pixel_size_um, 1.0 / pixel_size_um), resolutionunit="MICROMETER",
-                     metadata={"axes": "TYX" if data.ndim == 3 else "YX", "PhysicalSizeX": pixel_size_um,
-                               "PhysicalSizeY": pixel_size_um, "Description": json.dumps(params)})
-    with open(partial, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(partial, final)  # onto our own empty reservation: the output appears whole or not at all
+        image, grid = deconvolve_frame(frames[i], pmap, iterations=spec["iterations"], tv_weight=spec["tv_weight"],
+                                       device=device, progress=step)
+        store.put(i, {"image": image}, {"grid": grid, "pixel_size_um": pmap.optics.pixel_size_um})
+    planes, grids = [], []
+    for i in range(len(frames)):
+        arrays, meta = store.get(i)
+        planes.append(arrays["image"])
+        grids.append(meta["grid"])
+    pixel_size_um = header.get("pixel_size_um") or meta["pixel_size_um"]
+    write_deconv_output(final, planes, deconv_params(settings, use_recorded, grids), pixel_size_um)
+    store.discard()
     return final
+
+
+def _cached_mapper(model: str, stride_px: int, mappers: dict | None) -> Any:
+    """A PSFMapper for (model, stride), kept in ``mappers`` (per worker process) when given."""
+    from livepsf.mapping import PSFMapper
+    from livepsf.net import load_model
+
+    key = (model, int(stride_px))
+    if mappers is not None and key in mappers:
+        return mappers[key]
+    mapper = PSFMapper(load_model(model), stride_px=int(stride_px))
+    if mappers is not None:
+        mappers[key] = mapper
+    return mapper
