@@ -315,7 +315,10 @@ def evaluate(
     plot: Path = typer.Option(None, help="PNG of the robustness sweep (default: beside a .pt file, or "
                                          "./<name>_robustness.png for a shipped model)."),
 ) -> None:
-    """R² per parameter on the held-out test set, validity accuracy and the robustness sweep (Fig. 7)."""
+    battery: int = typer.Option(300, "--battery", help="Patches per set of the cue battery: R² per photon "
+                                "decade and texture family, single lines vs crossings, σ calibration, "
+                                "signed focus near focus (0: skip)."),
+    """R² per parameter on the held-out test set, validity accuracy, robustness sweep (Fig. 7), cue battery."""
     from rich.table import Table
 
     from livepsf.imageio import output_path
@@ -324,7 +327,9 @@ def evaluate(
 
     net = load_model(model)
     report = evaluate_model(net.module, net.spec.name, net.optics, net.window_px, n_test=n_test,
-                            n_robustness=n_robustness, device=net.device)
+    if battery < 0:
+        raise InputError(f"--battery must be 0 or more, got {battery}")
+                            n_robustness=n_robustness, device=net.device, n_battery=battery)
     table = Table(title=f"{net.name} ({net.spec.name}, {net.card.architecture}) on {report.test.n_valid} valid "
                         f"+ {report.test.n_invalid} invalid test patches")
     table.add_column("parameter")
@@ -336,6 +341,13 @@ def evaluate(
     table.add_row("validity accuracy", f"{report.test.validity_accuracy:.4f}", "")
     console.print(table)
     if report.robustness is not None:
+    if report.battery is not None:
+        cues = Table(title=f"cue battery ({report.battery.n_per_set} patches per set; livepsf.net.battery)")
+        cues.add_column("check")
+        cues.add_column("result", justify="right")
+        for what, result in report.battery.rows():
+            cues.add_row(what, result)
+        console.print(cues)
         rob = Table(title="mean R² under degradation (strength as in livepsf.data.degrade.apply_strength)")
         rob.add_column("degradation")
         for s in report.robustness.strengths:

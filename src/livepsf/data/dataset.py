@@ -158,6 +158,9 @@ class BatchSynthesizer:
         Textures kept, their side, and the mean number replaced per batch.
     psf_size_px
         PSF side (default :func:`default_psf_size_px`).
+    texture_options
+        Fixed generator keywords per texture kind, e.g. ``{"lines": {"n_lines": 1}}`` (single lines
+        only); they replace the random scales of :func:`~livepsf.data.textures.random_scales`.
     """
 
     def __init__(
@@ -177,6 +180,7 @@ class BatchSynthesizer:
         texture_px: int | None = None,
         texture_refresh: float = 0.15,
         psf_size_px: int | None = None,
+        texture_options: Mapping[str, Mapping] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -201,6 +205,7 @@ class BatchSynthesizer:
         self.texture_pool_size, self.texture_refresh = int(texture_pool), float(texture_refresh)
         names, region = _SPLIT_IMAGES[split]
         self._shipped = {"names": names, "region": region, "min_shape": self.fft_px}
+        self._kind_options = {k: dict(v) for k, v in (texture_options or {}).items()}
         seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
         self.rng = np.random.default_rng(seq)
         self.gen = _seed_torch(seq.spawn(1)[0])
@@ -213,7 +218,8 @@ class BatchSynthesizer:
 
     # -- pools ---------------------------------------------------------------------------------------
     def _new_texture(self) -> np.ndarray:
-        tex, _ = random_texture(self.texture_px, self.rng, self.sources, shipped=self._shipped)
+        tex, _ = random_texture(self.texture_px, self.rng, self.sources,
+                                **{"shipped": self._shipped, **self._kind_options})
         return tex
 
     def _refresh_psfs(self, n: int) -> None:
@@ -418,11 +424,15 @@ def eval_set(
     optics: Optics | None = None,
     sources: Mapping[str, float] | None = None,
     cache: bool = True,
+    texture_options: Mapping[str, Mapping] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed validation or test set, the same on every call and machine, never produced by training.
 
     Every patch has its own PSF (no pool reuse). The set is cached as ``.npz`` (loaded with
-    ``allow_pickle=False``) under :func:`cache_dir` ``/eval``, keyed by a hash of all arguments.
+    ``allow_pickle=False``) under :func:`cache_dir` ``/eval``, keyed by a hash of all arguments
+    (including the spec's parameter ranges: a spec with narrowed ranges makes a set of its own).
+    Sets that differ only in ``degradation``'s photon range or noise draw the same textures, crops
+    and PSFs: the photon decades of the test battery compare like with like.
 
     Returns
     -------
@@ -441,6 +451,8 @@ def eval_set(
         "version": _DATA_VERSION, "psf_model": spec.name, "split": split, "n": n, "window_px": window_px,
         "patch_px": patch_px, "degradation": degradation.to_dict(), "optics": optics.to_dict(),
         "sources": dict(sources) if sources is not None else dict(TEXTURE_KINDS),
+        "ranges": [[p.name, p.min, p.max] for p in spec.params],
+        "texture_options": {k: dict(v) for k, v in (texture_options or {}).items()},
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "eval" / f"{spec.name}-{split}-{n}-{digest}.npz"
@@ -454,7 +466,7 @@ def eval_set(
     synth = BatchSynthesizer(spec, optics, window_px, patch_px, batch, degradation,
                              np.random.SeedSequence(EVAL_ENTROPY, spawn_key=(SPLITS[split],)), split, sources,
                              psf_pool=batch, psf_refresh=batch, texture_pool=min(32, math.ceil(n / 8)),
-                             texture_refresh=1.0)
+                             texture_refresh=1.0, texture_options=texture_options)
     parts = [synth.next_batch() for _ in range(math.ceil(n / batch))]
     patches = torch.cat([q for q, _ in parts])[:n]
     targets = torch.cat([t for _, t in parts])[:n]

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -249,11 +250,15 @@ class ModelReport:
     test: EvalResult
     robustness: RobustnessResult | None
     description: dict
+    battery: Any = None
+    """A :class:`livepsf.net.battery.BatteryReport`, or None when not run."""
 
     def to_dict(self) -> dict:
         out = {"test": self.test.to_dict(), **self.description}
         if self.robustness is not None:
             out["robustness"] = self.robustness.to_dict()
+        if self.battery is not None:
+            out["battery"] = self.battery.to_dict()
         return out
 
 
@@ -267,8 +272,9 @@ def evaluate_model(
     strengths: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
     device: torch.device | str = "cpu",
     test_set: tuple[torch.Tensor, torch.Tensor] | None = None,
+    n_battery: int = 0,
 ) -> ModelReport:
-    """Score a network on the fixed-seed test set and run the robustness sweep.
+    """Score a network on the fixed-seed test set, run the robustness sweep and the cue battery.
 
     Parameters
     ----------
@@ -281,6 +287,8 @@ def evaluate_model(
         Sizes of the test set (default degradations) and of the clean set for the sweep (0: no sweep).
     test_set
         ``(patches, targets)`` to score instead of the fixed-seed test set.
+    n_battery
+        Patches per set of the test battery (:func:`livepsf.net.battery.run_battery`); 0: not run.
     """
     from livepsf.data.dataset import eval_set
     from livepsf.data.degrade import DegradationConfig
@@ -303,4 +311,10 @@ def evaluate_model(
         robustness = robustness_sweep(module, xc, tc, spec.names, strengths=strengths, device=device)
         description["robustness_set"] = (f"eval_set({spec.name!r}, 'test', n={n_robustness}, "
                                          "DegradationConfig.clean()) + livepsf.data.degrade.apply_strength")
-    return ModelReport(test, robustness, description)
+    battery = None
+    if n_battery:
+        from livepsf.net.battery import run_battery
+
+        battery = run_battery(module, spec, optics, window_px, n=n_battery, device=device,
+                              calibration_set=(x, t) if test_set is None else None)
+    return ModelReport(test, robustness, description, battery)

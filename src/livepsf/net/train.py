@@ -523,8 +523,9 @@ def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Pa
                  resume: str | Path | None = None, command: str = "", progress: bool = True,
                  n_test: int = 2000, n_robustness: int = 500, notes: str = "",
                  val_set: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 test_set: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[TrainResult, Path]:
-    """Train, evaluate on the test set (+ robustness sweep) and export with a full card.
+                 test_set: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 n_battery: int = 0) -> tuple[TrainResult, Path]:
+    """Train, evaluate on the test set (+ robustness sweep, + test battery) and export with a full card.
 
     ``export_path`` defaults to ``out_dir/<name>.pt``; ``val_set``/``test_set`` replace the fixed-seed
     sets of :func:`livepsf.data.dataset.eval_set`. Returns the training result and the exported path.
@@ -536,7 +537,7 @@ def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Pa
     result = train(config, out_dir, resume=resume, progress=progress, val_set=val_set)
     report = evaluate_model(result.module, config.psf_model, Optics(**config.optics), config.window_px,
                             n_test=n_test, n_robustness=n_robustness, device=pick_device(config.device),
-                            test_set=test_set)
+                            test_set=test_set, n_battery=n_battery)
     result.module.cpu()
     path = Path(export_path) if export_path else Path(out_dir) / f"{config.name}.pt"
     data = (f"livepsf.data.dataset.PatchDataset({config.psf_model!r}, split='train', seed={config.seed}, "
@@ -551,7 +552,7 @@ def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Pa
 
 def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: str = "",
                       n_test: int = 2000, n_robustness: int = 500, notes: str = "",
-                      test_set: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+                      test_set: tuple[torch.Tensor, torch.Tensor] | None = None, n_battery: int = 0) -> Path:
     """Evaluate and export the network of a (possibly unfinished) training checkpoint with its card."""
     from livepsf.net.evaluate import evaluate_model
 
@@ -570,7 +571,7 @@ def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: 
     result = TrainResult(module, config, int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"]),
                          None, Path(checkpoint), list(ckpt.get("segments", [])), sigma_calibration)
     report = evaluate_model(module, config.psf_model, Optics(**config.optics), config.window_px,
-                            n_test=n_test, n_robustness=n_robustness, test_set=test_set)
+                            n_test=n_test, n_robustness=n_robustness, test_set=test_set, n_battery=n_battery)
     data = (f"livepsf.data.dataset.PatchDataset({config.psf_model!r}, split='train', seed={config.seed}, "
             f"batch_size={config.batch_size}) with the default DegradationConfig; generated on the fly")
     return export_trained(result, export_path, report.to_dict(), command, data, notes)
