@@ -168,6 +168,10 @@ class TrainConfig:
     uncertainty, sign_invariant, nll_weight
         Predict a σ per parameter; take the smaller error against ``a`` and ``-a`` (Zernike models);
         weight of the σ's negative log-likelihood (see :func:`psf_loss`).
+    data_echo
+        Optimisation steps per training batch (1: every step a new batch). "Data echoing" (Choi et al.
+        2019): when making patches is slower than learning from them (a GPU fed by CPU workers), reusing
+        each batch a few times gains steps at little cost.
     optics
         Optical sampling of the training PSFs (:class:`~livepsf.optics.Optics` fields).
     data
@@ -200,6 +204,7 @@ class TrainConfig:
     uncertainty: bool = True
     sign_invariant: bool = True
     nll_weight: float = 0.05
+    data_echo: int = 1
     optics: dict[str, float] = field(default_factory=lambda: Optics().to_dict())
     data: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
@@ -223,6 +228,8 @@ class TrainConfig:
             raise InputError("the training budget must be positive")
         if self.batch_size < 2:
             raise InputError("batch size must be at least 2")
+        if self.data_echo < 1:
+            raise InputError("data_echo must be at least 1")
 
 
 @dataclass
@@ -364,7 +371,9 @@ def train(
 
     # One segment per train() call: a resumed model's card lists every command that made it.
     segments.append({"command": config.command, "start_step": step, "start_seconds": round(seconds, 1),
-                     "budget": config.budget(), "lr": config.lr, "data": dict(config.data)})
+                     "budget": config.budget(), "lr": config.lr, "data": dict(config.data),
+                     "hardware": hardware_description(device), "batch_size": config.batch_size,
+                     "data_echo": config.data_echo, "workers": config.workers})
     stream = _train_stream(config, spec, optics, start_step=step)
     if val_set is None:  # default degradations whatever the training ranges, so runs stay comparable
         val_set = eval_set(spec, "val", n=config.val_n, window_px=config.window_px, optics=optics)
@@ -388,14 +397,16 @@ def train(
         return f
 
     bar = _Progress(progress, config)
+    x = t = None
     validation: EvalResult | None = None
     running = float("nan")
     module.train()
     t_last = time.perf_counter()
     with bar:
         while fraction() < 1.0:
-            x, t = next(stream)
-            x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
+            if step % config.data_echo == 0 or x is None:  # data echoing: reuse a batch while data are scarce
+                x, t = next(stream)
+                x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
             for group in optimiser.param_groups:
                 group["lr"] = config.lr * _lr_factor(fraction(), step, config)
             loss = psf_loss(module(x), t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
@@ -493,7 +504,9 @@ def build_card(result: TrainResult, spec: PSFModelSpec, evaluation: dict[str, An
         "budget": config.budget(),
         "steps": result.step,
         "wall_time_s": round(result.seconds, 1),
-        "hardware": hardware_description(config.device or "cpu"),
+        # Where each segment ran (a model trained on a GPU is exported and evaluated elsewhere).
+        "hardware": "; ".join(dict.fromkeys(s["hardware"] for s in result.segments if "hardware" in s))
+                    or hardware_description(config.device or "cpu"),
         "seed": config.seed,
         "batch_size": config.batch_size,
         "optimiser": f"AdamW lr {config.lr:g} (cosine to {config.lr_min_fraction:g}x, warm-up "
