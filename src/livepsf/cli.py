@@ -151,8 +151,17 @@ def depth(
     stride: int = typer.Option(None, "--stride", help="Window step, px (default: the calibration's)."),
     median: int = typer.Option(1, "--median", help="Median over N x N windows (smooth surfaces; 1: none)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: beside each image)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Run on Dask: a scheduler address "
+                                  "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
+    workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
 ) -> None:
     """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json."""
+    if scheduler is not None:
+        from livepsf.batch import BatchOptions
+
+        _run_batch(images, BatchOptions("depth", model=model, stride_px=stride, out_dir=_folder(out),
+                                        calibration=str(calibration), median_windows=median), scheduler, workers)
+        return
     from livepsf.depth import Calibration, write_depth_outputs
     from livepsf.imageio import read_frames
     from livepsf.mapping import PSFMapper
@@ -201,8 +210,17 @@ def map_images(
     model: str = typer.Option("default", "--model", help="Shipped model name or path to a .pt file."),
     stride: int = typer.Option(64, "--stride", help="Window step, px (a multiple of 8 for the shipped models)."),
     out: Path = typer.Option(None, "--out", help="Folder for the outputs (default: beside each image)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Run on Dask: a scheduler address "
+                                  "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
+    workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
 ) -> None:
     """PSF maps: <name>_psfmap.ome.tif (one channel per parameter + invalid) and <name>_psfmap.json."""
+    if scheduler is not None:
+        from livepsf.batch import BatchOptions
+
+        _run_batch(images, BatchOptions("map", model=model, stride_px=stride, out_dir=_folder(out)), scheduler,
+                   workers)
+        return
     from livepsf.mapping import PSFMapper, map_image_file
     from livepsf.net import load_model
 
@@ -229,6 +247,46 @@ def map_images(
             highlight=False, soft_wrap=True,
         )
     if failed:
+        raise typer.Exit(code=2)
+
+
+def _folder(out: Path | None) -> str | None:
+    return None if out is None else str(out.resolve())
+
+
+def _run_batch(images: list[Path], options, scheduler: str, workers: int) -> None:
+    """``map|depth|deconvolve --scheduler``: the batch on Dask, a progress bar, one line per input."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from livepsf.batch import run_batch
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as progress:
+            report = run_batch(images, options, scheduler=scheduler, workers=workers, progress=progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the frames finished so far are kept; run the same command again to "
+                          "finish the rest", highlight=False)
+        raise typer.Exit(code=130) from None
+    for message in report.errors:
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    for r in report.results:
+        if r.state in ("done", "reused"):
+            note = " (already done with these settings)" if r.state == "reused" else ""
+            console.print(f"{r.source} → {', '.join(p.name for p in r.outputs)}{note}", highlight=False,
+                          soft_wrap=True)
+        elif r.state == "failed":
+            err_console.print(f"[bold red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+        else:
+            err_console.print(f"[yellow]unfinished:[/] {r.source}: {r.computed} frame(s) of {r.frames} done in this "
+                              "run and kept; run the same command again to finish", highlight=False, soft_wrap=True)
+    console.print(f"{report.frames_computed} frame(s) in {report.seconds:.1f} s ({report.frames_per_s:.2f} frames/s)",
+                  highlight=False)
+    if any(r.state == "unfinished" or (r.state == "failed" and not r.bad_input) for r in report.results):
+        raise typer.Exit(code=1)
+    if report.errors or any(r.state == "failed" for r in report.results):
         raise typer.Exit(code=2)
 
 
@@ -314,10 +372,10 @@ def evaluate(
     n_robustness: int = typer.Option(500, help="Clean patches for the robustness sweep (0: skip)."),
     plot: Path = typer.Option(None, help="PNG of the robustness sweep (default: beside a .pt file, or "
                                          "./<name>_robustness.png for a shipped model)."),
-) -> None:
     battery: int = typer.Option(300, "--battery", help="Patches per set of the cue battery: R² per photon "
                                 "decade and texture family, single lines vs crossings, σ calibration, "
                                 "signed focus near focus (0: skip)."),
+) -> None:
     """R² per parameter on the held-out test set, validity accuracy, robustness sweep (Fig. 7), cue battery."""
     from rich.table import Table
 
@@ -326,9 +384,9 @@ def evaluate(
     from livepsf.net.evaluate import evaluate_model, robustness_plot
 
     net = load_model(model)
-    report = evaluate_model(net.module, net.spec.name, net.optics, net.window_px, n_test=n_test,
     if battery < 0:
         raise InputError(f"--battery must be 0 or more, got {battery}")
+    report = evaluate_model(net.module, net.spec.name, net.optics, net.window_px, n_test=n_test,
                             n_robustness=n_robustness, device=net.device, n_battery=battery)
     table = Table(title=f"{net.name} ({net.spec.name}, {net.card.architecture}) on {report.test.n_valid} valid "
                         f"+ {report.test.n_invalid} invalid test patches")
@@ -340,7 +398,6 @@ def evaluate(
     table.add_row("[bold]mean", f"[bold]{report.test.mean_r2:.4f}", "")
     table.add_row("validity accuracy", f"{report.test.validity_accuracy:.4f}", "")
     console.print(table)
-    if report.robustness is not None:
     if report.battery is not None:
         cues = Table(title=f"cue battery ({report.battery.n_per_set} patches per set; livepsf.net.battery)")
         cues.add_column("check")
@@ -348,6 +405,7 @@ def evaluate(
         for what, result in report.battery.rows():
             cues.add_row(what, result)
         console.print(cues)
+    if report.robustness is not None:
         rob = Table(title="mean R² under degradation (strength as in livepsf.data.degrade.apply_strength)")
         rob.add_column("degradation")
         for s in report.robustness.strengths:
@@ -553,15 +611,19 @@ def deconvolve_images(
     out: Path = typer.Option(None, "--out", help="Folder for the outputs (default: beside each image)."),
     model: str = typer.Option("default", "--model", help="Network for the PSF maps (images without recorded maps)."),
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
-    workers: int = typer.Option(1, "--workers", help="Background worker processes."),
+    workers: int = typer.Option(1, "--workers", help="Background worker processes (with --scheduler local: "
+                                "Dask worker processes)."),
     journal: Path = typer.Option(None, "--journal",
                                  help="Job journal (default: the per-user one; unfinished jobs there resume)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Run on Dask: a scheduler address "
+                                  "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
 ) -> None:
     """Spatially-variant TV-RL deconvolution into <name>_deconv.ome.tif; inputs are never modified.
 
     Recordings made by livepsf use the PSF maps estimated live for each frame; other images are
     mapped by the network first. Jobs run in background worker processes and are journalled, so an
-    interrupted run resumes the next time the queue starts.
+    interrupted run resumes the next time the queue starts; a rerun with the same settings skips the
+    outputs already made. With --scheduler the frames are tasks on a Dask cluster instead.
     """
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
@@ -574,6 +636,12 @@ def deconvolve_images(
         raise InputError(f"--tv must be in [0, 0.25), got {tv}")
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if scheduler is not None:
+        from livepsf.batch import BatchOptions
+
+        _run_batch(images, BatchOptions("deconvolve", model=model, stride_px=stride, out_dir=_folder(out),
+                                        iterations=iterations, tv_weight=tv), scheduler, workers)
+        return
     readable, bad = [], 0
     for image in images:
         try:

@@ -1,0 +1,140 @@
+"""Batch inputs: files and folders of TIFF/OME-TIFF, read lazily one frame at a time.
+
+A folder stands for the TIFF files directly inside it (sorted by name), leaving out hidden files and
+livepsf's own outputs (``*_psfmap.ome.tif``, ``*_depth.ome.tif``, ``*_deconv.ome.tif`` and their
+``-1``, ``-2`` ... variants), so a folder can be processed again without feeding on its outputs.
+
+Frames are numbered as :func:`livepsf.imageio.read_frames` numbers them (every 2D plane of the first
+series, in order), and :func:`read_frame` returns exactly ``read_frames(path)[index]``; for a plain
+multi-page or OME-TIFF it decodes only that plane's page, so a task never holds a whole acquisition.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from livepsf.errors import InputError
+from livepsf.imageio import check_frame, read_frames
+
+__all__ = ["FrameSource", "expand_inputs", "open_source", "read_frame"]
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_OUTPUT_NAME = re.compile(r"_(psfmap|depth|deconv)(-\d+)?\.ome\.tiff?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """One input file: its path and how many 2D frames of which shape it holds."""
+
+    path: Path
+    n_frames: int
+    frame_shape: tuple[int, int]
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files to process, folders expanded to their TIFF files; plus one message per unusable path.
+
+    Returns
+    -------
+    files, errors
+        Absolute paths without duplicates, in the order given; ``errors`` name the path and the problem
+        (missing, or a folder without TIFF files).
+    """
+    files: dict[Path, None] = {}
+    errors: list[str] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in _TIFF_SUFFIXES
+                           and not p.name.startswith(".") and not _OUTPUT_NAME.search(p.name))
+            if not found:
+                errors.append(f"{entry}: folder holds no TIFF files to process")
+            files.update((p.resolve(), None) for p in found)
+        elif entry.is_file():
+            files[entry.resolve()] = None
+        else:
+            errors.append(f"{entry}: no such file or folder")
+    return list(files), errors
+
+
+def open_source(path: str | Path) -> FrameSource:
+    """Count the frames of an image file without reading its pixels (TIFF); others are read once.
+
+    Raises
+    ------
+    InputError
+        The file is missing, not an image, or holds no 2D frames.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES and path.is_file():
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if tif.series:
+                    series = tif.series[0]
+                    if _pages_are_planes(series):
+                        shape = tuple(int(n) for n in series.shape)
+                        return FrameSource(path, math.prod(shape[:-2]), (shape[-2], shape[-1]))
+        except Exception:
+            pass  # read_frames below gives the file's own, clear error
+    frames = read_frames(path)
+    return FrameSource(path, len(frames), tuple(frames[0].shape))
+
+
+def read_frame(path: str | Path, index: int) -> np.ndarray:
+    """Frame ``index`` of ``path``: equal to ``read_frames(path)[index]``, decoding only its page when possible.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read, ``index`` is out of range, or the frame is not a usable image.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES and path.is_file():
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0] if tif.series else None
+                if series is not None and _pages_are_planes(series):
+                    n = math.prod(series.shape[:-2])
+                    if not 0 <= index < n:
+                        raise InputError(f"{path}: frame {index} does not exist (the file has {n})")
+                    page = series.pages[index]
+                    if page is None:  # a plane the OME metadata lists but the file lacks
+                        raise InputError(f"{path}: frame {index} is missing from the file")
+                    frame = page.asarray()
+                    _check(path, frame, index, n)
+                    return frame
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{path}: cannot read frame {index} ({type(exc).__name__}: {exc})") from None
+    frames = read_frames(path)
+    if not 0 <= index < len(frames):
+        raise InputError(f"{path}: frame {index} does not exist (the file has {len(frames)})")
+    return frames[index]
+
+
+def _pages_are_planes(series: object) -> bool:
+    """True when each page of the series is one 2D plane (no RGB samples, no tiled volumes)."""
+    shape = tuple(series.shape)
+    if len(shape) < 2:
+        return False
+    pages = series.pages
+    keyframe = series.keyframe
+    return len(pages) == math.prod(shape[:-2]) and tuple(keyframe.shape) == shape[-2:]
+
+
+def _check(path: Path, frame: np.ndarray, index: int, n: int) -> None:
+    try:
+        check_frame(frame)
+    except InputError as exc:
+        where = f"{path}" if n == 1 else f"{path} (plane {index})"
+        raise InputError(f"{where}: {exc}") from None
