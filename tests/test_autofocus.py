@@ -156,3 +156,22 @@ def test_mda_with_an_autofocus_plan_records_the_corrections_in_the_frame_metadat
     by_position = {p: record for p, record, _ in frames}
     assert by_position[0]["z_correction_um"] == pytest.approx(-4.0, abs=1.5)
     assert by_position[1]["z_correction_um"] == pytest.approx(np.tan(np.radians(3.0)) * 300.0, abs=1.5)
+
+
+def test_cli_autofocus_on_the_simulator_and_its_bad_input(capsys) -> None:
+    import re
+
+    from typer.testing import CliRunner
+
+    from livepsf.cli import app, main
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["autofocus", "--size", "512", "--start-um", "15", "--sample", "cells"])
+    assert result.exit_code == 0, result.output
+    assert "one-frame" in result.output and "3 frames" in result.output
+    remaining = float(re.search(r"remaining defocus ([-+0-9.]+) µm", result.output).group(1))
+    assert abs(remaining) < 2.0
+    with pytest.raises(SystemExit) as info:
+        main(["autofocus", "--roi", "1,2"])
+    assert info.value.code == 2
+    assert "--roi '1,2'" in capsys.readouterr().err

@@ -495,6 +495,10 @@ def demo(
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
     overlay: str = typer.Option(None, "--overlay", help="Snapshot overlay: focus, astigmatism, depth, ..."),
     size: int = typer.Option(1024, "--size", help="Simulated camera frame side, px."),
+    focus_lock: bool = typer.Option(False, "--focus-lock", help="Hold the focus of --roi (whole frame) "
+                                    "against drift, headless; logs every correction."),
+    roi: str = typer.Option(None, "--roi", help="Focus-lock region x,y,width,height in pixels."),
+    drift: float = typer.Option(0.0, "--drift-um-per-min", help="Slow Z drift of the simulated sample."),
 ) -> None:
     """Live PSF maps of a simulated microscope (tilted printed grid, cylindrical lens)."""
     import logging
@@ -516,7 +520,10 @@ def demo(
     # 20 ms exposure (~50 fps): the simulated camera spends CPU on every frame (noise), which a real
     # camera does not; frames beyond the map rate would only be skipped.
     core = create_core(sample=sample, tilt_deg=tilt_deg, shape=(size, size), optics=net.optics,
-                       exposure_ms=20.0)
+                       exposure_ms=20.0, drift_um_per_min=drift)
+    if focus_lock:
+        _run_focus_lock(core, net, cal, frames=frames, stride=stride, roi=_parse_roi(roi))
+        return
     _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
               overlay=overlay, demo=True, label="demo")
 
@@ -532,21 +539,34 @@ def live(
     frames: int = typer.Option(300, "--frames", help="Headless: number of frames to map."),
     snapshot: Path = typer.Option(None, "--snapshot",
                                   help="Headless: PNG of the last frame with its overlay."),
+    focus_lock: bool = typer.Option(False, "--focus-lock", help="Hold the focus of --roi (whole frame) "
+                                    "against drift, headless; logs every correction (cylindrical lens in)."),
+    roi: str = typer.Option(None, "--roi", help="Focus-lock region x,y,width,height in pixels."),
 ) -> None:
     """Live PSF maps on a real microscope through Micro-Manager (pymmcore-plus)."""
+    _check_live_options(frames, None)
+    core = _micromanager_core(mm_config, camera)
+    net = _live_model(model)
+    cal, _ = _live_calibration(net, calibration)
+    if focus_lock:
+        _run_focus_lock(core, net, cal, frames=frames, stride=stride, roi=_parse_roi(roi), settle_s=0.2)
+        return
+    _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
+              overlay=None, demo=False, label="live")
+
+
+def _micromanager_core(mm_config: Path, camera: str | None):
+    """A ``CMMCorePlus`` with ``mm_config`` loaded (and ``camera`` chosen), or an InputError saying why not."""
     import logging
 
     from pymmcore_plus import CMMCorePlus, find_micromanager
 
     if not mm_config.is_file():
         raise InputError(f"{mm_config}: no such Micro-Manager configuration file")
-    _check_live_options(frames, None)
     logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)  # its discovery error, said better below
     if not find_micromanager():
         raise InputError(f"{mm_config}: no Micro-Manager installation (device adapters) found; install one "
                          "with `mmcore install` or set MICROMANAGER_PATH")
-    net = _live_model(model)
-    cal, _ = _live_calibration(net, calibration)
     core = CMMCorePlus()
     try:
         core.loadSystemConfiguration(str(mm_config))
@@ -560,8 +580,118 @@ def live(
         core.setCameraDevice(camera)
     if not core.getCameraDevice():
         raise InputError(f"{mm_config}: the configuration has no camera; name one with --camera")
-    _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
-              overlay=None, demo=False, label="live")
+    return core
+
+
+# -- autofocus and focus lock (issue 15) ---------------------------------------------------------------
+
+
+def _parse_roi(roi: str | None) -> tuple[int, int, int, int] | None:
+    if roi is None:
+        return None
+    parts = [p.strip() for p in roi.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise InputError(f"--roi {roi!r}: give x,y,width,height in pixels, e.g. 256,256,512,512")
+    return values  # type: ignore[return-value]
+
+
+def _run_focus_lock(core, net, cal, *, frames: int, stride: int, roi, settle_s: float = 0.0) -> None:
+    from livepsf.acquisition.focus_lock import FocusLock, run_focus_lock
+    from livepsf.acquisition.loop import LiveLoop
+    from livepsf.mapping import PSFMapper
+
+    def said(c) -> None:
+        console.print(f"  correction: drift {c.offset_um:+.2f} ± {c.sigma_um:.2f} µm ({c.source}), "
+                      f"Z {c.z_before_um:.2f} → {c.z_after_um:.2f} µm", highlight=False)
+
+    mapper = PSFMapper(net, stride_px=stride)
+    lock = FocusLock(core, roi=roi, calibration=cal, mapper=mapper, settle_s=settle_s, on_correction=said)
+    lock.engage()
+    console.print(f"[bold]focus lock[/] engaged at Z {core.getZPosition():.2f} µm (headless; the live window "
+                  f"has no lock toggle yet), {frames} maps", highlight=False)
+    run = run_focus_lock(LiveLoop(core, mapper, calibration=cal), lock, frames=frames,
+                         on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True))
+    console.print(f"[bold]summary[/]: {run.results} maps, {len(run.corrections)} corrections", highlight=False)
+    if not run.completed:
+        err_console.print(f"[bold red]error:[/] live view ended early: {run.reason}", highlight=False)
+        raise typer.Exit(code=1)
+
+
+@app.command("autofocus")
+def autofocus_command(
+    mm_config: Path = typer.Option(None, "--mm-config", help="Micro-Manager configuration (.cfg); default: "
+                                   "the simulated microscope."),
+    camera: str = typer.Option(None, "--camera", help="Camera device label (default: the configuration's)."),
+    model: str = typer.Option(None, "--model", help="Shipped model name or .pt file (default: default)."),
+    calibration: Path = typer.Option(None, "--calibration", help="Depth calibration JSON (default: one made "
+                                     "with the model in ./calibration, if any)."),
+    lens: bool = typer.Option(None, "--lens/--no-lens", help="Cylindrical lens in (default: in when a "
+                              "calibration is found; the simulator's lens follows it)."),
+    roi: str = typer.Option(None, "--roi", help="Region x,y,width,height in pixels (default: whole frame)."),
+    search: bool = typer.Option(False, "--search", help="Classical coarse-to-fine sharpness search only."),
+    max_frames: int = typer.Option(None, "--max-frames", help="Most frames (default 3 with lens, 4 without)."),
+    sample: str = typer.Option("cells", "--sample", help="Simulator: printed-grid, cells or filaments."),
+    start_um: float = typer.Option(25.0, "--start-um", help="Simulator: focus offset to start from, µm."),
+    size: int = typer.Option(1024, "--size", help="Simulator: frame side, px."),
+) -> None:
+    """Bring the sample into focus: one frame with the cylindrical lens, two without, else a search.
+
+    Exit code 1 when no focus was found (a blank field, or out of the searched range).
+    """
+    import logging
+
+    from livepsf.acquisition.autofocus import autofocus, search_focus
+    from livepsf.mapping import PSFMapper
+
+    net = _live_model(model)
+    cal, cal_path = _live_calibration(net, calibration)
+    use_lens = (cal is not None) if lens is None else lens
+    if use_lens and cal is None and not search:
+        raise InputError("--lens needs a depth calibration made with this model: pass --calibration FILE")
+    simulated = mm_config is None
+    lens_waves = None
+    if simulated:
+        from livepsf.sim import LENS_ASTIG_0_WAVES, SAMPLES, create_core
+
+        if sample not in SAMPLES:
+            raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
+        if not 128 <= size <= 4096:
+            raise InputError(f"--size {size}: use 128 to 4096 px")
+        logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
+        core = create_core(sample=sample, tilt_deg=0.0, lens=use_lens, shape=(size, size), optics=net.optics,
+                           z_um=start_um)
+        lens_waves = LENS_ASTIG_0_WAVES if use_lens else None
+    else:
+        core = _micromanager_core(mm_config, camera)
+    if cal_path is not None and use_lens:
+        console.print(f"depth calibration: {cal_path}")
+    if search:
+        result = search_focus(core, roi=_parse_roi(roi))
+    else:
+        result = autofocus(core, roi=_parse_roi(roi), mapper=PSFMapper(net, stride_px=64),
+                           calibration=cal if use_lens else None, lens=use_lens, lens_astig_waves=lens_waves,
+                           max_frames=max_frames)
+    for i, step in enumerate(result.steps, 1):
+        console.print(f"  frame {i}: Z {step.z_um:+.2f} µm, network {step.network_um:+.2f} ± "
+                      f"{step.network_sigma_um:.2f} µm, anisotropy {step.anisotropy:+.3f}, sharpness "
+                      f"{step.sharpness:.3f} → focus {step.focus_estimate_um:+.2f} ± {step.focus_sigma_um:.2f} µm "
+                      f"({step.method})", highlight=False, soft_wrap=True)
+    console.print(f"[bold]autofocus[/]: {result.summary()}", highlight=False, soft_wrap=True)
+    if simulated:
+        import numpy as np
+
+        from livepsf.sim import ground_truth
+
+        core.snapImage()
+        truth = ground_truth(core)
+        console.print(f"simulator truth: remaining defocus {float(np.median(truth.defocus_um)):+.2f} µm "
+                      f"(started {start_um:+.2f} µm)", highlight=False)
+    if result.offset_um != result.offset_um:  # NaN: no focus found
+        raise typer.Exit(code=1)
 
 
 

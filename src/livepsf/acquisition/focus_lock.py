@@ -33,7 +33,7 @@ import numpy as np
 from livepsf.acquisition.focus_signals import check_roi, image_focus_signals, network_offset
 from livepsf.errors import InputError
 
-__all__ = ["FocusCorrection", "FocusLock"]
+__all__ = ["FocusCorrection", "FocusLock", "FocusLockRun", "run_focus_lock"]
 
 logger = logging.getLogger("livepsf.focus_lock")
 
@@ -272,3 +272,63 @@ class FocusLock:
         self.core.setZPosition(float(z_um))
         self.core.waitForDevice(self.core.getFocusDevice())
         return float(self.core.getZPosition())
+
+
+@dataclass(frozen=True)
+class FocusLockRun:
+    """What :func:`run_focus_lock` did: results seen, corrections made, and why it ended."""
+
+    results: int
+    corrections: tuple[FocusCorrection, ...]
+    reason: str
+
+    @property
+    def completed(self) -> bool:
+        return self.reason == "completed"
+
+
+def run_focus_lock(loop: Any, lock: FocusLock, *, frames: int, timeout_s: float | None = None,
+                   on_tick: Callable[[Any], None] | None = None, tick_s: float = 1.0) -> FocusLockRun:
+    """Run a live loop with ``lock`` on its results until ``frames`` results (headless focus lock).
+
+    ``lock`` must be engaged; the loop (a :class:`~livepsf.acquisition.loop.LiveLoop`, not started) is
+    started here and stopped at the end. ``on_tick(loop.stats())`` is called every ``tick_s`` seconds.
+    """
+    if frames < 1:
+        raise InputError(f"frames must be at least 1, got {frames}")
+    if not lock.enabled:
+        raise InputError("engage the focus lock before running it")
+    done = threading.Event()
+    count = {"n": 0}
+    reason = {"text": "completed"}
+    first = len(lock.corrections)
+
+    def on_result(result: Any) -> None:
+        lock.on_result(result)
+        count["n"] += 1
+        if count["n"] >= frames:
+            done.set()
+            loop.stop()
+
+    def on_stopped(text: str) -> None:
+        if count["n"] < frames:
+            reason["text"] = text
+        done.set()
+
+    loop.resultReady.connect(on_result)
+    loop.stopped.connect(on_stopped)
+    deadline = time.monotonic() + (timeout_s if timeout_s is not None else 10.0 + frames)
+    loop.start()
+    try:
+        while not done.wait(tick_s):
+            if on_tick is not None:
+                on_tick(loop.stats())
+            if time.monotonic() > deadline:
+                reason["text"] = f"timed out after {count['n']} of {frames} maps"
+                break
+    finally:
+        loop.stop()
+        loop.wait(2.0)
+        loop.resultReady.disconnect(on_result)
+        loop.stopped.disconnect(on_stopped)
+    return FocusLockRun(count["n"], tuple(lock.corrections[first:]), reason["text"])
