@@ -127,6 +127,20 @@ def test_focus_lock_holds_a_drifting_sample_for_ten_minutes(calibration) -> None
     assert sum(c.z_after_um - c.z_before_um for c in corrections) == pytest.approx(20.0, abs=1.0)
 
 
+def test_focus_lock_on_a_live_loop_undoes_a_focus_jump(mapper, calibration) -> None:
+    from livepsf.acquisition.focus_lock import run_focus_lock
+    from livepsf.acquisition.loop import LiveLoop
+
+    core = create_core(sample="cells", tilt_deg=0.0, lens=True, shape=(256, 256), seed=4, exposure_ms=5.0)
+    lock = FocusLock(core, calibration=calibration)
+    lock.engage()
+    core.setZPosition(2.5)  # a knock of 2.5 µm while live
+    run = run_focus_lock(LiveLoop(core, mapper), lock, frames=30, tick_s=0.2)
+    assert run.completed and run.results == 30
+    assert 1 <= len(run.corrections) <= 3 and run.corrections[0].offset_um == pytest.approx(-2.5, abs=0.6)
+    assert abs(_centre_defocus_um(core)) < 0.6
+
+
 def test_focus_lock_needs_the_lens() -> None:
     core = create_core(sample="cells", tilt_deg=0.0, lens=False, shape=(256, 256))
     with pytest.raises(livepsf.InputError, match="lens"):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from livepsf.acquisition.focus_signals import check_roi, image_focus_signals, network_offset
+from livepsf.acquisition.loop import run_for_results
 from livepsf.errors import InputError
 
 __all__ = ["FocusCorrection", "FocusLock", "FocusLockRun", "run_focus_lock"]
@@ -87,7 +88,7 @@ class FocusLock:
         Largest single correction.
     settle_s
         After a move, frames read within this time (lock clock) are ignored; frames whose reported Z
-        (``frame_z_um``) is not yet the commanded one are ignored too.
+        (``frame_z_um``) is not the focus drive's present position are ignored too.
     mapper, calibration
         Optional network and its calibration, to size corrections beyond the anisotropy's linear range.
     clock
@@ -135,7 +136,6 @@ class FocusLock:
         self.noise: float = _R_NOISE_FLOOR
         self.enabled = False
         self._last_move_t = -math.inf
-        self._commanded_z: float | None = None
         self._lock = threading.Lock()
 
     # -- engagement ----------------------------------------------------------------------------------
@@ -172,7 +172,6 @@ class FocusLock:
             self.setpoint = float(np.mean(here))
             self.slope_per_um = float(slope)
             self.noise = float(noise)
-            self._commanded_z = z0
             self._last_move_t = self.clock()
             self.enabled = True
         logger.info("focus lock engaged at Z %.2f µm: anisotropy %.4f, slope %.4f /µm, noise %.4f",
@@ -213,8 +212,8 @@ class FocusLock:
         with self._lock:
             if now - self._last_move_t < self.settle_s:
                 return None
-            if frame_z_um is not None and self._commanded_z is not None \
-                    and abs(frame_z_um - self._commanded_z) > 0.05:
+            # A frame taken before the focus drive's last move (ours or anyone's) shows a stale focus.
+            if frame_z_um is not None and abs(frame_z_um - float(self.core.getZPosition())) > 0.05:
                 return None
             offset, sigma = self.estimate(frame)
             source = "anisotropy"
@@ -224,7 +223,6 @@ class FocusLock:
                 return None
             z_before = float(self.core.getZPosition())
             z_after = self._move(z_before + float(np.clip(offset, -self.max_step_um, self.max_step_um)))
-            self._commanded_z = z_after
             self._last_move_t = now
             correction = FocusCorrection(now, z_before, z_after, offset, sigma, source)
             self.corrections.append(correction)
@@ -294,41 +292,9 @@ def run_focus_lock(loop: Any, lock: FocusLock, *, frames: int, timeout_s: float 
     ``lock`` must be engaged; the loop (a :class:`~livepsf.acquisition.loop.LiveLoop`, not started) is
     started here and stopped at the end. ``on_tick(loop.stats())`` is called every ``tick_s`` seconds.
     """
-    if frames < 1:
-        raise InputError(f"frames must be at least 1, got {frames}")
     if not lock.enabled:
         raise InputError("engage the focus lock before running it")
-    done = threading.Event()
-    count = {"n": 0}
-    reason = {"text": "completed"}
     first = len(lock.corrections)
-
-    def on_result(result: Any) -> None:
-        lock.on_result(result)
-        count["n"] += 1
-        if count["n"] >= frames:
-            done.set()
-            loop.stop()
-
-    def on_stopped(text: str) -> None:
-        if count["n"] < frames:
-            reason["text"] = text
-        done.set()
-
-    loop.resultReady.connect(on_result)
-    loop.stopped.connect(on_stopped)
-    deadline = time.monotonic() + (timeout_s if timeout_s is not None else 10.0 + frames)
-    loop.start()
-    try:
-        while not done.wait(tick_s):
-            if on_tick is not None:
-                on_tick(loop.stats())
-            if time.monotonic() > deadline:
-                reason["text"] = f"timed out after {count['n']} of {frames} maps"
-                break
-    finally:
-        loop.stop()
-        loop.wait(2.0)
-        loop.resultReady.disconnect(on_result)
-        loop.stopped.disconnect(on_stopped)
-    return FocusLockRun(count["n"], tuple(lock.corrections[first:]), reason["text"])
+    results, reason = run_for_results(loop, frames, on_result=lock.on_result, on_tick=on_tick, tick_s=tick_s,
+                                      timeout_s=timeout_s)
+    return FocusLockRun(results, tuple(lock.corrections[first:]), reason)

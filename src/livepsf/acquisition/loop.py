@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
+from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
-__all__ = ["DepthModel", "FrameSink", "LiveLoop", "LiveResult", "LiveStats", "ResultRecorder"]
+__all__ = ["DepthModel", "FrameSink", "LiveLoop", "LiveResult", "LiveStats", "ResultRecorder", "run_for_results"]
 
 logger = logging.getLogger("livepsf.live")
 
@@ -708,6 +709,53 @@ class LiveLoop:
         logger.warning("%s", message)
         self._count_error(message)
         self.errorOccurred.emit(message)
+
+
+def run_for_results(loop: LiveLoop, frames: int, *, on_result: Callable[[LiveResult], None] | None = None,
+                    on_tick: Callable[[LiveStats], None] | None = None, tick_s: float = 1.0,
+                    timeout_s: float | None = None) -> tuple[int, str]:
+    """Start ``loop``, hand each result to ``on_result`` until ``frames`` results, then stop it.
+
+    Calls ``on_tick(loop.stats())`` every ``tick_s`` seconds meanwhile. Gives up after ``timeout_s``
+    (default: generous, ``10 + frames`` seconds). Returns ``(results, reason)``, the reason being
+    ``"completed"``, the loop's own reason when it stopped early, or the time-out.
+    """
+    if frames < 1:
+        raise InputError(f"frames must be at least 1, got {frames}")
+    done = threading.Event()
+    count = {"n": 0}
+    reason = {"text": "completed"}
+
+    def counted(result: LiveResult) -> None:
+        if on_result is not None:
+            on_result(result)
+        count["n"] += 1
+        if count["n"] >= frames:
+            done.set()
+            loop.stop()  # from the consumer thread: it ends after this result
+
+    def on_stopped(text: str) -> None:
+        if count["n"] < frames:
+            reason["text"] = text
+        done.set()
+
+    loop.resultReady.connect(counted)
+    loop.stopped.connect(on_stopped)
+    deadline = time.monotonic() + (timeout_s if timeout_s is not None else 10.0 + frames)
+    loop.start()
+    try:
+        while not done.wait(tick_s):
+            if on_tick is not None:
+                on_tick(loop.stats())
+            if time.monotonic() > deadline:
+                reason["text"] = f"timed out after {count['n']} of {frames} maps"
+                break
+    finally:
+        loop.stop()
+        loop.wait(2.0)
+        loop.resultReady.disconnect(counted)
+        loop.stopped.disconnect(on_stopped)
+    return count["n"], reason["text"]
 
 
 def _metadata_dict(md: Any) -> dict[str, str]:
