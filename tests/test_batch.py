@@ -26,10 +26,9 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def cluster():
     """A local cluster of 2 worker processes with one thread each, shared by the tests of this file."""
-    import logging
+    from livepsf.batch import local_cluster
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=logging.CRITICAL) as cluster:
+    with local_cluster(2) as cluster:
         yield cluster
 
 

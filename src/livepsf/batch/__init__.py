@@ -10,7 +10,7 @@ see :mod:`livepsf.batch.engine` for the design and why Dask is optional.
 - :mod:`~livepsf.batch.engine`: :func:`run_batch` on a Dask client, progress, resume.
 """
 
-from livepsf.batch.engine import BatchReport, SourceResult, connect, run_batch
+from livepsf.batch.engine import BatchReport, SourceResult, connect, local_cluster, run_batch
 from livepsf.batch.inputs import FrameSource, expand_inputs, open_source, read_frame
 from livepsf.batch.outputs import BatchOptions
 
@@ -21,6 +21,7 @@ __all__ = [
     "SourceResult",
     "connect",
     "expand_inputs",
+    "local_cluster",
     "open_source",
     "read_frame",
     "run_batch",
