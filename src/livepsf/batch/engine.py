@@ -127,7 +127,7 @@ def local_cluster(workers: int) -> Any:
     adaptive mmap threshold: every large torch buffer is then mapped and unmapped afresh, and a 512²
     deconvolution takes 3.5x as long (7.6 s instead of 2.2 s on the reference machine). Workers
     started here keep glibc's default; give your own cluster's workers the same setting
-    (``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null``).
+    (``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in a Dask config file).
     """
     import dask
     from distributed import LocalCluster
