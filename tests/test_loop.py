@@ -289,6 +289,38 @@ def test_depth_model_and_frame_sinks(mapper):
     assert seen == list(range(len(seen))) and len(seen) >= results[-1].image_number + 1
 
 
+def test_a_new_mapper_and_its_calibration_change_together(mapper):
+    """A network switch brings its own calibration: no frame is mapped by one and converted by the other's."""
+
+    class Tagged:  # the mapper of network ``tag``
+        def __init__(self, tag):
+            self.tag = tag
+
+        def __call__(self, frame):
+            return dataclasses.replace(mapper(frame), model_name=self.tag)
+
+    class CalibrationFor:  # like Calibration.check_model: refuses maps of another network
+        def __init__(self, tag):
+            self.tag = tag
+
+        def depth_um(self, pmap):
+            if pmap.model_name != self.tag:
+                raise ValueError(f"calibration of {self.tag} given a map of {pmap.model_name}")
+            return np.zeros(pmap.grid_shape, np.float32)
+
+    core = make_core(PatternCamera(exposure_ms=1.0))
+    loop = LiveLoop(core, Tagged("a"), calibration=CalibrationFor("a"))
+    results = collect(loop, 3)
+    for i in range(300):
+        tag = "ab"[i % 2]
+        loop.set_mapper(Tagged(tag), calibration=CalibrationFor(tag))
+        time.sleep(0.002)
+    loop.stop()
+    assert results and loop.stats(window_s=None).errors == 0
+    loop.set_mapper(Tagged("c"))  # without ``calibration``: the current one is kept
+    assert loop.mapper.tag == "c" and loop.calibration.tag == "b"
+
+
 @pytest.mark.slow
 def test_on_the_simulator_follows_the_focus_drive(mapper):
     sim = pytest.importorskip("livepsf.sim")

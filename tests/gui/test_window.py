@@ -114,6 +114,8 @@ def test_calibration_dialog_snaps_fits_and_sets_the_depth_overlay(qtbot, sim_cor
     dialog.use()
     assert window.calibration is dialog.calibration and "R²" in window.calibration_label.text()
     assert window.loop.calibration is dialog.calibration
+    assert window.open_calibration_dialog() is dialog  # one dialog per window, frames kept
+    assert dialog.frame_list.count() == 3
     window.shutdown()
 
 

@@ -60,6 +60,10 @@ _STOP_EVENT_GRACE_S = 0.25
 _Z_REFRESH_S = 0.25
 
 
+#: Default of :meth:`LiveLoop.set_mapper`'s ``calibration``: keep the current one.
+_UNCHANGED: Any = object()
+
+
 @dataclass(frozen=True)
 class LiveResult:
     """One mapped frame, as published by :class:`LiveLoop`.
@@ -261,8 +265,9 @@ class LiveLoop:
         restart_grace_s: float = 2.0,
     ) -> None:
         self.core = core
-        self._mapper = mapper
-        self._calibration = calibration
+        # One tuple, replaced in one assignment: a frame is never mapped with a new network and then
+        # converted to depth with the calibration of the old one.
+        self._pipeline: tuple[Callable[[np.ndarray], PSFMap], DepthModel | None] = (mapper, calibration)
         self.camera = camera
         self.interval_ms = float(interval_ms)
         self.max_consecutive_errors = int(max_consecutive_errors)
@@ -287,19 +292,24 @@ class LiveLoop:
     # -- configuration, safe while running ---------------------------------------------------------
     @property
     def mapper(self) -> Callable[[np.ndarray], PSFMap]:
-        return self._mapper
+        return self._pipeline[0]
 
-    def set_mapper(self, mapper: Callable[[np.ndarray], PSFMap]) -> None:
-        """Use another mapper (model, stride) from the next frame on."""
-        self._mapper = mapper
+    def set_mapper(self, mapper: Callable[[np.ndarray], PSFMap], *,
+                   calibration: DepthModel | None | object = _UNCHANGED) -> None:
+        """Use another mapper (model, stride) from the next frame on.
+
+        Pass ``calibration`` (a calibration or ``None``) to change it in the same step, as a change of
+        network requires: the loop never pairs the new mapper with the old calibration.
+        """
+        self._pipeline = (mapper, self._pipeline[1] if calibration is _UNCHANGED else calibration)
 
     @property
     def calibration(self) -> DepthModel | None:
-        return self._calibration
+        return self._pipeline[1]
 
     def set_calibration(self, calibration: DepthModel | None) -> None:
         """Use another depth calibration (or none) from the next frame on."""
-        self._calibration = calibration
+        self._pipeline = (self._pipeline[0], calibration)
 
     def add_frame_sink(self, sink: FrameSink) -> None:
         """Also hand every frame taken from the buffer to ``sink(frame, metadata)`` (e.g. a recorder).
@@ -575,7 +585,7 @@ class LiveLoop:
             for _ in range(2):
                 if self._stop_requested.is_set():
                     return
-                self._mapper(blank)
+                self.mapper(blank)
         except Exception:  # a frame too small for the model, say: the real frames will report it
             logger.debug("warm-up map failed", exc_info=True)
 
@@ -687,8 +697,8 @@ class LiveLoop:
             if previous is not None:
                 logger.info("frame size changed from %s to %s", previous, shape)
                 self.frameShapeChanged.emit(shape)
-        pmap = self._mapper(frame)
-        calibration = self._calibration
+        mapper, calibration = self._pipeline
+        pmap = mapper(frame)
         depth = None if calibration is None else np.asarray(calibration.depth_um(pmap), dtype=np.float32)
         t_mapped = time.perf_counter()
         result = LiveResult(frame=frame, pmap=pmap, depth_um=depth, image_number=number, skipped=skipped,

@@ -73,6 +73,8 @@ class OverlayField:
         pyqtgraph colour map name; diverging maps are centred on 0.
     message
         Shown instead of the overlay (e.g. ``"uncalibrated"``).
+    short_label
+        Title for a short axis (the focus trace), when ``label`` is too long for it.
     """
 
     kind: str
@@ -81,6 +83,12 @@ class OverlayField:
     levels: tuple[float, float]
     colormap: str
     message: str = ""
+    short_label: str = ""
+
+    @property
+    def axis_label(self) -> str:
+        """The short title when there is one, else the full label."""
+        return self.short_label or self.label
 
 
 def available_overlays(psf_model: str, calibrated: bool = True) -> list[str]:
@@ -152,7 +160,7 @@ def overlay_field(pmap: PSFMap, kind: str, depth_um: np.ndarray | None = None,
             return OverlayField(kind, None, "depth (µm)", (-span, span), "CET-D1A",
                                 "depth: uncalibrated (load or make a calibration)")
         return OverlayField(kind, np.asarray(depth_um, np.float32), "depth (µm, + above focus)",
-                            (-span, span), "CET-D1A")
+                            (-span, span), "CET-D1A", short_label="depth (µm)")
     raise ValueError(f"unknown overlay {kind!r}; choose one of {', '.join(OVERLAYS)}")
 
 

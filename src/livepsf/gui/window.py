@@ -92,6 +92,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._levels: tuple[float, float] | None = None
         self._colorbar_look: tuple | None = None
         self._recorder: Any = None
+        self._calibration_dialog: Any = None
         self.draw_count = 0
 
         self.setWindowTitle("livepsf — live PSF map" + (" (simulated microscope)" if demo else ""))
@@ -443,14 +444,19 @@ class LiveWindow(QtWidgets.QMainWindow):
             self._on_error(f"model not loaded: {exc}")
             self.model_combo.setCurrentIndex(0)
             return
-        self.model = model
-        self.loop.set_mapper(mapper)
+        dropped = ""
         if self.calibration is not None:
             try:
                 self.calibration.check_model(model)
             except Exception as exc:
-                self.set_calibration(None)
-                self._on_error(f"calibration dropped: {exc}")
+                dropped = f"calibration dropped: {exc}"
+        self.model = model
+        # Network and calibration change in one step: the loop must never pair the new network with a
+        # calibration made for the old one.
+        self.loop.set_mapper(mapper, calibration=None if dropped else self.calibration)
+        if dropped:
+            self.set_calibration(None)
+            self._on_error(dropped)
         self.model_combo.setItemText(0, f"{model.name} ({model.spec.name})")
         self.model_combo.setCurrentIndex(0)
         self.calibrate_button.setEnabled(model.spec.has_astigmatism and "focus" in model.spec.names)
@@ -504,12 +510,18 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.open_calibration_dialog()
 
     def open_calibration_dialog(self) -> Any:
-        """Show the tilted-grid calibration dialog; its "Use" button sets this window's calibration."""
+        """Show the tilted-grid calibration dialog (the same one each time, with the frames snapped so far);
+        its "Use" button sets this window's calibration."""
         from livepsf.gui.calibration import CalibrationDialog
 
-        dialog = CalibrationDialog(self, demo=self.demo)
-        dialog.calibrated.connect(self.set_calibration)
+        # One dialog per window, shown again on every "Calibrate…": a new one each time left the hidden
+        # old ones (with their frames and plots) alive as children of the window for as long as it is open.
+        dialog = self._calibration_dialog
+        if dialog is None:
+            dialog = self._calibration_dialog = CalibrationDialog(self, demo=self.demo)
+            dialog.calibrated.connect(self.set_calibration)
         dialog.show()
+        dialog.raise_()
         return dialog
 
     def current_frame(self) -> np.ndarray:
@@ -758,7 +770,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         if tfield.kind != self._trace_kind:
             self._trace.clear()
             self._trace_kind = tfield.kind
-            self.trace_plot.setLabel("left", tfield.label)
+            self.trace_plot.setLabel("left", tfield.axis_label)  # the trace is short: the long one is cut
         roi = None
         if self.roi_check.isChecked():
             (x, y), (w, h) = self.roi.pos(), self.roi.size()

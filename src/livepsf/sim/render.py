@@ -67,6 +67,9 @@ class DefocusRenderer:
         How many level PSFs to keep (they are reused across stage positions).
     level_cache_mb
         Memory for whole-frame level images when :meth:`render` is given a ``cache_key`` (see there).
+    spectrum_cache_mb
+        Memory for the Fourier transforms of level PSFs at the band sizes in use. A frame-sized
+        transform is about 5 MB: bounded by count alone, they grew to 1.4 GB in an hour of stage moves.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class DefocusRenderer:
         level_step_waves: float = 0.1,
         max_cached_psfs: int = 256,
         level_cache_mb: float = 256.0,
+        spectrum_cache_mb: float = 256.0,
     ) -> None:
         if not (math.isfinite(level_step_waves) and level_step_waves > 0):
             raise ValueError(f"level_step_waves must be positive, got {level_step_waves!r}")
@@ -85,6 +89,7 @@ class DefocusRenderer:
         self._levels: OrderedDict[tuple[Hashable, int, float, float], torch.Tensor] = OrderedDict()
         self._max_cached = int(max_cached_psfs)
         self._level_cache_bytes = int(level_cache_mb * 2**20)
+        self._spectrum_cache_bytes = int(spectrum_cache_mb * 2**20)
         self._lock = threading.Lock()
 
     # -- PSFs of the levels ----------------------------------------------------------------------
@@ -217,10 +222,7 @@ class DefocusRenderer:
         image = self._blur(canvas, offset, (0, shape[0], 0, shape[1]), level, astig_0_waves, astig_45_waves).contiguous()
         with self._lock:
             self._levels[key] = image
-            used = sum(v.numel() * v.element_size() for v in self._levels.values())
-            while used > self._level_cache_bytes and len(self._levels) > 1:
-                _, dropped = self._levels.popitem(last=False)
-                used -= dropped.numel() * dropped.element_size()
+            _evict_oldest(self._levels, self._level_cache_bytes)
         return image
 
     def clear_level_cache(self) -> None:
@@ -238,9 +240,19 @@ class DefocusRenderer:
         spectrum = torch.fft.rfft2(self.level_psf(level, astig_0_waves, astig_45_waves), s=fft_shape)
         with self._lock:
             self._spectra[key] = spectrum
-            while len(self._spectra) > self._max_cached:
-                self._spectra.popitem(last=False)
+            _evict_oldest(self._spectra, self._spectrum_cache_bytes, self._max_cached)
         return spectrum
+
+
+def _evict_oldest(cache: OrderedDict, max_bytes: int, max_items: int | None = None) -> None:
+    """Drop least recently used tensors until the cache holds at most ``max_bytes`` (and ``max_items``).
+
+    The newest entry always stays, so a single entry larger than the budget still works.
+    """
+    used = sum(v.numel() * v.element_size() for v in cache.values())
+    while len(cache) > 1 and (used > max_bytes or (max_items is not None and len(cache) > max_items)):
+        _, dropped = cache.popitem(last=False)
+        used -= dropped.numel() * dropped.element_size()
 
 
 def _fft_convolve_valid(crop: torch.Tensor, psf_spectrum: torch.Tensor, r: int, fft_shape: tuple[int, int]) -> torch.Tensor:
