@@ -33,14 +33,14 @@ def main() -> None:
     from qtpy import QtWidgets
 
     from livepsf.depth import Calibration
-    from livepsf.gui.app import _qt_app, find_calibration
+    from livepsf.gui.app import find_calibration, qt_application
     from livepsf.gui.window import LiveWindow
     from livepsf.net import load_model
     from livepsf.sim import create_core
 
     torch.set_num_threads(2)
     logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
-    app: QtWidgets.QApplication = _qt_app()
+    app: QtWidgets.QApplication = qt_application()
     model = load_model(args.model or "default")
     cal_path = Path(args.calibration) if args.calibration else find_calibration(model)
     cal = Calibration.load(cal_path, model=model) if cal_path else None

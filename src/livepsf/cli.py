@@ -7,13 +7,14 @@ library and prints; the work lives in the package modules.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from livepsf.deconv import DEFAULT_TV_WEIGHT
-from livepsf.errors import InputError
+from livepsf.errors import InputError, SetupError
 
 app = typer.Typer(
     name="livepsf",
@@ -458,10 +459,16 @@ def _check_live_options(frames: int, overlay: str | None) -> None:
 
 def _run_live(core, net, cal, *, headless: bool, frames: int, stride: int, snapshot: Path | None,
               overlay: str | None, demo: bool, label: str) -> None:
-    from livepsf.gui.app import has_display, run_headless, run_window
+    from livepsf.gui.app import check_display, has_display, run_headless, run_window
 
     if not headless and has_display():
-        raise typer.Exit(code=run_window(core, net, stride_px=stride, calibration=cal, demo=demo))
+        try:
+            check_display()
+        except SetupError as exc:  # Qt would abort the process: say what to install, then run headless
+            err_console.print(f"[yellow]warning:[/] {exc}; running headless", highlight=False)
+            os.environ["QT_QPA_PLATFORM"] = "offscreen"  # the snapshot is drawn without the display
+        else:
+            raise typer.Exit(code=run_window(core, net, stride_px=stride, calibration=cal, demo=demo))
     if snapshot is None:
         from livepsf.imageio import output_path
 
@@ -817,12 +824,12 @@ def deconvolve_images(
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``livepsf`` console script and of ``python -m livepsf``.
 
-    typer's standalone mode already turns usage errors into exit code 2; an :class:`InputError` raised
-    anywhere below a command becomes the same one-line message and exit code 2.
+    typer's standalone mode already turns usage errors into exit code 2; an :class:`InputError` or
+    :class:`SetupError` raised anywhere below a command becomes the same one-line message and exit code 2.
     """
     try:
         app(args=argv)
-    except InputError as exc:
+    except (InputError, SetupError) as exc:
         raise SystemExit(fail_input(str(exc)).exit_code) from None
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,10 +21,20 @@ from typing import Any
 import numpy as np
 
 from livepsf.acquisition.loop import LiveLoop, LiveResult, LiveStats
-from livepsf.errors import InputError
+from livepsf.errors import InputError, SetupError
 from livepsf.mapping import PSFMapper
 
-__all__ = ["HeadlessRun", "find_calibration", "has_display", "run_headless", "run_window", "save_snapshot"]
+__all__ = [
+    "HeadlessRun",
+    "check_qt_binding",
+    "find_calibration",
+    "has_display",
+    "missing_display_libraries",
+    "qt_application",
+    "run_headless",
+    "run_window",
+    "save_snapshot",
+]
 
 
 def has_display() -> bool:
@@ -156,15 +169,98 @@ def run_headless(core: Any, model: Any, *, frames: int = 300, stride_px: int = 6
     return HeadlessRun(stats=stats, results=count["n"], reason=reason["text"], snapshot=path, last=last)
 
 
-def _qt_app() -> Any:
+def missing_display_libraries() -> list[str]:
+    """System libraries that Qt's X11 platform plugin (xcb) needs and this machine lacks.
+
+    Qt aborts the whole process (a core dump, not an exception) when its platform plugin cannot be
+    loaded, so this is asked before a window is created. Empty when nothing is missing, when the session
+    is not an X11 one, or when ``ldd`` is not available to ask.
+    """
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if os.name == "nt" or os.uname().sysname == "Darwin" or (platform and not platform.startswith("xcb")):
+        return []
+    if not platform and os.environ.get("WAYLAND_DISPLAY"):
+        return []  # Qt prefers Wayland there
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return []
+    from qtpy import QtCore
+
+    plugin = Path(QtCore.QLibraryInfo.path(QtCore.QLibraryInfo.LibraryPath.PluginsPath)) / "platforms" / "libqxcb.so"
+    if not plugin.exists():
+        return []
+    try:
+        out = subprocess.run([ldd, str(plugin)], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    missing = {line.split("=>")[0].strip() for line in out.splitlines() if "not found" in line}
+    return sorted(missing)
+
+
+def _debian_package(soname: str) -> str:
+    """Debian/Ubuntu package name of a library soname (``libxcb-icccm.so.4`` -> ``libxcb-icccm4``)."""
+    base, _, version = soname.partition(".so.")
+    return f"{base}-{version}" if base[-1:].isdigit() else f"{base}{version}"
+
+
+def check_display() -> None:
+    """Raise :class:`~livepsf.errors.SetupError` naming the packages to install when X11 libraries are missing."""
+    missing = missing_display_libraries()
+    if missing:
+        packages = " ".join(_debian_package(m) for m in missing)
+        raise SetupError(f"the Qt window needs system libraries this machine lacks ({', '.join(missing)}); on "
+                         f"Debian/Ubuntu: apt-get install {packages} (or run with --headless)")
+
+
+def check_qt_binding(void_call: Callable[[], object] | None = None) -> None:
+    """Refuse a Qt binding that drops references to ``None`` (PySide6 6.12.0 on Python < 3.12).
+
+    Such a binding takes one reference from ``None`` on every call of a Qt method that returns nothing;
+    on Python < 3.12, where ``None`` is reference-counted, a live window then dies with ``none_dealloc``
+    within a minute. Measured, not looked up by version, so a fixed release passes. Needs a Qt application.
+
+    Parameters
+    ----------
+    void_call
+        The call to measure (default: ``QPainterPath.addRect``, which the live window makes per frame).
+    """
+    if sys.version_info >= (3, 12):
+        return  # None is immortal: the defect is harmless there
+    from qtpy import API_NAME, QT_VERSION, QtCore, QtGui
+
+    if void_call is None:
+        path, rect = QtGui.QPainterPath(), QtCore.QRectF(0, 0, 1, 1)
+        void_call = lambda: path.addRect(rect)  # noqa: E731
+    calls = 200
+    before = sys.getrefcount(None)
+    for _ in range(calls):
+        void_call()
+    lost = before - sys.getrefcount(None)
+    if lost >= calls // 2:
+        raise SetupError(f"{API_NAME} (Qt {QT_VERSION}) loses a reference to None on every call; on Python "
+                         f"{sys.version_info.major}.{sys.version_info.minor} a window would crash within a "
+                         f"minute. Install the tested version: pip install -c constraints.txt PySide6-Essentials")
+
+
+def qt_application() -> Any:
+    """The process's ``QApplication`` (created on first use, offscreen without a display).
+
+    Raises
+    ------
+    SetupError
+        The display's platform plugin cannot load (missing system libraries) or the Qt binding is one
+        that would crash a long-running window.
+    """
     if not has_display():
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
     from qtpy import QtCore, QtWidgets
 
     app = QtWidgets.QApplication.instance()
     if app is None:
+        check_display()
         QtCore.qInstallMessageHandler(_qt_message)
         app = QtWidgets.QApplication(["livepsf"])
+        check_qt_binding()
     return app
 
 
@@ -180,7 +276,7 @@ def _qt_message(mode: Any, context: Any, message: str) -> None:
 def save_snapshot(core: Any, model: Any, result: LiveResult, path: Path, *, calibration: Any = None,
                   overlay: str | None = None, stride_px: int = 64, demo: bool = False) -> Path:
     """Draw ``result`` as the live window would and save the image, overlay and colour bars as PNG."""
-    app = _qt_app()
+    app = qt_application()
     from livepsf.gui.window import LiveWindow
 
     window = LiveWindow(core, model, stride_px=stride_px, calibration=calibration, demo=demo)
@@ -209,7 +305,7 @@ def save_snapshot(core: Any, model: Any, result: LiveResult, path: Path, *, cali
 def run_window(core: Any, model: Any, *, stride_px: int = 64, calibration: Any = None, demo: bool = False,
                start: bool = True) -> int:
     """Show the live window until it is closed; returns the Qt exit code."""
-    app = _qt_app()
+    app = qt_application()
     from livepsf.gui.window import LiveWindow
 
     window = LiveWindow(core, model, stride_px=stride_px, calibration=calibration, demo=demo)
