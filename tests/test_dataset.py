@@ -209,3 +209,24 @@ def test_noise_free_patches_are_expected_values_and_the_camera_never_saturates()
     assert float(patches.max()) < 0.9 * 65535 + 1000  # noise of up to ~1000 ADU above the expected peak
     noisy = patches[~nf, 0].double() - expected[~nf]
     assert float(noisy.std()) > 1.0 and torch.equal(patches[~nf], patches[~nf].round())
+
+
+def test_shortcut_statistics_measure_what_they_say():
+    """Noise level, orientation and contrast statistics behave on known patches; the report's R² is sane."""
+    from livepsf.data.shortcuts import patch_statistics, shortcut_report
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 64, 64, generator=g) * 10 + 500
+    ramp = torch.linspace(0, 1, 64)[None, None, :].expand(2, 64, 64) * 100 + 500
+    lines = torch.from_numpy(np.stack([T.lines((64, 64), np.random.default_rng(i), n_lines=0, spacing_px=9.0,
+                                               width_px=3.0, angle_deg=20.0) for i in range(2)]))
+    stats = patch_statistics(torch.cat([noise, ramp, lines]))
+    assert np.all(np.abs(stats["noise"][:2] - 1.0) < 0.1) and np.all(stats["noise"][2:4] < 0.05)
+    assert np.all(stats["orientation"][4:] > 0.9) and np.all(stats["orientation"][:2] < 0.2)
+    # A label that is a function of the mean is found; an independent one is not.
+    spec = get_psf_model("G-2")
+    x = torch.rand(400, 1, 16, 16, generator=g) * torch.linspace(1, 100, 400)[:, None, None, None]
+    u = torch.rand(400, generator=g)
+    targets = torch.stack([torch.zeros(400), torch.linspace(0, 1, 400), u], dim=1)
+    report = shortcut_report(x, targets, spec)
+    assert report["mean"]["variance_x"] > 0.9 and report["mean"]["variance_y"] < 0.1
