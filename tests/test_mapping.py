@@ -248,6 +248,24 @@ def test_fill_inside_a_blank_region_uses_nearest_valid_windows_inverse_distance_
     assert (filled[:, mask] >= lo[:, None] - 1e-5).all() and (filled[:, mask] <= hi[:, None] + 1e-5).all()
 
 
+def test_fill_weights_neighbours_by_inverse_variance():
+    """A confident neighbour (small σ) dominates the fill; equal σ gives the plain mean, as without σ."""
+    values = np.array([[0.0, 1.0, 0.0], [2.0, 9.0, 4.0], [0.0, 3.0, 0.0]], np.float32)
+    mask = np.zeros((3, 3), bool)
+    mask[1, 1] = True
+    sigma = np.ones((3, 3), np.float32)
+    np.testing.assert_allclose(fill_invalid(values, mask, sigma)[1, 1], 2.5)
+    np.testing.assert_allclose(fill_invalid(values, mask, sigma), fill_invalid(values, mask))
+    sigma[0, 1] = 0.1                                           # the neighbour holding 1.0: 100x the weight
+    np.testing.assert_allclose(fill_invalid(values, mask, sigma)[1, 1], (100 * 1 + 2 + 4 + 3) / 103, rtol=1e-6)
+    # Far from any valid window: 1/d weights times 1/σ² (here two equally distant sources).
+    grid = np.zeros((1, 5), np.float32)
+    grid[0, 0], grid[0, 4] = 1.0, 5.0
+    far = np.array([[False, True, True, True, False]])
+    sig = np.array([[1.0, 1.0, 1.0, 1.0, 3.0]], np.float32)
+    np.testing.assert_allclose(fill_invalid(grid, far, sig)[0, 2], (1.0 + 5.0 / 9) / (1 + 1 / 9), rtol=1e-6)
+
+
 def test_fill_leaves_all_invalid_and_all_valid_grids_unchanged():
     values = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)
     np.testing.assert_array_equal(fill_invalid(values, np.ones((4, 5), bool)), values)

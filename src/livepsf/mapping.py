@@ -229,7 +229,8 @@ class PSFMapper:
     (row) in the original frame's pixel coordinates (pixel centres at integers).
 
     **Invalid windows** (probability > :data:`INVALID_THRESHOLD`) get values filled in from valid
-    ones by :func:`fill_invalid`; the raw probabilities stay in :attr:`PSFMap.invalid`. When every window
+    ones by :func:`fill_invalid` (weighted by ``1 / σ²`` for networks with uncertainty); the raw
+    probabilities stay in :attr:`PSFMap.invalid`. When every window
     is invalid nothing can be filled: the map keeps the network's raw values and
     :attr:`PSFMap.all_invalid` is True.
 
@@ -332,7 +333,9 @@ class PSFMapper:
         values, invalid = stacked[:n], np.ascontiguousarray(stacked[n])
         sigma = {name: np.ascontiguousarray(stacked[n + 1 + i]) for i, name in enumerate(self.spec.names)} \
             if self.model.has_sigma else {}
-        filled = fill_invalid(values, invalid > INVALID_THRESHOLD)
+        # Inverse-variance weighting where the network gives σ: confident neighbours count more.
+        filled = fill_invalid(values, invalid > INVALID_THRESHOLD,
+                              np.stack([sigma[name] for name in self.spec.names]) if sigma else None)
         centers_y, centers_x = self.window_centres(shape)
         return PSFMap(
             params={name: filled[i] for i, name in enumerate(self.spec.names)},
@@ -416,7 +419,7 @@ class PSFMapper:
         return f"PSFMapper({self.model!r}, stride_px={self.stride_px}, device={str(self.device)!r})"
 
 
-def fill_invalid(values: np.ndarray, invalid_mask: np.ndarray) -> np.ndarray:
+def fill_invalid(values: np.ndarray, invalid_mask: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
     """Fill invalid windows of parameter grids from valid ones (paper, Section II-F).
 
     An invalid window with at least one valid 4-connected neighbour gets the inverse-distance-weighted
@@ -434,6 +437,10 @@ def fill_invalid(values: np.ndarray, invalid_mask: np.ndarray) -> np.ndarray:
         ``(gy, gx)`` or ``(N, gy, gx)`` parameter grids.
     invalid_mask
         ``(gy, gx)`` bool, True where a window is invalid.
+    sigma
+        Optional standard deviations of ``values`` (same shape). Each valid source then also weighs
+        ``1 / σ²`` (inverse-variance weighting, per parameter): a confident neighbour counts more than
+        one whose content could not reveal the parameter. Which windows are sources does not change.
 
     Returns
     -------
@@ -451,14 +458,22 @@ def fill_invalid(values: np.ndarray, invalid_mask: np.ndarray) -> np.ndarray:
     valid = ~mask
     if valid.all() or not valid.any():
         return grids[0] if single else grids
-    weight = valid.astype(np.float32)
-    sums = np.pad(np.where(valid, grids, 0.0), ((0, 0), (1, 1), (1, 1)))
-    counts = np.pad(weight, 1)
-    neighbour_sum = sums[:, :-2, 1:-1] + sums[:, 2:, 1:-1] + sums[:, 1:-1, :-2] + sums[:, 1:-1, 2:]
-    neighbour_count = counts[:-2, 1:-1] + counts[2:, 1:-1] + counts[1:-1, :-2] + counts[1:-1, 2:]
+    if sigma is None:
+        source_weight = np.broadcast_to(valid.astype(np.float32), grids.shape)
+    else:
+        sig = np.asarray(sigma, dtype=np.float32).reshape(grids.shape)
+        source_weight = np.where(valid, 1.0 / np.maximum(sig, 1e-12) ** 2, 0.0).astype(np.float32)
+
+    def four_neighbours(a: np.ndarray) -> np.ndarray:
+        p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (1, 1)])
+        return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+
+    neighbour_sum = four_neighbours(np.where(valid, grids * source_weight, 0.0))
+    neighbour_weight = four_neighbours(source_weight)
+    neighbour_count = four_neighbours(valid.astype(np.float32))
     near = mask & (neighbour_count > 0)
     out = grids.copy()
-    out[:, near] = neighbour_sum[:, near] / neighbour_count[near]
+    out[:, near] = neighbour_sum[:, near] / neighbour_weight[:, near]
     far = mask & (neighbour_count == 0)
     if far.any():
         from scipy.spatial import cKDTree
@@ -473,9 +488,10 @@ def fill_invalid(values: np.ndarray, invalid_mask: np.ndarray) -> np.ndarray:
         idx = np.reshape(idx, (len(far_yx), k))
         fourth = dist[:, min(4, k) - 1 : min(4, k)]
         inv = np.where(dist <= fourth * (1.0 + 1e-9), 1.0 / dist, 0.0)  # dist >= sqrt(2) for far windows
-        inv /= inv.sum(axis=1, keepdims=True)
+        weights = inv[None] * source_weight[:, valid][:, idx]  # (N, n_far, k)
+        weights /= weights.sum(axis=-1, keepdims=True)
         sources = grids[:, valid][:, idx]  # (N, n_far, k); grids[:, valid] is in argwhere order
-        out[:, far] = (sources * inv.astype(np.float32)).sum(axis=-1)
+        out[:, far] = (sources * weights.astype(np.float32)).sum(axis=-1)
     return out[0] if single else out
 
 
@@ -547,7 +563,8 @@ def save_psfmaps(path: str | Path, maps: Sequence[PSFMap], overwrite: bool = Fal
         "invalid_threshold": INVALID_THRESHOLD,
         "all_invalid": [m.all_invalid for m in maps],
         "filling": "invalid windows hold the mean of valid 4-neighbours, else the 1/d-weighted mean of "
-                   "the 4 nearest valid windows; all-invalid maps hold raw values",
+                   "the 4 nearest valid windows (maps with sigma: each source also weighted by 1/sigma^2); "
+                   "all-invalid maps hold raw values",
     }
     step_um = float(first.stride_px * first.optics.pixel_size_um)
     metadata = {
