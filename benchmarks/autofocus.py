@@ -86,7 +86,8 @@ def main() -> None:
     starts = np.linspace(-40.0, 40.0, args.starts)
     print(f"# autofocus benchmark: {args.starts} starts over ±40 µm, {args.size}² frames, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({args.threads} thread)")
-    print("| sample | lens | method | median \\|error\\| µm | p95 µm | max µm | frames | moves | time s | fallbacks |")
+    print("| sample | lens | method | median \\|error\\| µm | p95 µm | max µm | frames | moves | time s "
+          "| fallbacks |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     everything = []
     t0 = time.perf_counter()

@@ -147,7 +147,8 @@ def test_focus_lock_needs_the_lens() -> None:
         FocusLock(core).engage()
 
 
-def test_mda_with_an_autofocus_plan_records_the_corrections_in_the_frame_metadata(mapper, calibration) -> None:
+def test_mda_with_an_autofocus_plan_records_the_corrections_in_the_frame_metadata(mapper,
+                                                                                   calibration) -> None:
     # A tilted slide: the second position (300 µm along x) lies tan(3°) · 300 = 15.7 µm higher.
     core = create_core(sample="cells", tilt_deg=3.0, lens=True, shape=SHAPE, seed=1)
     engine = LivePSFAutofocusEngine(core, mapper=mapper, calibration=calibration,

@@ -563,7 +563,7 @@ def live(
 
 
 def _micromanager_core(mm_config: Path, camera: str | None):
-    """A ``CMMCorePlus`` with ``mm_config`` loaded (and ``camera`` chosen), or an InputError saying why not."""
+    """A ``CMMCorePlus`` with ``mm_config`` loaded (and ``camera`` chosen); an InputError says why not."""
     import logging
 
     from pymmcore_plus import CMMCorePlus, find_micromanager
@@ -622,7 +622,8 @@ def _run_focus_lock(core, net, cal, *, frames: int, stride: int, roi, settle_s: 
                   f"has no lock toggle yet), {frames} maps", highlight=False)
     run = run_focus_lock(LiveLoop(core, mapper, calibration=cal), lock, frames=frames,
                          on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True))
-    console.print(f"[bold]summary[/]: {run.results} maps, {len(run.corrections)} corrections", highlight=False)
+    console.print(f"[bold]summary[/]: {run.results} maps, {len(run.corrections)} corrections",
+                  highlight=False)
     if not run.completed:
         err_console.print(f"[bold red]error:[/] live view ended early: {run.reason}", highlight=False)
         raise typer.Exit(code=1)
@@ -640,7 +641,7 @@ def autofocus_command(
                               "calibration is found; the simulator's lens follows it)."),
     roi: str = typer.Option(None, "--roi", help="Region x,y,width,height in pixels (default: whole frame)."),
     search: bool = typer.Option(False, "--search", help="Classical coarse-to-fine sharpness search only."),
-    max_frames: int = typer.Option(None, "--max-frames", help="Most frames (default 3 with lens, 4 without)."),
+    max_frames: int = typer.Option(None, "--max-frames", help="Most frames (3 with lens, 4 without)."),
     sample: str = typer.Option("cells", "--sample", help="Simulator: printed-grid, cells or filaments."),
     start_um: float = typer.Option(25.0, "--start-um", help="Simulator: focus offset to start from, µm."),
     size: int = typer.Option(1024, "--size", help="Simulator: frame side, px."),
@@ -685,8 +686,8 @@ def autofocus_command(
     for i, step in enumerate(result.steps, 1):
         console.print(f"  frame {i}: Z {step.z_um:+.2f} µm, network {step.network_um:+.2f} ± "
                       f"{step.network_sigma_um:.2f} µm, anisotropy {step.anisotropy:+.3f}, sharpness "
-                      f"{step.sharpness:.3f} → focus {step.focus_estimate_um:+.2f} ± {step.focus_sigma_um:.2f} µm "
-                      f"({step.method})", highlight=False, soft_wrap=True)
+                      f"{step.sharpness:.3f} → focus {step.focus_estimate_um:+.2f} ± "
+                      f"{step.focus_sigma_um:.2f} µm ({step.method})", highlight=False, soft_wrap=True)
     console.print(f"[bold]autofocus[/]: {result.summary()}", highlight=False, soft_wrap=True)
     if simulated:
         import numpy as np

@@ -294,7 +294,8 @@ def _sharpness_fit(zf: np.ndarray, z: np.ndarray, s: np.ndarray) -> np.ndarray:
     return best / max(best.min() / dof, 1.0)
 
 
-def _estimate_focus(obs: Sequence[_Observation], signed: bool, split_um: float | None) -> tuple[float, float, str]:
+def _estimate_focus(obs: Sequence[_Observation], signed: bool,
+                    split_um: float | None) -> tuple[float, float, str]:
     """Fuse every frame so far into one focus position ± σ (µm) and say which signal decided it."""
     known = [o.z_um + o.network.offset_um for o in obs if o.network.ok and o.network.signed]
     dist = [abs(o.network.offset_um) for o in obs if o.network.ok]
@@ -320,7 +321,8 @@ def _estimate_focus(obs: Sequence[_Observation], signed: bool, split_um: float |
             # Two frames: the sharper one is the closer one; make the other branch pay for it.
             a, b = obs
             closer_b = b.image.sharpness > a.image.sharpness
-            wrong = (np.abs(zf - b.z_um) > np.abs(zf - a.z_um)) if closer_b else (np.abs(zf - a.z_um) > np.abs(zf - b.z_um))
+            near_a, near_b = np.abs(zf - a.z_um), np.abs(zf - b.z_um)
+            wrong = (near_b > near_a) if closer_b else (near_a > near_b)
             cost = cost + np.where(wrong, 25.0, 0.0)
             method = "network+pair"
     best, sigma = _profile_sigma(zf, cost)
@@ -440,13 +442,14 @@ def autofocus(
         if not any(o.network.ok for o in obs):
             uncertain = (f"the network estimate is uncertain ({net.n_windows} usable windows"
                          f"{'' if math.isnan(net.sigma_um) else f', σ {net.sigma_um:.1f} µm'})")
-            steps.append(FocusStep(z, math.nan, math.nan, image.anisotropy, image.sharpness, math.nan, math.nan,
-                                   "uncertain"))
+            steps.append(FocusStep(z, math.nan, math.nan, image.anisotropy, image.sharpness, math.nan,
+                                   math.nan, "uncertain"))
             break
         estimate, sigma, how = _estimate_focus(obs, signed, split)
         steps.append(FocusStep(z, net.offset_um, net.sigma_um, image.anisotropy, image.sharpness,
                                estimate, sigma, how))
-        logger.debug("autofocus frame %d at %.2f µm: %s -> focus %.2f ± %.2f µm", k + 1, z, how, estimate, sigma)
+        logger.debug("autofocus frame %d at %.2f µm: %s -> focus %.2f ± %.2f µm", k + 1, z, how, estimate,
+                     sigma)
         if abs(estimate - z) <= tolerance_um and sigma <= tolerance_um:
             break
         if not signed and k == 0:
@@ -471,16 +474,16 @@ def autofocus(
     if uncertain or not math.isfinite(sigma):
         reason = uncertain or f"the estimate stayed uncertain (σ {sigma:.1f} µm)"
         if not fallback:
-            return AutofocusResult(z_end, start, estimate - z_end if math.isfinite(estimate) else math.nan, sigma,
-                                   stage.frames, stage.moves, time.perf_counter() - t0, method, False, False,
-                                   reason, tuple(steps))
+            remaining = estimate - z_end if math.isfinite(estimate) else math.nan
+            return AutofocusResult(z_end, start, remaining, sigma, stage.frames, stage.moves,
+                                   time.perf_counter() - t0, method, False, False, reason, tuple(steps))
         search = search_focus(core, roi=roi, centre_um=start, range_um=search_range_um,
                               z_limits_um=z_limits_um, _stage=stage)
         message = f"{reason}; classical search: {search.message}" if search.message else \
             f"{reason}; classical search used"
-        return AutofocusResult(search.z_um, start, search.offset_um, search.sigma_um, stage.frames, stage.moves,
-                               time.perf_counter() - t0, "search", True, search.converged, message,
-                               tuple(steps) + search.steps)
+        return AutofocusResult(search.z_um, start, search.offset_um, search.sigma_um, stage.frames,
+                               stage.moves, time.perf_counter() - t0, "search", True, search.converged,
+                               message, tuple(steps) + search.steps)
     return AutofocusResult(z_end, start, estimate - z_end, sigma, stage.frames, stage.moves,
                            time.perf_counter() - t0, method, False, sigma <= tolerance_um, "", tuple(steps))
 
@@ -521,7 +524,8 @@ def search_focus(
         s = image_focus_signals(frame, check_roi(roi, frame.shape))
         zs.append(z_at)
         ss.append(s.sharpness)
-        steps.append(FocusStep(z_at, math.nan, math.nan, s.anisotropy, s.sharpness, math.nan, math.nan, "search"))
+        steps.append(FocusStep(z_at, math.nan, math.nan, s.anisotropy, s.sharpness, math.nan, math.nan,
+                               "search"))
 
     for z in np.linspace(centre - range_um, centre + range_um, coarse_steps):
         measure(float(z))

@@ -250,7 +250,8 @@ class FocusLock:
 
     # -- helpers -------------------------------------------------------------------------------------
     def _anisotropy(self, frame: np.ndarray) -> float:
-        return image_focus_signals(frame, check_roi(self.roi, np.shape(frame)), self.lens_direction).anisotropy
+        roi = check_roi(self.roi, np.shape(frame))
+        return image_focus_signals(frame, roi, self.lens_direction).anisotropy
 
     def _far(self, frame: np.ndarray, pmap: Any, offset: float, sigma: float) -> tuple[float, float, str]:
         """Beyond the linear range: the network's signed offset if it can be had, else the direction only."""

@@ -40,7 +40,9 @@ from psygnal import Signal
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
-__all__ = ["DepthModel", "FrameSink", "LiveLoop", "LiveResult", "LiveStats", "ResultRecorder", "run_for_results"]
+__all__ = [
+    "DepthModel", "FrameSink", "LiveLoop", "LiveResult", "LiveStats", "ResultRecorder", "run_for_results",
+]
 
 logger = logging.getLogger("livepsf.live")
 

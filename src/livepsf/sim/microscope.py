@@ -383,11 +383,14 @@ class SimScene:
         if oy % th == 0 and ox % tw == 0:
             return self._tile(state, oy // th, ox // tw, (th, tw))
         region = np.empty((th, tw), dtype=np.float32)
-        for i, j in itertools.product(range(oy // th, (oy + th - 1) // th + 1), range(ox // tw, (ox + tw - 1) // tw + 1)):
+        rows = range(oy // th, (oy + th - 1) // th + 1)
+        cols = range(ox // tw, (ox + tw - 1) // tw + 1)
+        for i, j in itertools.product(rows, cols):
             y0, y1 = max(oy, i * th), min(oy + th, (i + 1) * th)
             x0, x1 = max(ox, j * tw), min(ox + tw, (j + 1) * tw)
             tile = self._tile(state, i, j, (th, tw))
-            region[y0 - oy : y1 - oy, x0 - ox : x1 - ox] = tile[y0 - i * th : y1 - i * th, x0 - j * tw : x1 - j * tw]
+            region[y0 - oy : y1 - oy, x0 - ox : x1 - ox] = \
+                tile[y0 - i * th : y1 - i * th, x0 - j * tw : x1 - j * tw]
         return region
 
     def _tile(self, state: SceneState, i: int, j: int, shape: tuple[int, int]) -> np.ndarray:
@@ -416,8 +419,9 @@ def _validated(state: SceneState) -> SceneState:
     if abs(state.tilt_deg) >= 45:
         raise ValueError(f"tilt_deg must be within ±45°, got {state.tilt_deg!r}")
     return replace(state, z_um=float(state.z_um), tilt_deg=float(state.tilt_deg),
-                   curvature_per_mm=float(state.curvature_per_mm), seed=int(state.seed), lens_in=bool(state.lens_in),
-                   x_um=float(state.x_um), y_um=float(state.y_um), sample_z_um=float(state.sample_z_um))
+                   curvature_per_mm=float(state.curvature_per_mm), seed=int(state.seed),
+                   lens_in=bool(state.lens_in), x_um=float(state.x_um), y_um=float(state.y_um),
+                   sample_z_um=float(state.sample_z_um))
 
 
 @contextmanager
