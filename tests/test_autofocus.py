@@ -61,6 +61,17 @@ def test_one_frame_autofocus_with_the_lens_converges_from_far_and_near(mapper, c
         assert len(result.steps) == result.frames
 
 
+def test_a_region_of_a_tilted_sample_is_focused_at_its_own_height(mapper, calibration) -> None:
+    core = create_core(sample="cells", tilt_deg=4.0, lens=True, shape=SHAPE, seed=2)
+    right = (320, 0, 192, 512)  # columns 320-511: the surface there is 6-10 µm above the centre's
+    result = autofocus(core, mapper=mapper, calibration=calibration, roi=right,
+                       lens_astig_waves=LENS_ASTIG_0_WAVES)
+    core.snapImage()
+    defocus = ground_truth(core).defocus_um
+    assert abs(float(np.median(defocus[:, 320:]))) < 2.0, result.summary()
+    assert result.z_um > 5.0
+
+
 def test_without_lens_the_side_of_focus_comes_from_a_pair_of_frames(mapper) -> None:
     core = create_core(sample="cells", tilt_deg=0.0, lens=False, shape=SHAPE, seed=5)
     for start_um in (-20.0, 12.0):
