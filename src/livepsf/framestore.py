@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,15 @@ class FrameStore:
             meta = json.loads(str(data[_META_KEY]))
         return arrays, meta
 
+    def meta(self, index: int) -> dict[str, Any]:
+        """The metadata stored for frame ``index`` (without reading its arrays)."""
+        with np.load(self._frame_path(index), allow_pickle=False) as data:
+            return json.loads(str(data[_META_KEY]))
+
+    def planes(self, name: str) -> Sequence[np.ndarray]:
+        """Array ``name`` of every frame, as a sequence that reads one frame from disk per item."""
+        return _Planes(self, name)
+
     def reserve(self, outputs: list[Path]) -> None:
         """Record the final output names chosen for this store (before writing them)."""
         self._manifest["outputs"] = [str(p) for p in outputs]
@@ -171,3 +181,19 @@ class FrameStore:
 
     def __repr__(self) -> str:
         return f"FrameStore({str(self.path)!r}, {len(self._done)}/{self.n_frames} frames)"
+
+
+class _Planes(Sequence):
+    """One named array of every frame of a store, read from disk on access."""
+
+    def __init__(self, store: FrameStore, name: str) -> None:
+        self._store, self._name = store, name
+
+    def __len__(self) -> int:
+        return self._store.n_frames
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        with np.load(self._store._frame_path(index), allow_pickle=False) as data:
+            return data[self._name]

@@ -49,6 +49,7 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -525,17 +526,24 @@ def deconv_params(settings: dict[str, Any], recorded_maps: bool, grids: list[dic
     }
 
 
-def write_deconv_output(final: Path, planes: list[Any], params: dict[str, Any], pixel_size_um: float) -> Path:
-    """Write the deconvolved planes to ``final`` through a temporary name: it appears whole or not at all."""
+def write_deconv_output(final: Path, planes: Sequence[Any], params: dict[str, Any], pixel_size_um: float) -> Path:
+    """Write the deconvolved planes to ``final`` through a temporary name: it appears whole or not at all.
+
+    ``planes`` is indexed one plane at a time while writing (a lazy sequence keeps memory to one
+    frame); files over 2 GiB are written as BigTIFF.
+    """
     import numpy as np
     import tifffile
 
-    data = np.stack(planes) if len(planes) > 1 else planes[0]
+    first = np.asarray(planes[0], dtype=np.float32)
+    shape = (len(planes), *first.shape) if len(planes) > 1 else first.shape
+    data = (np.asarray(planes[i], dtype=np.float32) for i in range(len(planes))) if len(planes) > 1 else first
     partial = final.with_name(f".{final.name}.partial")  # final is reserved for this output alone
     try:
-        tifffile.imwrite(partial, data, ome=True, photometric="minisblack",
+        tifffile.imwrite(partial, data, shape=shape, dtype=np.float32, ome=True, photometric="minisblack",
+                         bigtiff=first.nbytes * len(planes) > 2**31,
                          resolution=(1.0 / pixel_size_um, 1.0 / pixel_size_um), resolutionunit="MICROMETER",
-                         metadata={"axes": "TYX" if data.ndim == 3 else "YX", "PhysicalSizeX": pixel_size_um,
+                         metadata={"axes": "TYX" if len(shape) == 3 else "YX", "PhysicalSizeX": pixel_size_um,
                                    "PhysicalSizeY": pixel_size_um, "Description": json.dumps(params)})
         with open(partial, "rb") as fh:
             os.fsync(fh.fileno())
@@ -637,13 +645,10 @@ def run_job(
         image, grid = deconvolve_frame(frames[i], pmap, iterations=spec["iterations"], tv_weight=spec["tv_weight"],
                                        device=device, progress=step)
         store.put(i, {"image": image}, {"grid": grid, "pixel_size_um": pmap.optics.pixel_size_um})
-    planes, grids = [], []
-    for i in range(len(frames)):
-        arrays, meta = store.get(i)
-        planes.append(arrays["image"])
-        grids.append(meta["grid"])
-    pixel_size_um = header.get("pixel_size_um") or meta["pixel_size_um"]
-    write_deconv_output(final, planes, deconv_params(settings, use_recorded, grids), pixel_size_um)
+    metas = [store.meta(i) for i in range(len(frames))]
+    pixel_size_um = header.get("pixel_size_um") or metas[-1]["pixel_size_um"]
+    write_deconv_output(final, store.planes("image"), deconv_params(settings, use_recorded, [m["grid"] for m in metas]),
+                        pixel_size_um)
     store.discard()
     return final
 

@@ -133,7 +133,8 @@ def local_cluster(workers: int) -> Any:
     from distributed import LocalCluster
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None,
+        return LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address="127.0.0.1:0",  # a free port: never clashes with another cluster
                             silence_logs=logging.CRITICAL)  # task failures are in the report
 
 

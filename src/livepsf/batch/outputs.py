@@ -193,14 +193,11 @@ class OutputWriter:
         from livepsf.acquisition.jobs import deconv_params, write_deconv_output
         from livepsf.acquisition.recorder import read_frame_metadata
 
-        planes, grids = [], []
-        for i in range(store.n_frames):
-            arrays, meta = store.get(i)
-            planes.append(arrays["image"])
-            grids.append(meta["grid"])
+        metas = [store.meta(i) for i in range(store.n_frames)]
         header, _ = read_frame_metadata(source)
-        pixel_size_um = header.get("pixel_size_um") or meta["pixel_size_um"]
-        write_deconv_output(final, planes, deconv_params(store.settings, recorded_maps, grids), pixel_size_um)
+        pixel_size_um = header.get("pixel_size_um") or metas[-1]["pixel_size_um"]
+        write_deconv_output(final, store.planes("image"),  # one frame in memory at a time
+                            deconv_params(store.settings, recorded_maps, [m["grid"] for m in metas]), pixel_size_um)
 
     def _maps(self, store: FrameStore) -> tuple[list[Any], list[float]]:
         from livepsf.batch.tasks import psfmap_from_arrays
