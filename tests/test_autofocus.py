@@ -152,10 +152,31 @@ def test_focus_lock_on_a_live_loop_undoes_a_focus_jump(mapper, calibration) -> N
     assert abs(_centre_defocus_um(core)) < 0.6
 
 
+def test_focus_lock_engages_on_live_results_and_then_holds(mapper, calibration) -> None:
+    from livepsf.acquisition.focus_lock import run_focus_lock
+    from livepsf.acquisition.loop import LiveLoop
+
+    core = create_core(sample="cells", tilt_deg=0.0, lens=True, shape=(256, 256), seed=6, exposure_ms=5.0)
+    lock = FocusLock(core, calibration=calibration)
+    lock.engage_live()
+    assert lock.status == "engaging"
+    run = run_focus_lock(LiveLoop(core, mapper), lock, frames=20, tick_s=0.2)
+    assert run.completed and lock.status == "locked" and not run.corrections
+    assert core.getZPosition() == pytest.approx(0.0)  # the dither came back
+    assert lock.slope_per_um > 0.02  # anisotropy along the calibration's lens direction grows with Z
+    core.setZPosition(-2.0)
+    run = run_focus_lock(LiveLoop(core, mapper), lock, frames=20, tick_s=0.2)
+    assert run.corrections and abs(_centre_defocus_um(core)) < 0.6
+
+
 def test_focus_lock_needs_the_lens() -> None:
     core = create_core(sample="cells", tilt_deg=0.0, lens=False, shape=(256, 256))
     with pytest.raises(livepsf.InputError, match="lens"):
         FocusLock(core).engage()
+    idle = FocusLock(core)
+    assert idle.status == "off" and idle.step() is None  # not engaged: looks, never moves
+    with pytest.raises(livepsf.InputError, match="engage"):
+        idle.estimate(np.zeros((256, 256)))
 
 
 def test_mda_with_an_autofocus_plan_records_the_corrections_in_the_frame_metadata(mapper,

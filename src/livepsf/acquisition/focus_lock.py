@@ -135,7 +135,10 @@ class FocusLock:
         self.slope_per_um: float | None = None
         self.noise: float = _R_NOISE_FLOOR
         self.enabled = False
+        self.error = ""
         self._last_move_t = -math.inf
+        self._engaging: dict[str, Any] | None = None
+        self._moved_at = -math.inf  # time.perf_counter() of the last move, for live results' t_read
         self._lock = threading.Lock()
 
     # -- engagement ----------------------------------------------------------------------------------
@@ -163,6 +166,38 @@ class FocusLock:
         self._move(z0 - dither_um)
         below = self._anisotropy(self._snap())
         self._move(z0)
+        self._finish_engagement(z0, dither_um, here, above, below)
+
+    def engage_live(self, dither_um: float = 2.0) -> None:
+        """Start engaging on live results instead of snaps (feed them through :meth:`on_result`).
+
+        The same four measurements as :meth:`engage`, taken from the stream: two results at the present
+        position, then the lock steps the focus drive ``dither_um`` up, down and back, using the first
+        result taken after each move. :attr:`status` says how far it got; :attr:`error` why it failed.
+        """
+        if not (math.isfinite(dither_um) and dither_um > 0):
+            raise InputError(f"dither_um must be positive, got {dither_um!r}")
+        with self._lock:
+            self.enabled = False
+            self.error = ""
+            self._engaging = {"z0": float(self.core.getZPosition()), "dither": float(dither_um), "here": []}
+
+    def disengage(self) -> None:
+        """Stop correcting (the setpoint is kept; :meth:`engage` measures a new one)."""
+        self.enabled = False
+        self._engaging = None
+
+    @property
+    def status(self) -> str:
+        """``"off"``, ``"engaging"``, ``"locked"`` or ``"failed: ..."``."""
+        if self._engaging is not None:
+            return "engaging"
+        if self.enabled:
+            return "locked"
+        return f"failed: {self.error}" if self.error else "off"
+
+    def _finish_engagement(self, z0: float, dither_um: float, here: Sequence[float], above: float,
+                           below: float) -> None:
         noise = max(abs(here[0] - here[1]) / math.sqrt(2.0), _R_NOISE_FLOOR)
         slope = (above - below) / (2.0 * dither_um)
         if not math.isfinite(slope) or abs(slope) * dither_um < 3.0 * noise:
@@ -177,9 +212,38 @@ class FocusLock:
         logger.info("focus lock engaged at Z %.2f µm: anisotropy %.4f, slope %.4f /µm, noise %.4f",
                     z0, self.setpoint, slope, noise)
 
-    def disengage(self) -> None:
-        """Stop correcting (the setpoint is kept; :meth:`engage` measures a new one)."""
-        self.enabled = False
+    def _engage_step(self, frame: np.ndarray, frame_z_um: float | None, t_read: float | None) -> None:
+        """One live result of :meth:`engage_live`: record it if it shows the present focus, then move."""
+        state = self._engaging
+        if state is None or not self._is_current(frame_z_um, t_read):
+            return
+        z0, dither = state["z0"], state["dither"]
+        r = self._anisotropy(frame)
+        if len(state["here"]) < 2:
+            state["here"].append(r)
+            if len(state["here"]) == 2:
+                self._move_live(z0 + dither)
+        elif "above" not in state:
+            state["above"] = r
+            self._move_live(z0 - dither)
+        else:
+            self._move_live(z0)
+            self._engaging = None
+            try:
+                self._finish_engagement(z0, dither, state["here"], state["above"], r)
+            except InputError as exc:
+                self.error = str(exc)
+                logger.warning("focus lock: %s", exc)
+
+    def _is_current(self, frame_z_um: float | None, t_read: float | None) -> bool:
+        """Whether a live frame was taken after the focus drive's last move (and at its position)."""
+        if t_read is not None and t_read < self._moved_at + self.settle_s:
+            return False
+        return frame_z_um is None or abs(frame_z_um - float(self.core.getZPosition())) <= 0.05
+
+    def _move_live(self, z_um: float) -> None:
+        self._move(z_um)
+        self._moved_at = time.perf_counter()
 
     # -- per frame -----------------------------------------------------------------------------------
     def estimate(self, frame: np.ndarray) -> tuple[float, float]:
@@ -213,7 +277,7 @@ class FocusLock:
             if now - self._last_move_t < self.settle_s:
                 return None
             # A frame taken before the focus drive's last move (ours or anyone's) shows a stale focus.
-            if frame_z_um is not None and abs(frame_z_um - float(self.core.getZPosition())) > 0.05:
+            if not self._is_current(frame_z_um, None):
                 return None
             offset, sigma = self.estimate(frame)
             source = "anisotropy"
@@ -223,6 +287,7 @@ class FocusLock:
                 return None
             z_before = float(self.core.getZPosition())
             z_after = self._move(z_before + float(np.clip(offset, -self.max_step_um, self.max_step_um)))
+            self._moved_at = time.perf_counter()
             self._last_move_t = now
             correction = FocusCorrection(now, z_before, z_after, offset, sigma, source)
             self.corrections.append(correction)
@@ -244,7 +309,10 @@ class FocusLock:
         except ValueError:
             frame_z_um = None
         try:
-            self.update(result.frame, frame_z_um=frame_z_um, pmap=getattr(result, "pmap", None))
+            if self._engaging is not None:
+                self._engage_step(result.frame, frame_z_um, getattr(result, "t_read", None))
+            elif self._is_current(None, getattr(result, "t_read", None)):
+                self.update(result.frame, frame_z_um=frame_z_um, pmap=getattr(result, "pmap", None))
         except Exception as exc:  # the live loop must go on; the log says why the lock did not act
             logger.warning("focus lock: %s", exc)
 
@@ -290,10 +358,10 @@ def run_focus_lock(loop: Any, lock: FocusLock, *, frames: int, timeout_s: float 
                    on_tick: Callable[[Any], None] | None = None, tick_s: float = 1.0) -> FocusLockRun:
     """Run a live loop with ``lock`` on its results until ``frames`` results (headless focus lock).
 
-    ``lock`` must be engaged; the loop (a :class:`~livepsf.acquisition.loop.LiveLoop`, not started) is
+    ``lock`` must be engaged (or engaging live, :meth:`FocusLock.engage_live`); the loop (a :class:`~livepsf.acquisition.loop.LiveLoop`, not started) is
     started here and stopped at the end. ``on_tick(loop.stats())`` is called every ``tick_s`` seconds.
     """
-    if not lock.enabled:
+    if lock.status not in ("locked", "engaging"):
         raise InputError("engage the focus lock before running it")
     first = len(lock.corrections)
     results, reason = run_for_results(loop, frames, on_result=lock.on_result, on_tick=on_tick, tick_s=tick_s,
