@@ -358,8 +358,9 @@ def run_focus_lock(loop: Any, lock: FocusLock, *, frames: int, timeout_s: float 
                    on_tick: Callable[[Any], None] | None = None, tick_s: float = 1.0) -> FocusLockRun:
     """Run a live loop with ``lock`` on its results until ``frames`` results (headless focus lock).
 
-    ``lock`` must be engaged (or engaging live, :meth:`FocusLock.engage_live`); the loop (a :class:`~livepsf.acquisition.loop.LiveLoop`, not started) is
-    started here and stopped at the end. ``on_tick(loop.stats())`` is called every ``tick_s`` seconds.
+    ``lock`` must be engaged (or engaging live, :meth:`FocusLock.engage_live`); the loop (a
+    :class:`~livepsf.acquisition.loop.LiveLoop`, not started) is started here and stopped at the end.
+    ``on_tick(loop.stats())`` is called every ``tick_s`` seconds.
     """
     if lock.status not in ("locked", "engaging"):
         raise InputError("engage the focus lock before running it")
