@@ -96,6 +96,36 @@ def test_rgb_and_broken_files_read_like_read_frames(tmp_path: Path) -> None:
         open_source(broken)
 
 
+def _ome_zarr(path: Path, data: np.ndarray, version: str = "0.4") -> Path:
+    """A minimal OME-Zarr store: one multiscale level "0" holding ``data`` (NGFF 0.4 or 0.5 layout)."""
+    zarr = pytest.importorskip("zarr")
+    group = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
+    axes = [{"name": n, "type": "time" if n == "t" else "channel" if n == "c" else "space"}
+            for n in "tczyx"[-data.ndim:]]
+    multiscales = [{"version": version, "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0] * data.ndim}]}]}]
+    group.attrs.update({"multiscales": multiscales} if version == "0.4" else {"ome": {"version": version,
+                                                                                      "multiscales": multiscales}})
+    array = group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(1,) * (data.ndim - 2) + (64, 64))
+    array[...] = data
+    return path
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_frames_are_read_plane_by_plane(tmp_path: Path, version: str) -> None:
+    data = np.random.default_rng(3).integers(0, 4000, (2, 3, 96, 80), dtype=np.uint16)
+    store = _ome_zarr(tmp_path / "acq.ome.zarr", data, version)
+    (tmp_path / "notes.txt").write_text("not an image")
+    files, errors = expand_inputs([tmp_path])
+    assert files == [store.resolve()] and errors == []
+    source = open_source(store)
+    assert source.n_frames == 6 and source.frame_shape == (96, 80)
+    for i, plane in enumerate(data.reshape(6, 96, 80)):
+        np.testing.assert_array_equal(read_frame(store, i), plane)
+    with pytest.raises(InputError, match="frame 6 does not exist"):
+        read_frame(store, 6)
+
+
 # -- on the cluster -----------------------------------------------------------------------------------
 
 
@@ -147,6 +177,11 @@ def test_maps_and_depth_equal_the_one_machine_commands(tmp_path: Path, client, o
         np.testing.assert_array_equal(got.invalid, want.invalid)
     summary = json.loads(summary_path.read_text())
     assert summary["params"] == reference.summary["params"] and summary["n_frames"] == 2
+    zarr_store = _ome_zarr(tmp_path / "zarr" / "stack.ome.zarr", tifffile.imread(stack))
+    (from_zarr,) = run_batch([zarr_store.parent], BatchOptions("map", model=str(model.path)), client=client).results
+    assert [p.name for p in from_zarr.outputs] == ["stack_psfmap.ome.tif", "stack_psfmap.json"]
+    for got, want in zip(load_psfmaps(from_zarr.outputs[0]), load_psfmaps(ome), strict=True):
+        np.testing.assert_array_equal(got.params["focus"], want.params["focus"])
 
     raw = json.loads(standard_calibration().model_dump_json())
     raw.update(model_name=model.card.name, model_sha256=model.card.weights_sha256)

@@ -219,16 +219,16 @@ class OutputWriter:
         atomic_write_bytes(json_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
 
     def _write_depth(self, source: Path, store: FrameStore, tif: Path, json_path: Path) -> None:
+        from livepsf.batch.inputs import read_frame
         from livepsf.depth import write_depth_outputs
-        from livepsf.imageio import read_frames
 
         maps, _ = self._maps(store)
         staging = store.path / "staging"
         shutil.rmtree(staging, ignore_errors=True)
         # The texture gate needs the frames; the maps (the costly part) come from the workers.
+        frames = [read_frame(source, i) for i in range(store.n_frames)]
         tmp_tif, tmp_json, _ = write_depth_outputs(source, maps, self.calibration, self.options.calibration,
-                                                   staging, frames=read_frames(source),
-                                                   median_windows=self.options.median_windows)
+                                                   staging, frames=frames, median_windows=self.options.median_windows)
         os.replace(tmp_tif, tif)
         summary = json.loads(tmp_json.read_text(encoding="utf-8"))
         summary["depth_map"] = str(tif)
