@@ -33,7 +33,8 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --upgrade pip
 	$(LATEST)/bin/python -m pip install "$(TORCH_SPEC)"
-	$(LATEST)/bin/python -m pip install --upgrade --upgrade-strategy eager -e ".[test]"
+	# torch stays at the local CPU wheel: named in the same command, eager upgrades cannot move it.
+	$(LATEST)/bin/python -m pip install --upgrade --upgrade-strategy eager "$(TORCH_SPEC)" -e ".[test]"
 	$(LATEST)/bin/python -m pip freeze --exclude-editable
 	QT_QPA_PLATFORM=offscreen $(LATEST)/bin/python -m pytest
 
