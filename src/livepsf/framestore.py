@@ -126,6 +126,8 @@ class FrameStore:
             raise IndexError(f"frame {index} outside 0..{self.n_frames - 1}")
         if _META_KEY in arrays:
             raise ValueError(f"array name {_META_KEY!r} is reserved")
+        if any(np.asarray(v).dtype.hasobject for v in arrays.values()):
+            raise ValueError("object arrays cannot be stored (they would need pickle)")
         self._ensure_folder()
         import io
 
