@@ -261,3 +261,11 @@ def test_cli_runs_on_an_existing_scheduler(tmp_path: Path, cluster) -> None:
     assert result.exit_code == 0 and "already done with these settings" in result.output
     result = CliRunner().invoke(app, ["map", str(tmp_path / "missing.tif"), "--scheduler", cluster.scheduler_address])
     assert result.exit_code == 2 and "missing.tif: no such file or folder" in result.output
+
+
+def test_cli_workers_without_a_scheduler_is_refused_for_map(tmp_path: Path) -> None:
+    from livepsf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["map", str(tmp_path / "a.tif"), "--workers", "2"])
+    assert exit_info.value.code == 2

@@ -157,6 +157,7 @@ def depth(
     workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
 ) -> None:
     """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json."""
+    _check_workers_option(scheduler, workers)
     if scheduler is not None:
         from livepsf.batch import BatchOptions
 
@@ -216,6 +217,7 @@ def map_images(
     workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
 ) -> None:
     """PSF maps: <name>_psfmap.ome.tif (one channel per parameter + invalid) and <name>_psfmap.json."""
+    _check_workers_option(scheduler, workers)
     if scheduler is not None:
         from livepsf.batch import BatchOptions
 
@@ -249,6 +251,12 @@ def map_images(
         )
     if failed:
         raise typer.Exit(code=2)
+
+
+def _check_workers_option(scheduler: str | None, workers: int) -> None:
+    """map and depth run in this process unless --scheduler is given: --workers alone would do nothing."""
+    if scheduler is None and workers != 1:
+        raise InputError("--workers needs --scheduler local (a local Dask cluster of that many processes)")
 
 
 def _folder(out: Path | None) -> str | None:
