@@ -13,7 +13,8 @@ and measures the final |error| (the simulator's true defocus, median over the fr
 time. Prints a table per sample and lens (median and 95th percentile of |error|, frames, time) and, with
 ``--out``, writes every run as JSON.
 
-Run: ``.venv/bin/python benchmarks/autofocus.py [--starts 17] [--size 1024] [--out runs.json]``.
+Run: ``.venv/bin/python benchmarks/autofocus.py [--starts 17] [--size 1024] [--lens both|in|out]
+[--out runs.json]``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=17, help="starting offsets over ±40 µm")
     parser.add_argument("--size", type=int, default=1024, help="frame side, px")
     parser.add_argument("--samples", default=",".join(SAMPLES))
+    parser.add_argument("--lens", choices=("both", "in", "out"), default="both")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: leave a core to others)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file of every run")
     args = parser.parse_args()
@@ -92,7 +94,7 @@ def main() -> None:
     everything = []
     t0 = time.perf_counter()
     for sample in args.samples.split(","):
-        for lens in (True, False):
+        for lens in {"both": (True, False), "in": (True,), "out": (False,)}[args.lens]:
             core = create_core(sample=sample, tilt_deg=0.0, lens=lens, shape=(args.size, args.size), seed=11)
             rows = _run(core, starts, lens, mapper, calibration, xy_step_um=800.0)
             for method in ("livepsf", "search"):

@@ -59,8 +59,8 @@ _R_FLOOR = 0.02
 _S_FLOOR = 0.01
 # Frames farther than this many line-foci half-distances from focus carry no anisotropy information.
 _R_RANGE_SPLITS = 2.5
-# Frames farther than this from the sharpest one are left out of the sharpness fit (µm).
-_SHARPNESS_SPAN_UM = 15.0
+# Growth of a frame's sharpness σ with its distance from the sharpest frame (per µm).
+_S_FAR_PER_UM = 0.02
 # Sharpness-peak widths tried by the fit (µm).
 _WIDTHS_UM = np.geomspace(1.5, 40.0, 28)
 
@@ -270,23 +270,29 @@ def _anisotropy_cost(zf: np.ndarray, obs: Sequence[_Observation],
 
 
 def _sharpness_cost(zf: np.ndarray, obs: Sequence[_Observation]) -> np.ndarray | None:
-    """χ² of ``S_i = s0 - ln(1 + ((z_i - zf)/w)²)``, minimised over the width ``w`` and ``s0``."""
+    """χ² of ``S_i = s0 - ln(1 + ((z_i - zf)/w)²)``, minimised over the width ``w`` and ``s0``.
+
+    Frames far from the sharpest one count less (σ grows by :data:`_S_FAR_PER_UM` per µm): the model's
+    tails are rough, but they still pin the width that turns two frames near focus into a position.
+    """
     pts = [o for o in obs if math.isfinite(o.image.sharpness)]
-    if pts:
-        # The model holds near the peak; far tails (the pair's frames) would bend the fit.
-        sharpest = max(pts, key=lambda o: o.image.sharpness).z_um
-        pts = [o for o in pts if abs(o.z_um - sharpest) <= _SHARPNESS_SPAN_UM]
     if len(pts) < 3:
         return None
-    return _sharpness_fit(zf, np.array([o.z_um for o in pts]), np.array([o.image.sharpness for o in pts]))
+    z = np.array([o.z_um for o in pts])
+    s = np.array([o.image.sharpness for o in pts])
+    sigma = _S_FLOOR + _S_FAR_PER_UM * np.abs(z - z[int(np.argmax(s))])
+    return _sharpness_fit(zf, z, s, sigma)
 
 
-def _sharpness_fit(zf: np.ndarray, z: np.ndarray, s: np.ndarray) -> np.ndarray:
+def _sharpness_fit(zf: np.ndarray, z: np.ndarray, s: np.ndarray,
+                   sigma: np.ndarray | None = None) -> np.ndarray:
+    sigma = np.full(z.shape, _S_FLOOR) if sigma is None else sigma
+    w = 1.0 / sigma**2
     best = np.full(zf.shape, np.inf)
     for width in _WIDTHS_UM:
         shape = -np.log1p(((z[None, :] - zf[:, None]) / width) ** 2)  # (candidates, frames)
-        s0 = (s[None, :] - shape).mean(axis=1)
-        chi2 = (((s[None, :] - shape - s0[:, None]) / _S_FLOOR) ** 2).sum(axis=1)
+        s0 = ((s[None, :] - shape) * w).sum(axis=1) / w.sum()
+        chi2 = (((s[None, :] - shape - s0[:, None]) ** 2) * w).sum(axis=1)
         best = np.minimum(best, chi2)
     # Sharpness noise is not only pixel noise (texture moving through focus): scale χ² so the best
     # fit has one unit per degree of freedom, which keeps σ honest.
@@ -456,11 +462,12 @@ def autofocus(
             step = pair_step_um if pair_step_um is not None else max(net.offset_um, 4.0)
             target = z + float(np.clip(step, -max_step_um, max_step_um))
         elif not signed and k < n_frames - 1:
-            # Bracket the estimated focus with the remaining frames, so the sharpness peak lies between
-            # measured points (the side of a peak alone does not place it): below, then above.
-            below = k % 2 == 1
+            # Bracket the estimated focus, so the sharpness peak lies between measured points (the side
+            # of a peak alone does not place it): on the side where no frame has been taken yet.
             half_dof = 0.75 * _optics_of(mapper).depth_of_field_um
-            target = estimate + (-half_dof if below else half_dof)
+            taken = np.array([o.z_um for o in obs])
+            target = max((estimate - half_dof, estimate + half_dof),
+                         key=lambda c: float(np.min(np.abs(taken - c))))
         else:
             move = estimate - z
             if signed and how == "network" and abs(move) < 0.5 * split:
