@@ -11,10 +11,11 @@ stage moves 800 µm between starts, so every start sees other texture). From eac
 
 and measures the final |error| (the simulator's true defocus, median over the frame), frames, moves and
 time. Prints a table per sample and lens (median and 95th percentile of |error|, frames, time) and, with
-``--out``, writes every run as JSON.
+``--out``, writes every run as JSON. First, the focus lock: each sample drifting 2 µm/min for 10
+simulated minutes (``SimClock``), one frame every 10 s; median and largest |error|, corrections.
 
 Run: ``.venv/bin/python benchmarks/autofocus.py [--starts 17] [--size 1024] [--lens both|in|out]
-[--out runs.json]``.
+[--out runs.json] [--part all|autofocus|lock]``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import torch
 
 import livepsf
 from livepsf.acquisition.autofocus import autofocus, search_focus
-from livepsf.sim import LENS_ASTIG_0_WAVES, SAMPLES, create_core, ground_truth
+from livepsf.acquisition.focus_lock import FocusLock
+from livepsf.sim import LENS_ASTIG_0_WAVES, SAMPLES, SimClock, create_core, ground_truth
 
 CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "sim-default.json"
 
@@ -61,6 +63,23 @@ def _run(core, starts: np.ndarray, lens: bool, mapper, calibration, xy_step_um: 
     return rows
 
 
+def _focus_lock_line(sample: str, size: int, calibration, drift_um_per_min: float = 2.0,
+                     minutes: float = 10.0, step_s: float = 10.0) -> str:
+    """Hold a sample drifting ``drift_um_per_min`` for ``minutes`` of simulated time, one frame per step."""
+    clock = SimClock()
+    core = create_core(sample=sample, tilt_deg=0.0, lens=True, shape=(size, size), seed=11,
+                       drift_um_per_min=drift_um_per_min, clock=clock)
+    lock = FocusLock(core, calibration=calibration, tolerance_um=0.5, clock=clock)
+    lock.engage()
+    errors = []
+    for _ in range(int(round(minutes * 60 / step_s))):
+        clock.advance(step_s)
+        lock.step()
+        errors.append(abs(_error_um(core)))
+    return (f"| {sample} | {drift_um_per_min:g} µm/min, {minutes:g} min, a frame every {step_s:g} s | "
+            f"{np.median(errors):.2f} | {max(errors):.2f} | {len(lock.corrections)} |")
+
+
 def _line(sample: str, lens: bool, method: str, rows: list[dict]) -> str:
     err = np.abs([r["error_um"] for r in rows])
     frames = [r["frames"] for r in rows]
@@ -80,12 +99,21 @@ def main() -> None:
     parser.add_argument("--lens", choices=("both", "in", "out"), default="both")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: leave a core to others)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file of every run")
+    parser.add_argument("--part", choices=("all", "autofocus", "lock"), default="all")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = livepsf.load_model("default")
     mapper = livepsf.PSFMapper(model, stride_px=64)
     calibration = livepsf.Calibration.load(CALIBRATION, model)
     starts = np.linspace(-40.0, 40.0, args.starts)
+    if args.part in ("all", "lock"):
+        print(f"# focus lock, {args.size}² frames, lens in")
+        print("| sample | drift | median \\|error\\| µm | max µm | corrections |")
+        print("| --- | --- | --- | --- | --- |")
+        for sample in args.samples.split(","):
+            print(_focus_lock_line(sample, args.size, calibration), flush=True)
+    if args.part == "lock":
+        return
     print(f"# autofocus benchmark: {args.starts} starts over ±40 µm, {args.size}² frames, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({args.threads} thread)")
     print("| sample | lens | method | median \\|error\\| µm | p95 µm | max µm | frames | moves | time s "
