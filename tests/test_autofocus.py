@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import useq
 
 import livepsf
@@ -17,14 +16,8 @@ from livepsf.sim import LENS_ASTIG_0_WAVES, SimClock, create_core, ground_truth
 
 CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "sim-default.json"
 SHAPE = (512, 512)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One torch thread: the simulator renders in its own thread, and the machine has two cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
