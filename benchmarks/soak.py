@@ -34,8 +34,6 @@ from typing import Any
 
 import numpy as np
 
-faulthandler.enable(all_threads=True)  # a native crash still prints every thread's stack
-
 
 def _rss_mb() -> float:
     """Current resident set size (Linux /proc; the peak from getrusage elsewhere)."""
@@ -138,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=[], choices=sorted(set(SoakDriver.ROTATION)),
                         help="drive only these actions (to find which one a problem follows)")
     args = parser.parse_args(argv)
+    faulthandler.enable(all_threads=True)  # a native crash still prints every thread's stack
 
     from qtpy import QtCore
 
