@@ -22,6 +22,15 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch with one thread for the test (as in a worker process with one thread), then as before."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory):
     """Export (once per PSF model) a tiny untrained network with a valid card and load it.

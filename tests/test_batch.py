@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from livepsf.acquisition.jobs import output_settings, run_job
 from livepsf.batch import BatchOptions, expand_inputs, open_source, read_frame, run_batch
@@ -39,15 +38,6 @@ def client(cluster):
         yield client
 
 
-@pytest.fixture
-def one_thread():
-    """Reference runs with one torch thread, as each worker has: the same arithmetic, bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _reference_deconv(source: Path, folder: Path, iterations: int) -> Path:
     return run_job({"id": "ref", "input": str(source), "iterations": iterations, "tv_weight": 0.01,
                     "out_dir": str(folder), "model": "default", "stride_px": 64, "output": None})
@@ -68,7 +58,7 @@ def test_folders_expand_to_their_tiffs_without_livepsf_outputs(tmp_path: Path) -
     files, errors = expand_inputs([tmp_path, tmp_path / "b.tif", tmp_path / "nope.tif", tmp_path / "empty"])
     assert [f.name for f in files] == ["a.ome.tiff", "b.tif"]  # sorted, each once
     assert errors == [f"{tmp_path / 'nope.tif'}: no such file or folder",
-                      f"{tmp_path / 'empty'}: folder holds no TIFF files to process"]
+                      f"{tmp_path / 'empty'}: folder holds no TIFF files or OME-Zarr stores to process"]
 
 
 @pytest.mark.parametrize("shape", [(96, 80), (3, 96, 80), (2, 3, 96, 80)])
@@ -129,7 +119,8 @@ def test_ome_zarr_frames_are_read_plane_by_plane(tmp_path: Path, version: str) -
 # -- on the cluster -----------------------------------------------------------------------------------
 
 
-def test_deconvolution_equals_the_one_machine_path_and_a_rerun_reuses_it(tmp_path: Path, client, one_thread) -> None:
+def test_deconvolution_equals_the_one_machine_path_and_a_rerun_reuses_it(tmp_path: Path, client,
+                                                                         one_torch_thread) -> None:
     source = _recording(tmp_path, frames=3, size=96)
     source_bytes = source.read_bytes()
     options = BatchOptions("deconvolve", iterations=4)
@@ -150,7 +141,7 @@ def test_deconvolution_equals_the_one_machine_path_and_a_rerun_reuses_it(tmp_pat
     assert source.read_bytes() == source_bytes
 
 
-def test_maps_and_depth_equal_the_one_machine_commands(tmp_path: Path, client, one_thread,
+def test_maps_and_depth_equal_the_one_machine_commands(tmp_path: Path, client, one_torch_thread,
                                                        tiny_model_factory) -> None:
     from test_depth import standard_calibration
 
@@ -203,7 +194,7 @@ def test_maps_and_depth_equal_the_one_machine_commands(tmp_path: Path, client, o
     assert json.dumps(got_stats, sort_keys=True) == json.dumps(want_stats, sort_keys=True)  # NaN where all invalid
 
 
-def test_a_worker_killed_mid_run_loses_no_finished_frame(tmp_path: Path, client, one_thread) -> None:
+def test_a_worker_killed_mid_run_loses_no_finished_frame(tmp_path: Path, client, one_torch_thread) -> None:
     source = _recording(tmp_path, frames=6, size=128)
     victim = next(iter(client.run(os.getpid).values()))
     stored: list[int] = []
@@ -222,7 +213,8 @@ def test_a_worker_killed_mid_run_loses_no_finished_frame(tmp_path: Path, client,
     assert victim not in client.run(os.getpid).values()  # it really died (its nanny started another)
 
 
-def test_an_interrupted_run_resumes_with_only_the_missing_frames(tmp_path: Path, client, one_thread) -> None:
+def test_an_interrupted_run_resumes_with_only_the_missing_frames(tmp_path: Path, client,
+                                                                 one_torch_thread) -> None:
     source = _recording(tmp_path, frames=6, size=96)
     options = BatchOptions("deconvolve", iterations=20)
     first: list[int] = []

@@ -9,7 +9,7 @@ outgrown one machine already runs Dask and gets scheduling, retries, worker rest
 from it instead of from livepsf. Both engines share the per-frame code and the output and resume
 rules, so they make the same files.
 
-**Flow.** :func:`run_batch` expands the inputs (files, folders of TIFF/OME-TIFF), counts their frames
+**Flow.** :func:`run_batch` expands the inputs (files, OME-Zarr, folders of them), counts their frames
 without reading pixels, and for each input either finds an output already made with the same settings
 (done), or opens its :class:`~livepsf.framestore.FrameStore` and submits one task per *missing* frame
 (:func:`livepsf.batch.tasks.compute_frame`; the workers read their frame lazily from the shared file
@@ -161,7 +161,7 @@ def run_batch(
     Parameters
     ----------
     inputs
-        Image files (TIFF/OME-TIFF, PNG, JPEG) and folders of TIFF/OME-TIFF files. They must be
+        Image files (TIFF/OME-TIFF, PNG, JPEG), OME-Zarr stores and folders of them. They must be
         readable by the workers at the same paths (a shared file system).
     options
         What to do (:class:`~livepsf.batch.outputs.BatchOptions`).
