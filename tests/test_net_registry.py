@@ -127,8 +127,12 @@ def test_shipped_models_load_with_their_cards(name: str, psf_model: str) -> None
     assert name in available_models(), f"shipped model {name!r} missing from src/livepsf/models"
     model = load_model(name)
     assert model.spec.name == psf_model
-    assert model.card.training.get("command", "").startswith("livepsf train")
+    # The card records the command that trained it: the CLI, or the GPU script of training/.
+    assert model.card.training.get("command", "").startswith(("livepsf train", "python training/gpu_train.py"))
     assert "test" in model.card.evaluation
+    if model.has_sigma:  # σ heads come with their calibration and its test-set coverage
+        assert set(model.card.training["sigma_calibration"]["factors"]) == set(model.spec.names)
+        assert set(model.card.evaluation["test"]["within_1_sigma"]) == set(model.spec.names)
     x = np.random.default_rng(1).random((2, 128, 128)) * 1000
     out = model.predict(x)
     assert out["invalid"].shape == (2,)
