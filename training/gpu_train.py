@@ -5,12 +5,13 @@ afterwards on any machine with ``livepsf.net.train.export_checkpoint``: the GPU'
 Several of these run side by side on one GPU (one per model), each with its own data workers.
 
     python training/gpu_train.py --psf-model Z-3 --name default --minutes 7 --workers 5 --out OUT [--resume CKPT]
+
+The validation set is cached where ``livepsf.data.dataset.cache_dir`` says (``$LIVEPSF_CACHE_DIR``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -57,5 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("LIVEPSF_CACHE_DIR", os.path.join(os.getcwd(), ".cache-livepsf"))
     raise SystemExit(main())
