@@ -176,7 +176,9 @@ class DeconvolutionQueue:
     device
         Torch device for the workers (``None``: CUDA when available).
     torch_threads
-        CPU threads per worker (``None``: torch's default).
+        CPU threads per worker (``None``: the machine's cores shared among the workers, at least one;
+        torch's own default gives every worker all cores, and two workers on two cores then ran a
+        deconvolution ten times slower than one thread each).
     max_attempts
         Runs of a job whose worker crashed before it is marked failed.
     start
@@ -203,7 +205,8 @@ class DeconvolutionQueue:
         self.journal_path = self._journal.path
         self.n_workers = int(workers)
         self.device = device
-        self.torch_threads = torch_threads
+        self.torch_threads = (torch_threads if torch_threads is not None
+                              else max(1, (os.cpu_count() or 1) // self.n_workers))
         self.max_attempts = int(max_attempts)
         self._ctx = mp.get_context("spawn")
         self._lock = threading.RLock()
