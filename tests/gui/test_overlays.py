@@ -71,6 +71,24 @@ def test_overlay_rgba_interpolates_and_dims_invalid_windows():
     assert ov.overlay_rgba(pmap, ov.overlay_field(pmap, "none"), (10, 10), 0.5) is None
 
 
+def test_uncertain_windows_fade_like_textureless_ones():
+    import dataclasses
+
+    pmap = make_map(np.array([[0.5, 0.5], [0.5, 0.5]]), 0.0, 0.0, invalid=[[0, 0], [0, 0]], frame_shape=(192, 192))
+    field = ov.overlay_field(pmap, "focus")
+    assert ov.relative_uncertainty(pmap, "focus") is None  # a model without σ: nothing fades
+    focus_span = 2.0 * float(pmap.params["focus"].max() + 10)  # larger than any focus range: σ = span → fade
+    sigma = {n: np.zeros((2, 2), np.float32) for n in pmap.params}
+    sigma["focus"] = np.array([[0.0, focus_span], [0.0, 0.0]], np.float32)
+    uncertain = dataclasses.replace(pmap, sigma=sigma)
+    rel = ov.relative_uncertainty(uncertain, "focus")
+    assert rel[0, 0] == 0.0 and rel[0, 1] == 1.0
+    rgba = ov.overlay_rgba(uncertain, field, (192, 192), opacity=0.8)
+    assert rgba[5, 5, 3] == round(255 * 0.8)             # certain window: full opacity
+    assert rgba[5, 186, 3] == round(255 * 0.8 * 0.25)    # no information: faded as far as a textureless one
+    assert ov.relative_uncertainty(uncertain, "astigmatism").max() == 0.0  # σ of other parameters only
+
+
 def _reference_upsample(pmap, grid):
     import dataclasses
 

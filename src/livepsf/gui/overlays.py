@@ -34,6 +34,7 @@ __all__ = [
     "overlay_rgba",
     "psf_covariance_px",
     "region_mean",
+    "relative_uncertainty",
     "upsample_grid",
 ]
 
@@ -47,8 +48,14 @@ OVERLAYS: dict[str, str] = {
     "none": "None",
 }
 
-# Opacity left to a window that is certainly textureless (it is also hatched).
+# Opacity left to a window that is certainly textureless (it is also hatched) or wholly uncertain.
 _INVALID_DIM = 0.25
+# σ (as a fraction of a parameter's range) at which a window is faded as far as a textureless one: the
+# standard deviation of a uniform guess over the range is 0.29 of it, so a quarter means "no information".
+_SIGMA_FULL_FADE = 0.25
+# The network parameters behind each overlay (their σ fades the overlay).
+_OVERLAY_PARAMS = {"focus": ("focus",), "astigmatism": ("astig_0", "astig_45"),
+                   "blur": ("variance", "variance_x", "variance_y"), "depth": ("focus", "astig_0", "astig_45")}
 # Depth colour range when the calibration carries no profile points (µm each side of focus).
 _DEFAULT_DEPTH_RANGE_UM = 50.0
 # Gaussian width of the in-focus (Airy) spot, in units of lambda/NA.
@@ -110,6 +117,21 @@ def available_overlays(psf_model: str, calibrated: bool = True) -> list[str]:
 def _param_max(pmap: PSFMap, name: str) -> float:
     spec = get_psf_model(pmap.psf_model)
     return float(spec.params[spec.index(name)].max)
+
+
+def relative_uncertainty(pmap: PSFMap, kind: str) -> np.ndarray | None:
+    """``(gy, gx)`` in [0, 1]: how uncertain each window's estimate behind overlay ``kind`` is.
+
+    The largest σ of the overlay's parameters as a fraction of the parameter's range, scaled so that
+    :data:`_SIGMA_FULL_FADE` (no information) is 1. ``None`` when the map carries no σ (older models) or
+    the overlay shows no network parameter.
+    """
+    names = [n for n in _OVERLAY_PARAMS.get(kind, ()) if n in pmap.sigma]
+    if not names:
+        return None
+    spec = get_psf_model(pmap.psf_model)
+    rel = np.max([np.asarray(pmap.sigma[n], np.float32) / spec.params[spec.index(n)].span for n in names], axis=0)
+    return np.clip(rel / _SIGMA_FULL_FADE, 0.0, 1.0).astype(np.float32)
 
 
 def overlay_field(pmap: PSFMap, kind: str, depth_um: np.ndarray | None = None,
@@ -183,8 +205,9 @@ def overlay_rgba(pmap: PSFMap, field: OverlayField, shape: tuple[int, int], opac
     """A smooth ``(h, w, 4) uint8`` overlay image covering the frame (any display ``shape``).
 
     Values are interpolated bilinearly between window centres (as :meth:`PSFMap.upsample`), coloured
-    within ``field.levels``, and made transparent in proportion to the windows' invalid probability (down
-    to a quarter of ``opacity``), so the eye goes to what the network could measure.
+    within ``field.levels``, and made transparent in proportion to the windows' invalid probability or,
+    when the map carries σ, their :func:`relative_uncertainty`, whichever is larger (down to a quarter of
+    ``opacity``), so the eye goes to what the network could measure.
     """
     if field.grid is None:
         return None
@@ -195,10 +218,12 @@ def overlay_rgba(pmap: PSFMap, field: OverlayField, shape: tuple[int, int], opac
     rgba = np.empty((*shape, 4), np.uint8)
     rgba[..., :3] = lut[np.rint(idx).astype(np.intp)]
     if field.kind == "invalid":
-        invalid = np.zeros(shape, np.float32)
+        doubt = np.zeros(shape, np.float32)
     else:
-        invalid = upsample_grid(pmap, pmap.invalid, shape)
-    alpha = float(np.clip(opacity, 0.0, 1.0)) * (1.0 - (1.0 - _INVALID_DIM) * np.clip(invalid, 0.0, 1.0))
+        grid = np.asarray(pmap.invalid, np.float32)
+        uncertain = relative_uncertainty(pmap, field.kind)
+        doubt = upsample_grid(pmap, grid if uncertain is None else np.maximum(grid, uncertain), shape)
+    alpha = float(np.clip(opacity, 0.0, 1.0)) * (1.0 - (1.0 - _INVALID_DIM) * np.clip(doubt, 0.0, 1.0))
     rgba[..., 3] = np.rint(255 * alpha).astype(np.uint8)
     return rgba
 
