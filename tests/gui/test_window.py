@@ -150,3 +150,26 @@ def test_live_refuses_bad_configurations_with_one_line(tmp_path, tiny_model, cap
         main(["live", "--mm-config", str(tmp_path / "missing.cfg"), "--model", str(tiny_model.path)])
     assert exit_info.value.code == 2
     assert "no such Micro-Manager configuration file" in capsys.readouterr().err
+
+
+def test_focus_lock_toggle_holds_the_focus_in_the_live_window(qtbot, tiny_model):
+    from livepsf.gui.window import LiveWindow
+
+    core = sim.create_core(sample="cells", tilt_deg=0.0, shape=(256, 256), exposure_ms=5.0, seed=3)
+    window = LiveWindow(core, tiny_model, demo=True)
+    qtbot.addWidget(window)
+    window.focus_lock_check.setChecked(True)  # not live yet: refused, with a message
+    assert not window.focus_lock_check.isChecked() and window.focus_lock is None
+    window.show()
+    window.start()
+    qtbot.waitUntil(lambda: window.draw_count >= 2, timeout=20000)
+    window.focus_lock_check.setChecked(True)  # engages on the live frames: the stream keeps running
+    qtbot.waitUntil(lambda: window.focus_lock.status == "locked", timeout=20000)
+    assert core.getPosition() == pytest.approx(0.0) and window.loop.is_running
+    core.setPosition(2.0)  # a knock while locked
+    qtbot.waitUntil(lambda: len(window.focus_lock.corrections) >= 1, timeout=20000)
+    qtbot.waitUntil(lambda: "last" in window.focus_lock_label.text(), timeout=5000)
+    assert abs(core.getPosition()) < 0.6
+    window.focus_lock_check.setChecked(False)
+    assert window.focus_lock is None and window.focus_lock_label.text() == ""
+    window.shutdown()

@@ -92,6 +92,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._levels: tuple[float, float] | None = None
         self._colorbar_look: tuple | None = None
         self._recorder: Any = None
+        self.focus_lock: Any = None
         self._calibration_dialog: Any = None
         self.draw_count = 0
 
@@ -224,6 +225,15 @@ class LiveWindow(QtWidgets.QMainWindow):
         self.stride_combo.setCurrentIndex(self.stride_combo.findData(self.stride_px))
         self.stride_combo.activated.connect(self._on_stride_chosen)
         form.addRow("Stride", self.stride_combo)
+        self.focus_lock_check = QtWidgets.QCheckBox("Focus lock")
+        self.focus_lock_check.setToolTip("Hold the focus against drift (cylindrical lens in, live view "
+                                         "running): measures the setpoint on the next frames, then moves Z "
+                                         "when needed")
+        self.focus_lock_check.toggled.connect(self._on_focus_lock_toggled)
+        self.focus_lock_label = QtWidgets.QLabel("")
+        self.focus_lock_label.setWordWrap(True)
+        form.addRow(self.focus_lock_check)
+        form.addRow(self.focus_lock_label)
         layout.addWidget(acq)
 
         disp = QtWidgets.QGroupBox("Display")
@@ -403,9 +413,48 @@ class LiveWindow(QtWidgets.QMainWindow):
                 self.core.events.stagePositionChanged.disconnect(self._forward_stage_move)
             except (TypeError, ValueError, RuntimeError):
                 pass  # already disconnected
+        self._release_focus_lock()
         self.loop.stop()
         if self._recorder is not None:
             self.stop_recording()
+
+    # -- focus lock --------------------------------------------------------------------------------
+    def _on_focus_lock_toggled(self, on: bool) -> None:
+        if not on:
+            self._release_focus_lock()
+        elif not self.loop.is_running:
+            self.statusBar().showMessage("Focus lock: start the live view first", 10000)
+            self.focus_lock_check.setChecked(False)
+        else:
+            from livepsf.acquisition.focus_lock import FocusLock
+
+            self.focus_lock = FocusLock(self.core, calibration=self.calibration, settle_s=0.1)
+            self.focus_lock.engage_live()  # on the next results: the stream keeps running
+            self.loop.resultReady.connect(self.focus_lock.on_result)
+        self._update_focus_lock_label()
+
+    def _release_focus_lock(self) -> None:
+        lock, self.focus_lock = self.focus_lock, None
+        if lock is not None:
+            lock.disengage()
+            self.loop.resultReady.disconnect(lock.on_result)
+
+    def _update_focus_lock_label(self) -> None:
+        lock = self.focus_lock
+        if lock is None:
+            self.focus_lock_label.setText("")
+            return
+        status = lock.status
+        if status.startswith("failed"):
+            self.statusBar().showMessage(f"Focus lock {status}", 15000)
+            self.focus_lock_check.setChecked(False)  # releases the lock
+            return
+        text = ("measuring the setpoint…" if status == "engaging"
+                else f"locked, {len(lock.corrections)} corrections")
+        if lock.corrections:
+            last = lock.corrections[-1]
+            text += f" (last {last.z_after_um - last.z_before_um:+.2f} µm)"
+        self.focus_lock_label.setText(text)
 
     # -- model, stride, calibration ----------------------------------------------------------------
     def _shipped_models(self) -> list[str]:
@@ -806,6 +855,7 @@ class LiveWindow(QtWidgets.QMainWindow):
             legend.items[index][1].setText(text)
 
     def _update_stats(self) -> None:
+        self._update_focus_lock_label()
         self._update_record_label()
         stats = self.loop.stats()
         state = "live" if stats.running else "stopped"
