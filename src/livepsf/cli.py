@@ -626,8 +626,8 @@ def _run_focus_lock(core, net, cal, *, frames: int, stride: int, roi, settle_s: 
     mapper = PSFMapper(net, stride_px=stride)
     lock = FocusLock(core, roi=roi, calibration=cal, mapper=mapper, settle_s=settle_s, on_correction=said)
     lock.engage()
-    console.print(f"[bold]focus lock[/] engaged at Z {core.getZPosition():.2f} µm (headless; the live window "
-                  f"has no lock toggle yet), {frames} maps", highlight=False)
+    console.print(f"[bold]focus lock[/] engaged at Z {core.getZPosition():.2f} µm (headless; in the live "
+                  f"window it is the Focus lock toggle), {frames} maps", highlight=False)
     run = run_focus_lock(LiveLoop(core, mapper, calibration=cal), lock, frames=frames,
                          on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True))
     console.print(f"[bold]summary[/]: {run.results} maps, {len(run.corrections)} corrections",
