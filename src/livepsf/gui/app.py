@@ -11,8 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from livepsf.acquisition.loop import LiveLoop, LiveResult, LiveStats
+from livepsf.acquisition.loop import LiveLoop, LiveResult, LiveStats, run_for_results
 from livepsf.errors import InputError, SetupError
 from livepsf.mapping import PSFMapper
 
@@ -129,44 +127,16 @@ def run_headless(core: Any, model: Any, *, frames: int = 300, stride_px: int = 6
     if frames < 1:
         raise InputError(f"--frames must be at least 1, got {frames}")
     loop = LiveLoop(core, PSFMapper(model, stride_px=stride_px), calibration=calibration)
-    done = threading.Event()
-    count = {"n": 0}
-    reason = {"text": "completed"}
-
-    def on_result(result: LiveResult) -> None:
-        count["n"] += 1
-        if count["n"] >= frames:
-            done.set()
-            loop.stop()  # from the consumer thread: it ends after this result
-
-    def on_stopped(text: str) -> None:
-        if count["n"] < frames:
-            reason["text"] = text
-        done.set()
-
-    loop.resultReady.connect(on_result)
-    loop.stopped.connect(on_stopped)
     if on_error is not None:
         loop.errorOccurred.connect(on_error)
-    deadline = time.monotonic() + (timeout_s if timeout_s is not None else 10.0 + frames)
-    loop.start()
-    try:
-        while not done.wait(tick_s):
-            if on_tick is not None:
-                on_tick(loop.stats())
-            if time.monotonic() > deadline:
-                reason["text"] = f"timed out after {count['n']} of {frames} maps"
-                break
-    finally:
-        loop.stop()
-        loop.wait(2.0)
+    results, reason = run_for_results(loop, frames, on_tick=on_tick, tick_s=tick_s, timeout_s=timeout_s)
     stats = loop.stats(window_s=None)
     last = loop.latest()
     path = None
     if snapshot is not None and last is not None:
         path = save_snapshot(core, model, last, snapshot, calibration=calibration, overlay=overlay,
                              stride_px=stride_px)
-    return HeadlessRun(stats=stats, results=count["n"], reason=reason["text"], snapshot=path, last=last)
+    return HeadlessRun(stats=stats, results=results, reason=reason, snapshot=path, last=last)
 
 
 def missing_display_libraries() -> list[str]:
@@ -190,7 +160,7 @@ def missing_display_libraries() -> list[str]:
     if not plugin.exists():
         return []
     try:
-        out = subprocess.run([ldd, str(plugin)], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([ldd, str(plugin)], check=False, capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     missing = {line.split("=>")[0].strip() for line in out.splitlines() if "not found" in line}
@@ -230,7 +200,7 @@ def check_qt_binding(void_call: Callable[[], object] | None = None) -> None:
 
     if void_call is None:
         path, rect = QtGui.QPainterPath(), QtCore.QRectF(0, 0, 1, 1)
-        void_call = lambda: path.addRect(rect)  # noqa: E731
+        void_call = lambda: path.addRect(rect)
     calls = 200
     before = sys.getrefcount(None)
     for _ in range(calls):
