@@ -172,4 +172,17 @@ def test_focus_lock_toggle_holds_the_focus_in_the_live_window(qtbot, tiny_model)
     assert abs(core.getPosition()) < 0.6
     window.focus_lock_check.setChecked(False)
     assert window.focus_lock is None and window.focus_lock_label.text() == ""
+    # A new depth calibration releases the lock: its setpoint was measured on the old depth scale.
+    window.focus_lock_check.setChecked(True)
+    assert window.focus_lock is not None
+
+    class OtherCalibration:
+        def check_model(self, model):
+            pass
+
+        def depth_um(self, pmap):
+            return np.zeros(pmap.grid_shape, np.float32)
+
+    window.set_calibration(OtherCalibration())
+    assert window.focus_lock is None and not window.focus_lock_check.isChecked()
     window.shutdown()

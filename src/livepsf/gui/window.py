@@ -533,6 +533,11 @@ class LiveWindow(QtWidgets.QMainWindow):
             calibration.check_model(self.model)
         self.calibration = calibration
         self.loop.set_calibration(calibration)
+        if self.focus_lock is not None and calibration is not self.focus_lock.calibration:
+            # The lock's setpoint was measured with the old calibration: release it rather than hold the
+            # focus with a depth scale that no longer applies.
+            self.focus_lock_check.setChecked(False)
+            self.statusBar().showMessage("Focus lock released: the depth calibration changed", 10000)
         self._update_calibration_label()
         self._trace.clear()
         self._redraw()
