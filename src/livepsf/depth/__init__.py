@@ -1,0 +1,97 @@
+"""Depth from astigmatism: depth metrics, tilted-grid calibration and calibrated depth maps.
+
+Paper Sections II-H and III-E. A weak cylindrical lens adds a fixed astigmatism ``A_L`` to every PSF.
+Because PSF(d, A) == PSF(-d, -A), a network reporting the canonical form (focus >= 0) sees
+``(|d|, +A_L)`` above focus and ``(|d|, -A_L)`` below it: the side of focus is in the sign of the
+measured astigmatism along the lens direction. Three metrics turn a Z-3 PSF map into a number that
+grows linearly with the distance to the focal plane:
+
+``"signed"``
+    ``focus * sign(<astig, u_L>)`` with ``u_L`` the lens astigmatism direction (a unit vector in the
+    ``(astig_0, astig_45)`` plane). Equals the signed defocus ``d`` in waves when the network is right.
+``"projected"``
+    ``focus * clip(<astig, u_L> / s_L, -1, 1)`` with ``s_L`` the lens strength (waves) measured on the
+    calibration frames: the same as ``"signed"`` away from focus, but near focus, where the sign cannot
+    be seen (PSF(0, A) == PSF(0, -A)) and a network hedges towards zero astigmatism, it passes smoothly
+    through zero instead of jumping between +focus and -focus.
+``"eq14"``
+    The paper's eq. 14, ``focus * (2 axis / pi - 1)``, with the axis measured from
+    ``theta_L - pi/4`` (``theta_L`` the lens axis), so that a lens at 45° gives exactly the paper's
+    formula and any other lens orientation works too. About ``-d / 2``.
+
+**Texture gate.** Astigmatism can only be seen in a window whose texture has structure in at least two
+directions: a window holding only parallel lines (most windows of a printed grid of 200 µm squares at
+10×) shows the blur across the lines and nothing along them, so its astigmatism, and hence the side of
+focus, is not determined by the image and a network's answer there follows the line orientation. When
+the frames are at hand, windows whose structure-tensor coherence exceeds ``max_texture_coherence`` are
+treated like invalid windows (excluded from the fit; their depth filled from their neighbours).
+
+A calibration fits the metric against the known height of a tilted printed grid with a robust line
+(classical calibration: metric = a * height + b, inverted to height = slope * metric + offset) and
+keeps every metric's figures; the one with the smaller residual is used. :class:`Calibration` is a
+pydantic model stored as JSON.
+
+Modules: :mod:`~livepsf.depth.metrics` (the metrics, lens direction and strength),
+:mod:`~livepsf.depth.texture` (the texture gate), :mod:`~livepsf.depth.robust` (robust fits),
+:mod:`~livepsf.depth.profiles` (tilted-grid profiles), :mod:`~livepsf.depth.calibration`
+(:class:`Calibration`, the calibration fits), :mod:`~livepsf.depth.outputs` (depth-map files),
+:mod:`~livepsf.depth.plot` (the calibration plot).
+"""
+
+from __future__ import annotations
+
+from livepsf.depth.calibration import (
+    FORMAT,
+    POOR_FIT_R2,
+    Calibration,
+    CalibrationPoint,
+    MetricSummary,
+    TiltResidual,
+    calibrate_psf_maps,
+    calibrate_tilted_grid,
+)
+from livepsf.depth.metrics import (
+    METRICS,
+    Metric,
+    depth_metric,
+    eq14_metric,
+    estimate_lens_direction,
+    estimate_lens_strength,
+    projected_metric,
+    signed_metric,
+)
+from livepsf.depth.outputs import depth_stats, write_depth_outputs
+from livepsf.depth.plot import plot_calibration
+from livepsf.depth.profiles import MetricFit, TiltProfile, fit_metric_profiles, profile_along_axis
+from livepsf.depth.robust import robust_line_fit
+from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows, window_coherence
+
+__all__ = [
+    "FORMAT",
+    "MAX_TEXTURE_COHERENCE",
+    "METRICS",
+    "POOR_FIT_R2",
+    "Calibration",
+    "CalibrationPoint",
+    "Metric",
+    "MetricFit",
+    "MetricSummary",
+    "TiltProfile",
+    "TiltResidual",
+    "calibrate_psf_maps",
+    "calibrate_tilted_grid",
+    "depth_metric",
+    "depth_stats",
+    "eq14_metric",
+    "estimate_lens_direction",
+    "estimate_lens_strength",
+    "fit_metric_profiles",
+    "plot_calibration",
+    "profile_along_axis",
+    "projected_metric",
+    "reliable_windows",
+    "robust_line_fit",
+    "signed_metric",
+    "window_coherence",
+    "write_depth_outputs",
+]
