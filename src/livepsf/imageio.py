@@ -1,18 +1,22 @@
 """Reading user images and choosing output names that never overwrite anything.
 
 Every command that takes images (``map``, ``depth``, ``calibrate``, ``deconvolve``) reads them through
-:func:`read_frames` and names its outputs with :func:`output_path`.
+:func:`read_frames` and names its outputs with :func:`output_path`. :func:`read_z_positions` reads the
+focus-drive position of every plane of a saved z-stack from its OME-XML.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from livepsf.errors import InputError
 
-__all__ = ["read_frames", "output_path", "output_stem", "existing_outputs", "check_frame"]
+__all__ = ["read_frames", "output_path", "output_stem", "existing_outputs", "check_frame", "ZPositions",
+           "read_z_positions"]
 
 _TIFF_SUFFIXES = {".tif", ".tiff"}
 _PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -148,3 +152,138 @@ def _split_suffix(suffix: str) -> tuple[str, str]:
 def _rgb_to_grey(data: np.ndarray) -> np.ndarray:
     rgb = data[..., :3].astype(np.float32)
     return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).astype(np.float32)
+
+
+# -- Z positions of saved stacks ------------------------------------------------------------------------
+
+# OME length units (UnitsLength) in µm; OME's default unit for positions and sizes is the micrometre.
+_UM_PER_UNIT = {"µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "micron": 1.0, "nm": 1e-3, "pm": 1e-6, "Å": 1e-4,
+                "mm": 1e3, "cm": 1e4, "dm": 1e5, "m": 1e6}
+
+
+@dataclass(frozen=True)
+class ZPositions:
+    """Focus-drive positions of the planes of a saved stack, as read by :func:`read_z_positions`.
+
+    Attributes
+    ----------
+    z_um
+        One position per plane, in file order (µm).
+    relative
+        True when the positions come from a uniform ``PhysicalSizeZ`` (plane k at ``k × PhysicalSizeZ``,
+        increasing through the file): only their differences are known, not the stage positions.
+    pixel_size_um
+        ``PhysicalSizeX`` of the image (µm) when the file gives it, else ``None``.
+    note
+        One line for people saying where the positions came from.
+    """
+
+    z_um: np.ndarray
+    relative: bool
+    pixel_size_um: float | None
+    note: str
+
+
+def read_z_positions(path: str | Path) -> ZPositions:
+    """The Z position of every plane of a z-stack OME-TIFF, from its OME-XML.
+
+    ``Plane PositionZ`` (with ``PositionZUnit``) of every plane of the first image is used; without
+    it, a uniform ``PhysicalSizeZ`` of a stack with ``SizeZ > 1`` gives positions relative to the first
+    plane (noted in :attr:`ZPositions.note`). Micro-Manager, tifffile and livepsf's own recordings write
+    ``PositionZ``.
+
+    Raises
+    ------
+    InputError
+        The file is missing or not a TIFF, its OME-XML is corrupt, it has several channels, some planes
+        lack a position, or it has no Z information at all (the message says to pass the positions).
+    """
+    import xml.etree.ElementTree as ET
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    hint = "; give the positions with --z-um or --z-step-um"
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+    except Exception as exc:  # tifffile's own error: not a TIFF, truncated
+        raise InputError(f"{path}: cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+    if not xml:
+        raise InputError(f"{path}: no OME-XML metadata, so no Z positions{hint}")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InputError(f"{path}: corrupt OME-XML ({exc}){hint}") from None
+    pixels = next((el for el in root.iter() if _local(el.tag) == "Pixels"), None)
+    if pixels is None:
+        raise InputError(f"{path}: the OME-XML has no Pixels element{hint}")
+    sizes = {d: _ome_int(pixels, f"Size{d}", path) for d in "CZT"}
+    if sizes["C"] > 1:
+        raise InputError(f"{path}: {sizes['C']} channels; a z-stack for calibration has one")
+    n = sizes["Z"] * sizes["T"]
+    pixel_size = _ome_length(pixels, "PhysicalSizeX", path)
+    order = pixels.get("DimensionOrder", "XYCZT")[2:]
+    if sorted(order) != ["C", "T", "Z"]:
+        raise InputError(f"{path}: corrupt OME-XML (DimensionOrder {pixels.get('DimensionOrder')!r})")
+    planes = [el for el in pixels if _local(el.tag) == "Plane"]
+    positions: dict[int, float] = {}
+    for plane in planes:
+        index, stride = 0, 1
+        for d in order:
+            index += _ome_int(plane, f"The{d}", path, default=0) * stride
+            stride *= sizes[d]
+        z = _ome_length(plane, "PositionZ", path)
+        if z is not None and 0 <= index < n:
+            positions[index] = z
+    if positions:
+        missing = [i for i in range(n) if i not in positions]
+        if missing:
+            raise InputError(f"{path}: {len(missing)} of {n} planes have no PositionZ in the OME-XML "
+                             f"(first: plane {missing[0]}){hint}")
+        z_um = np.array([positions[i] for i in range(n)], dtype=np.float64)
+        return ZPositions(z_um, False, pixel_size, f"Z positions from the OME-XML (PositionZ of {n} planes)")
+    step = _ome_length(pixels, "PhysicalSizeZ", path)
+    if step is not None and sizes["Z"] > 1 and step > 0:
+        z_um = np.arange(n, dtype=np.float64) * step
+        return ZPositions(z_um, True, pixel_size,
+                          f"Z positions from PhysicalSizeZ = {step:g} µm: relative to the first plane and "
+                          "assumed to increase through the file (the in-focus position is estimated)")
+    raise InputError(f"{path}: the OME-XML gives no Z position (no Plane PositionZ, no PhysicalSizeZ){hint}")
+
+
+def _local(tag: str) -> str:
+    """An XML tag without its namespace."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def _ome_int(element, name: str, path: Path, default: int = 1) -> int:
+    value = element.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise InputError(f"{path}: corrupt OME-XML ({name}={value!r} is not an integer)") from None
+    if number < 0:
+        raise InputError(f"{path}: corrupt OME-XML ({name}={value!r} is negative)")
+    return number
+
+
+def _ome_length(element, name: str, path: Path) -> float | None:
+    """An OME length attribute in µm (``None`` when absent), converted from its ``<name>Unit``."""
+    value = element.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"{path}: corrupt OME-XML ({name}={value!r} is not a number)") from None
+    if not math.isfinite(number):
+        raise InputError(f"{path}: corrupt OME-XML ({name}={value!r} is not finite)")
+    unit = element.get(f"{name}Unit", "µm")
+    if unit not in _UM_PER_UNIT:
+        raise InputError(f"{path}: {name}Unit {unit!r} is not a length unit livepsf knows")
+    return number * _UM_PER_UNIT[unit]

@@ -1,0 +1,214 @@
+"""Z-stacks for depth calibration: acquisition on the simulator, saved stacks and their Z positions."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+
+from livepsf.acquisition.focus_signals import image_focus_signals
+from livepsf.acquisition.zstack import (
+    ZStack,
+    ZStackInterrupted,
+    acquire_zstack,
+    load_zstack,
+    save_zstack,
+    zstack_positions,
+)
+from livepsf.errors import InputError
+from livepsf.imageio import read_z_positions
+
+START_Z_UM = 1.5  # the sample (flat, height 0) is in focus at Z = 0; start a little off it
+
+
+@pytest.fixture(scope="module")
+def core():
+    from livepsf.sim import create_core
+
+    return create_core(sample="cells", tilt_deg=0.0, shape=(256, 256), seed=3)
+
+
+@pytest.fixture
+def at_start(core):
+    core.setZPosition(START_Z_UM)
+    core.waitForDevice("Z")
+    return core
+
+
+# -- positions ---------------------------------------------------------------------------------------
+
+
+def test_positions_are_symmetric_about_the_centre():
+    np.testing.assert_allclose(zstack_positions(10.0, 40.0, step_um=2.0), 10.0 + np.arange(-40, 41, 2.0))
+    np.testing.assert_allclose(zstack_positions(0.0, 5.0, step_um=2.0), [-4, -2, 0, 2, 4])
+    np.testing.assert_allclose(zstack_positions(-1.0, 3.0, n_steps=4), [-4, -2, 0, 2])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"range_um": 10.0}, "either a step"),
+    ({"range_um": 10.0, "step_um": 1.0, "n_steps": 5}, "either a step"),
+    ({"range_um": 0.0, "step_um": 1.0}, "range"),
+    ({"range_um": float("nan"), "step_um": 1.0}, "range"),
+    ({"range_um": 10.0, "step_um": -1.0}, "step"),
+    ({"range_um": 1.0, "step_um": 5.0}, "larger than the range"),
+    ({"range_um": 10.0, "n_steps": 1}, "at least 2"),
+    ({"range_um": 1000.0, "step_um": 0.01}, "more than"),
+])
+def test_bad_ranges_are_input_errors(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        zstack_positions(0.0, **kwargs)
+
+
+# -- acquisition -------------------------------------------------------------------------------------
+
+
+def test_stack_is_taken_at_the_positions_and_z_is_restored(at_start):
+    seen = []
+    stack = acquire_zstack(at_start, range_um=30.0, step_um=10.0, center_z_um=0.0, settle_ms=0.0,
+                           progress=lambda done, total, z: seen.append((done, total, z)))
+    np.testing.assert_allclose(stack.z_um, [-30, -20, -10, 0, 10, 20, 30], atol=1e-6)
+    assert stack.frames.shape == (7, 256, 256) and stack.frames.dtype == at_start.getImage().dtype
+    assert stack.pixel_size_um == pytest.approx(0.65) and not stack.cancelled
+    assert [s[0] for s in seen] == list(range(1, 8)) and seen[-1][1] == 7
+    assert at_start.getZPosition() == pytest.approx(START_Z_UM)
+    # The frames show the stage positions: the sample is sharpest where it is in focus (Z = 0), and the
+    # cylindrical lens stretches the blur one way below focus and the other way above.
+    signals = [image_focus_signals(f, None) for f in stack.frames]
+    assert int(np.argmax([s.sharpness for s in signals])) == 3
+    anisotropy = np.array([s.anisotropy for s in signals])
+    assert np.sign(anisotropy[0]) == -np.sign(anisotropy[-1]) and abs(anisotropy[3]) < abs(anisotropy[0])
+
+
+def test_default_centre_is_the_present_position(at_start):
+    stack = acquire_zstack(at_start, range_um=2.0, n_steps=3, settle_ms=0.0)
+    np.testing.assert_allclose(stack.z_um, START_Z_UM + np.array([-2.0, 0.0, 2.0]), atol=1e-6)
+
+
+def test_cancel_keeps_the_planes_taken_and_restores_z(at_start):
+    stop = threading.Event()
+
+    def progress(done, total, z):
+        if done == 2:
+            stop.set()
+
+    stack = acquire_zstack(at_start, range_um=6.0, step_um=2.0, settle_ms=0.0, progress=progress,
+                           cancel=stop.is_set)
+    assert stack.cancelled and len(stack) == 2 and stack.frames.shape[0] == 2
+    assert at_start.getZPosition() == pytest.approx(START_Z_UM)
+
+
+def test_camera_failing_mid_stack_says_which_plane_and_keeps_the_rest(at_start, monkeypatch):
+    snap = at_start.snapImage
+    calls = {"n": 0}
+
+    def failing_snap(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("Camera snap timed out")
+        return snap(*args)
+
+    monkeypatch.setattr(at_start, "snapImage", failing_snap)
+    with pytest.raises(ZStackInterrupted, match=r"camera failed at plane 4 of 7.*timed out.*3 planes") as exc:
+        acquire_zstack(at_start, range_um=6.0, step_um=2.0, center_z_um=0.0, settle_ms=0.0)
+    assert isinstance(exc.value, InputError)
+    partial = exc.value.partial
+    assert len(partial) == 3 and partial.frames.shape == (3, 256, 256)
+    np.testing.assert_allclose(partial.z_um, [-6, -4, -2], atol=1e-6)
+    assert at_start.getZPosition() == pytest.approx(START_Z_UM)
+
+
+def test_microscope_without_focus_drive_or_with_live_view_is_refused(at_start, monkeypatch):
+    monkeypatch.setattr(at_start, "getFocusDevice", lambda: "")
+    with pytest.raises(InputError, match="no focus drive"):
+        acquire_zstack(at_start, range_um=4.0, step_um=2.0)
+    monkeypatch.undo()
+    monkeypatch.setattr(at_start, "isSequenceRunning", lambda *a: True)
+    with pytest.raises(InputError, match="live view"):
+        acquire_zstack(at_start, range_um=4.0, step_um=2.0)
+
+
+# -- saved stacks -------------------------------------------------------------------------------------
+
+
+def _stack(n: int = 5, z0: float = -4.0, step: float = 2.0) -> ZStack:
+    rng = np.random.default_rng(0)
+    return ZStack(rng.integers(0, 4000, (n, 32, 48), dtype=np.uint16), z0 + step * np.arange(n), 0.65,
+                  metadata={"exposure_ms": 10.0})
+
+
+def test_save_and_load_round_trip_the_positions_and_never_overwrite(tmp_path):
+    stack = _stack()
+    path = save_zstack(stack, tmp_path / "stack.ome.tif")
+    assert path.name == "stack.ome.tif"
+    again = save_zstack(stack, tmp_path / "stack.ome.tif")
+    assert again.name == "stack-1.ome.tif" and path.stat().st_size > 0
+    loaded = load_zstack(path)
+    np.testing.assert_array_equal(loaded.frames, stack.frames)
+    np.testing.assert_allclose(loaded.z_um, stack.z_um)
+    assert loaded.pixel_size_um == pytest.approx(0.65) and not loaded.z_relative
+    # Other tools see the same file: tifffile reads it as ZYX.
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].axes == "ZYX"
+
+
+def test_positions_given_explicitly_override_the_file(tmp_path):
+    path = save_zstack(_stack(), tmp_path / "s.ome.tif")
+    loaded = load_zstack(path, z_um=[0, 1, 2, 3, 4], pixel_size_um=0.5)
+    np.testing.assert_allclose(loaded.z_um, [0, 1, 2, 3, 4])
+    assert loaded.pixel_size_um == 0.5
+    with pytest.raises(InputError, match="5 planes but 3 Z positions"):
+        load_zstack(path, z_um=[0, 1, 2])
+
+
+def test_recordings_and_unit_conversion_are_read(tmp_path):
+    from livepsf.acquisition.recorder import Recorder
+
+    with Recorder(tmp_path / "rec.ome.tif", pixel_size_um=0.65) as rec:
+        for z in (-3.0, 0.0, 3.0):
+            rec.append(np.full((16, 16), 100, np.uint16), z_um=z)
+    np.testing.assert_allclose(read_z_positions(rec.path).z_um, [-3.0, 0.0, 3.0])
+    nm = tmp_path / "nm.ome.tif"
+    tifffile.imwrite(nm, np.zeros((2, 8, 8), np.uint16), ome=True, metadata={
+        "axes": "ZYX", "Plane": {"PositionZ": [1500.0, 2500.0], "PositionZUnit": ["nm", "nm"]}})
+    np.testing.assert_allclose(read_z_positions(nm).z_um, [1.5, 2.5])
+
+
+def test_uniform_physical_size_z_gives_relative_positions(tmp_path):
+    path = tmp_path / "dz.ome.tif"
+    tifffile.imwrite(path, np.zeros((4, 8, 8), np.uint16), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeZ": 2.5, "PhysicalSizeX": 0.65})
+    found = read_z_positions(path)
+    np.testing.assert_allclose(found.z_um, [0, 2.5, 5, 7.5])
+    assert found.relative and "relative" in found.note and found.pixel_size_um == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: tifffile.imwrite(p, np.zeros((2, 8, 8), np.uint16), ome=False), "no OME-XML"),
+    (lambda p: tifffile.imwrite(p, np.zeros((2, 8, 8), np.uint16), metadata=None,
+                                description='<?xml version="1.0"?><OME><Image><Pixels></OME>'), "corrupt OME-XML"),
+    (lambda p: tifffile.imwrite(p, np.zeros((2, 8, 8), np.uint16), ome=True,
+                                metadata={"axes": "ZYX", "Plane": {"PositionZ": ["abc", "1"]}}), "not a number"),
+    (lambda p: tifffile.imwrite(p, np.zeros((2, 8, 8), np.uint16), ome=True, metadata={"axes": "ZYX"}),
+     "no Z position"),
+    (lambda p: p.write_bytes(b"not a tiff"), "cannot read TIFF"),
+])
+def test_missing_or_corrupt_z_metadata_is_an_input_error_naming_the_file(tmp_path, write, message):
+    path = tmp_path / "stack.ome.tif"
+    write(path)
+    with pytest.raises(InputError, match=message) as exc:
+        read_z_positions(path)
+    assert str(path) in str(exc.value)
+
+
+def test_planes_without_position_are_refused(tmp_path):
+    path = tmp_path / "holes.ome.tif"
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="8" SizeY="8" '
+           'SizeC="1" SizeZ="3" SizeT="1"><Plane TheC="0" TheZ="0" TheT="0" PositionZ="0"/>'
+           '<Plane TheC="0" TheZ="2" TheT="0" PositionZ="4"/></Pixels></Image></OME>')
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint16), description=xml, metadata=None,
+                     photometric="minisblack")
+    with pytest.raises(InputError, match="1 of 3 planes have no PositionZ"):
+        read_z_positions(path)
