@@ -64,6 +64,7 @@ from livepsf.depth.outputs import depth_stats, write_depth_outputs
 from livepsf.depth.plot import plot_calibration
 from livepsf.depth.profiles import MetricFit, TiltProfile, fit_metric_profiles, profile_along_axis
 from livepsf.depth.robust import robust_line_fit
+from livepsf.depth.surface import PRIORS, DepthSurface, fit_surface, surface_depth
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows, window_coherence
 
 __all__ = [
@@ -71,8 +72,10 @@ __all__ = [
     "MAX_TEXTURE_COHERENCE",
     "METRICS",
     "POOR_FIT_R2",
+    "PRIORS",
     "Calibration",
     "CalibrationPoint",
+    "DepthSurface",
     "Metric",
     "MetricFit",
     "MetricSummary",
@@ -86,12 +89,14 @@ __all__ = [
     "estimate_lens_direction",
     "estimate_lens_strength",
     "fit_metric_profiles",
+    "fit_surface",
     "plot_calibration",
     "profile_along_axis",
     "projected_metric",
     "reliable_windows",
     "robust_line_fit",
     "signed_metric",
+    "surface_depth",
     "window_coherence",
     "write_depth_outputs",
 ]
