@@ -212,3 +212,101 @@ def test_planes_without_position_are_refused(tmp_path):
                      photometric="minisblack")
     with pytest.raises(InputError, match="1 of 3 planes have no PositionZ"):
         read_z_positions(path)
+
+
+# -- command line -------------------------------------------------------------------------------------
+
+
+def _run_cli(args: list) -> int:
+    from livepsf.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    return int(exc.value.code or 0)
+
+
+def _flat_sample_stack(z_um: np.ndarray, focus_z_um: float, shape=(256, 256)) -> ZStack:
+    """Frames of a flat sample whose signed defocus (waves) is encoded for test_depth's ramp mapper."""
+    from livepsf.optics import Optics
+
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    checker = np.where((yy // 8 + xx // 8) % 2 == 0, 300.0, -300.0)  # 2-D texture: passes the texture gate
+    # The sample is at height 0; with the focal plane at z its height relative to focus is -(z - focus).
+    waves = Optics().defocus_waves(focus_z_um - np.asarray(z_um))
+    frames = np.stack([np.round((w + 2.0) * 1000.0 + checker).astype(np.uint16) for w in waves])
+    return ZStack(frames, np.asarray(z_um, dtype=np.float64), 0.65)
+
+
+@pytest.fixture
+def ramp_network(monkeypatch):
+    import livepsf.mapping
+    import livepsf.net
+    from test_depth import _Net, _RampMapper
+
+    monkeypatch.setattr(livepsf.net, "load_model", lambda name, device=None: _Net("ramp", "d" * 64))
+    monkeypatch.setattr(livepsf.mapping, "PSFMapper", _RampMapper)
+
+
+def test_cli_calibrates_a_saved_stack(tmp_path, ramp_network, capsys):
+    from livepsf.depth import Calibration
+    from livepsf.optics import Optics
+
+    z = np.arange(-20.0, 20.1, 4.0) + 7.0  # stage positions; the sample is in focus at Z = 7
+    source = save_zstack(_flat_sample_stack(z, focus_z_um=7.0), tmp_path / "stack.ome.tif")
+    before = source.read_bytes()
+    code = _run_cli(["calibrate", "--zstack", source])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    json_path = tmp_path / "stack_calibration.json"
+    assert json_path.is_file() and (tmp_path / "stack_calibration.png").is_file()
+    assert "slope" in text and "R²" in text and "leave-one-frame-out" in text
+    cal = Calibration.load(json_path)
+    assert cal.source == "z-stack" and cal.model_name == "ramp"
+    # A perfect network reports the signed defocus: one wave of it is 1/defocus_waves(1 µm) of height.
+    assert cal.slope_um_per_unit == pytest.approx(1.0 / Optics().defocus_waves(1.0), rel=0.02)
+    assert source.read_bytes() == before  # the input is never touched
+    # Positions given on the command line (relative: a uniform step) fit the same slope.
+    code = _run_cli(["calibrate", "--zstack", source, "--z-step-um", "4", "--out", tmp_path / "step.json"])
+    assert code == 0, capsys.readouterr().err
+    assert Calibration.load(tmp_path / "step.json").slope_um_per_unit == pytest.approx(cal.slope_um_per_unit,
+                                                                                       rel=0.02)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--z-um", "1,2"], "only with --zstack"),
+    (["--zstack"], "give one saved stack"),
+    (["--zstack", "{stack}", "{stack}"], "one stack file"),
+    (["--zstack", "--sim", "--z-um", "1,2"], "only for a saved stack"),
+    (["--zstack", "--sim", "--mm-config", "x.cfg"], "choose one microscope"),
+    (["--zstack", "{stack}", "--range-um", "10"], "only when acquiring"),
+    (["--zstack", "{stack}", "--tilt-deg", "6"], "belong to the tilted grid"),
+    (["--zstack", "{stack}", "--z-um", "1,2"], "5 planes but 2 Z positions"),
+    (["--zstack", "{plain}"], "no OME-XML"),
+    (["--zstack", "{missing}"], "no such file"),
+    (["--zstack", "--sim", "--sample", "moon"], "--sample 'moon'"),
+])
+def test_cli_zstack_bad_input_exits_2_with_one_line(tmp_path, ramp_network, capsys, args, message):
+    stack = save_zstack(_stack(), tmp_path / "s.ome.tif")
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((3, 64, 64), np.uint16), ome=False, photometric="minisblack")
+    names = {"{stack}": stack, "{plain}": plain, "{missing}": tmp_path / "nope.ome.tif"}
+    assert _run_cli(["calibrate", *[names.get(a, a) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_cli_acquires_on_the_simulator_and_keeps_the_stack(tmp_path, capsys):
+    from livepsf.depth import Calibration
+
+    out = tmp_path / "sim.json"
+    code = _run_cli(["calibrate", "--zstack", "--sim", "--sample", "cells", "--size", "384", "--range-um", "24",
+                     "--step-um", "4", "--settle-ms", "0", "--out", out])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    cal = Calibration.load(out)
+    assert cal.source == "z-stack" and cal.slope_um_per_unit > 0
+    stack = load_zstack(tmp_path / "sim_zstack.ome.tif")
+    np.testing.assert_allclose(stack.z_um, np.arange(-24.0, 24.1, 4.0), atol=1e-6)
+    assert stack.frames.shape == (13, 384, 384) and stack.pixel_size_um == pytest.approx(0.65)
+    assert (tmp_path / "sim.png").is_file() and "recorded 13 planes" in text

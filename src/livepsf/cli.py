@@ -65,10 +65,12 @@ def _split_numbers(values: list[str] | None, option: str) -> list[float]:
 
 @app.command()
 def calibrate(
-    images: list[Path] = typer.Argument(..., help="Frames of a printed grid tilted by known angles."),
-    tilt_deg: list[str] = typer.Option(..., "--tilt-deg", help="Tilt in degrees: one for all images, or one "
+    images: list[Path] = typer.Argument(None, help="Frames of a printed grid tilted by known angles; with "
+                                        "--zstack, the saved z-stack (OME-TIFF)."),
+    tilt_deg: list[str] = typer.Option(None, "--tilt-deg", help="Tilt in degrees: one for all images, or one "
                                        "per image (repeat the option or separate with commas)."),
-    pixel_size_um: float = typer.Option(..., "--pixel-size-um", help="Pixel size in the sample plane, µm."),
+    pixel_size_um: float = typer.Option(None, "--pixel-size-um", help="Pixel size in the sample plane, µm "
+                                        "(--zstack: default the file's or the microscope's)."),
     tilt_axis: str = typer.Option("x", "--tilt-axis", help="Array axis along which the height grows: x or y."),
     in_focus_px: list[str] = typer.Option(None, "--in-focus-px", help="In-focus column (x) or row (y), per "
                                           "image or one for all; estimated from the data when omitted."),
@@ -78,8 +80,34 @@ def calibrate(
                                "or eq14 (default: the best fit)."),
     out: Path = typer.Option(None, "--out", help="Calibration JSON to write (never overwritten); default "
                              "beside the first image."),
+    zstack: bool = typer.Option(False, "--zstack", help="Calibrate from a z-stack instead: a saved stack "
+                                "(IMAGE) or one acquired now (--sim or --mm-config)."),
+    z_um: list[str] = typer.Option(None, "--z-um", help="--zstack: Z of every plane, µm (default: the file's "
+                                   "OME PositionZ)."),
+    z_step_um: float = typer.Option(None, "--z-step-um", help="--zstack: uniform Z step between planes, µm."),
+    focus_z_um: float = typer.Option(None, "--focus-z-um", help="--zstack: Z where the sample is in focus "
+                                     "(estimated when omitted)."),
+    sim: bool = typer.Option(False, "--sim", help="--zstack: acquire on the simulated microscope."),
+    mm_config: Path = typer.Option(None, "--mm-config", help="--zstack: acquire on this Micro-Manager "
+                                   "configuration (.cfg)."),
+    camera: str = typer.Option(None, "--camera", help="--mm-config: camera device label."),
+    sample: str = typer.Option(None, "--sample", help="--sim: printed-grid, cells or filaments (flat; "
+                               "default printed-grid)."),
+    size: int = typer.Option(None, "--size", help="--sim: camera frame side, px (default 1024)."),
+    range_um: float = typer.Option(None, "--range-um", help="Acquired z-stack: half range around the present "
+                                   "Z, µm (default 40)."),
+    step_um: float = typer.Option(None, "--step-um", help="Acquired z-stack: step, µm (default 2)."),
+    settle_ms: float = typer.Option(None, "--settle-ms", help="Acquired z-stack: wait after each move, ms "
+                                    "(default 10)."),
 ) -> None:
-    """Fit a depth calibration on a tilted printed grid; writes JSON and a PNG plot."""
+    """Fit a depth calibration on a tilted printed grid, or on a z-stack (--zstack); writes JSON and a PNG plot.
+
+    \b
+    Tilted grid:   livepsf calibrate IMG... --tilt-deg D... --pixel-size-um P [--tilt-axis x|y] --out FILE
+    Saved stack:   livepsf calibrate --zstack STACK.ome.tif [--z-um Z,... | --z-step-um S] --out FILE
+    Acquire now:   livepsf calibrate --zstack --sim [--sample cells] --range-um R --step-um S --out FILE
+                   livepsf calibrate --zstack --mm-config MM.cfg --range-um R --step-um S --out FILE
+    """
     from rich.table import Table
 
     from livepsf.depth import calibrate_psf_maps, plot_calibration
@@ -87,6 +115,24 @@ def calibrate(
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
 
+    zstack_options = {"--z-um": z_um, "--z-step-um": z_step_um, "--focus-z-um": focus_z_um, "--sim": sim or None,
+                      "--mm-config": mm_config, "--camera": camera, "--sample": sample, "--size": size,
+                      "--range-um": range_um, "--step-um": step_um, "--settle-ms": settle_ms}
+    if zstack:
+        if tilt_deg or in_focus_px or tilt_axis != "x":
+            raise InputError("--zstack calibrates from stage positions: --tilt-deg, --tilt-axis and "
+                             "--in-focus-px belong to the tilted grid")
+        _calibrate_zstack(images or [], out=out, model=model, stride=stride, metric=metric,
+                          pixel_size_um=pixel_size_um, **{k.lstrip("-").replace("-", "_"): v
+                                                          for k, v in zstack_options.items()})
+        return
+    given = [name for name, value in zstack_options.items() if value is not None and value != []]
+    if given:
+        raise InputError(f"{', '.join(given)}: only with --zstack")
+    if not images:
+        raise InputError("give the frames of the tilted grid (or calibrate from a z-stack with --zstack)")
+    if pixel_size_um is None:
+        raise InputError("--pixel-size-um is required")
     tilts = _split_numbers(tilt_deg, "--tilt-deg")
     foci = _split_numbers(in_focus_px, "--in-focus-px")
     if out is not None and out.exists():
@@ -124,6 +170,105 @@ def calibrate(
     if cal.notes:
         err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, stride: int, metric: str | None,
+                      pixel_size_um: float | None, z_um: list[str] | None, z_step_um: float | None,
+                      focus_z_um: float | None, sim: bool | None, mm_config: Path | None, camera: str | None,
+                      sample: str | None, size: int | None, range_um: float | None, step_um: float | None,
+                      settle_ms: float | None) -> None:
+    """``livepsf calibrate --zstack``: a saved stack (one IMAGE) or one acquired now (--sim / --mm-config)."""
+    from livepsf.acquisition.zstack import acquire_zstack, calibrate_from_zstack, load_zstack, save_zstack
+    from livepsf.depth import plot_calibration
+    from livepsf.imageio import output_path
+    from livepsf.mapping import PSFMapper
+    from livepsf.net import load_model
+
+    acquire = bool(sim) or mm_config is not None
+    if out is not None and out.exists():
+        raise InputError(f"{out}: already exists; calibrations are never overwritten, choose another --out")
+    if out is not None and out.suffix.lower() != ".json":
+        raise InputError(f"{out}: the calibration is written as JSON; give a name ending in .json")
+    if acquire:
+        if images:
+            raise InputError(f"{images[0]}: --zstack takes a saved stack or acquires one (--sim, --mm-config), "
+                             "not both")
+        if sim and mm_config is not None:
+            raise InputError("--sim and --mm-config: choose one microscope")
+        saved_only = {"--z-um": z_um, "--z-step-um": z_step_um}
+        if any(saved_only.values()):
+            raise InputError(f"{', '.join(k for k, v in saved_only.items() if v)}: only for a saved stack; an "
+                             "acquired stack records the stage positions itself")
+    else:
+        if len(images) != 1:
+            raise InputError("--zstack: give one saved stack (OME-TIFF with Z positions), or acquire one with "
+                             "--sim or --mm-config" if not images else
+                             f"--zstack takes one stack file, got {len(images)}")
+        acquired_only = {"--camera": camera, "--sample": sample, "--size": size, "--range-um": range_um,
+                         "--step-um": step_um, "--settle-ms": settle_ms}
+        if any(v is not None for v in acquired_only.values()):
+            given = ", ".join(k for k, v in acquired_only.items() if v is not None)
+            raise InputError(f"{given}: only when acquiring the stack (--sim or --mm-config)")
+    net = load_model(model)
+    mapper = PSFMapper(net, stride_px=stride)
+    if acquire:
+        core = _zstack_core(net, sim=bool(sim), mm_config=mm_config, camera=camera, sample=sample, size=size)
+        console.print(f"[bold]z-stack[/]: ±{range_um or 40.0:g} µm in {step_um or 2.0:g} µm steps around Z "
+                      f"{core.getZPosition():+.2f} µm on {'the simulated microscope' if sim else mm_config}",
+                      highlight=False)
+        stack = acquire_zstack(core, range_um=40.0 if range_um is None else range_um,
+                               step_um=2.0 if step_um is None else step_um,
+                               settle_ms=10.0 if settle_ms is None else settle_ms, pixel_size_um=pixel_size_um)
+        json_path = out if out is not None else output_path(Path.cwd() / ("sim-zstack" if sim else "zstack"),
+                                                            "_calibration.json")
+        # The frames are written before the fit: a fit that fails loses no acquisition.
+        stack_path = save_zstack(stack, output_path(json_path, "_zstack.ome.tif"))
+        console.print(f"recorded {stack.summary()} to {stack_path}", highlight=False)
+    else:
+        positions = _split_numbers(z_um, "--z-um") or None
+        stack = load_zstack(images[0], positions, pixel_size_um, z_step_um=z_step_um)
+        json_path = out if out is not None else output_path(images[0], "_calibration.json")
+        console.print(f"[bold]z-stack[/] {images[0]}: {stack.summary()}", highlight=False)
+        if stack.z_relative and focus_z_um is None:
+            console.print("  Z positions are relative (no stage positions in the file): the in-focus position "
+                          "is estimated", highlight=False)
+    cal = calibrate_from_zstack(stack, mapper, focus_z_um=focus_z_um, metric=metric)
+    cal.save(json_path)
+    png_path = plot_calibration(cal, output_path(json_path, ".png"))
+    _print_zstack_calibration(cal)
+    console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+def _zstack_core(net, *, sim: bool, mm_config: Path | None, camera: str | None, sample: str | None,
+                 size: int | None):
+    """The microscope to acquire a z-stack on: the simulator (a flat sample, lens in) or Micro-Manager."""
+    if not sim:
+        return _micromanager_core(mm_config, camera)
+    import logging
+
+    from livepsf.sim import SAMPLES, create_core
+
+    sample = sample or "printed-grid"
+    size = 1024 if size is None else size
+    if sample not in SAMPLES:
+        raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
+    if not 128 <= size <= 4096:
+        raise InputError(f"--size {size}: use 128 to 4096 px")
+    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
+    return create_core(sample=sample, tilt_deg=0.0, lens=True, shape=(size, size), optics=net.optics)
+
+
+def _print_zstack_calibration(cal) -> None:
+    for s in cal.metrics:
+        console.print(f"  {s.metric:>9}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
+                      f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm"
+                      + ("  (used)" if s.metric == cal.metric else ""), highlight=False)
+    lofo = getattr(cal, "lofo_mean_abs_error_um", None)
+    console.print(f"slope {cal.slope_um_per_unit:.3f} µm/unit, R² {cal.r2:.4f}, in-sample mean |err| "
+                  f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm, leave-one-frame-out "
+                  + (f"{lofo:.2f} µm" if lofo is not None else "n/a"), highlight=False)
+    if cal.notes:
+        err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
 
 
 def _per_image_values(values: list[float], per_image: list, images: list[Path], option: str,

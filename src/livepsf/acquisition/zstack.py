@@ -311,29 +311,38 @@ def save_zstack(stack: ZStack, path: str | Path) -> Path:
     return target
 
 
-def load_zstack(path: str | Path, z_um: Sequence[float] | None = None,
-                pixel_size_um: float | None = None) -> ZStack:
-    """Read a saved z-stack: its planes and their Z positions (from the OME-XML unless ``z_um`` is given).
+def load_zstack(path: str | Path, z_um: Sequence[float] | None = None, pixel_size_um: float | None = None,
+                *, z_step_um: float | None = None) -> ZStack:
+    """Read a saved z-stack: its planes and their Z positions (from the OME-XML unless given).
 
-    ``pixel_size_um`` overrides the file's ``PhysicalSizeX``; one of them is needed.
+    ``z_um`` gives every plane's position; ``z_step_um`` a uniform step (plane k at ``k × z_step_um``,
+    positions then relative). ``pixel_size_um`` overrides the file's ``PhysicalSizeX``; one of them is
+    needed.
 
     Raises
     ------
     InputError
-        Unreadable file, missing or corrupt Z metadata (and no ``z_um``), a number of positions that
-        does not match the planes, fewer than 2 planes, no pixel size.
+        Unreadable file, missing or corrupt Z metadata (and no positions given), a number of positions
+        that does not match the planes, fewer than 2 planes, no pixel size.
     """
     from livepsf.imageio import read_frames, read_z_positions
 
     path = Path(path)
+    if z_um is not None and z_step_um is not None:
+        raise InputError(f"{path}: give the Z positions or a Z step, not both")
     frames = read_frames(path)
     relative, file_pixel = False, None
-    if z_um is None:
+    if z_um is None and z_step_um is None:
         found = read_z_positions(path)
         positions, relative, file_pixel = found.z_um, found.relative, found.pixel_size_um
         logger.info("%s: %s", path, found.note)
     else:
-        positions = np.asarray([float(z) for z in z_um], dtype=np.float64)
+        if z_um is not None:
+            positions = np.asarray([float(z) for z in z_um], dtype=np.float64)
+        else:
+            if not (math.isfinite(z_step_um) and z_step_um != 0):
+                raise InputError(f"{path}: the Z step must be a non-zero number of µm, got {z_step_um!r}")
+            positions, relative = np.arange(len(frames), dtype=np.float64) * float(z_step_um), True
         if not np.isfinite(positions).all():
             raise InputError(f"{path}: the Z positions must be finite numbers")
         try:
