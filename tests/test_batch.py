@@ -51,7 +51,8 @@ def _hidden(folder: Path) -> list[str]:
 
 
 def test_folders_expand_to_their_tiffs_without_livepsf_outputs(tmp_path: Path) -> None:
-    for name in ("b.tif", "a.ome.tiff", "a_psfmap.ome.tif", "b_deconv-2.ome.tif", "x_depth.ome.tif", ".hidden.tif",
+    for name in ("b.tif", "a.ome.tiff", "a_psfmap.ome.tif", "b_deconv-2.ome.tif", "x_depth.ome.tif", "x_surface.ome.tif",
+                 ".hidden.tif",
                  "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "empty").mkdir()
@@ -261,3 +262,43 @@ def test_cli_workers_without_a_scheduler_is_refused_for_map(tmp_path: Path) -> N
     with pytest.raises(SystemExit) as exit_info:
         main(["map", str(tmp_path / "a.tif"), "--workers", "2"])
     assert exit_info.value.code == 2
+
+
+def test_cli_depth_surface_on_a_scheduler_equals_the_one_machine_command(tmp_path: Path, cluster) -> None:
+    from typer.testing import CliRunner
+
+    from livepsf.cli import app
+    from livepsf.depth import Calibration, write_depth_outputs
+    from livepsf.net import load_model
+
+    # The shipped network and its simulator calibration, on a textured (checkerboard) stack.
+    cal_path = Path(__file__).resolve().parents[1] / "calibration" / "sim-default.json"
+    yy, xx = np.mgrid[:256, :256]
+    checker = np.where((yy // 12 + xx // 12) % 2 == 0, 3000.0, 800.0)
+    rng = np.random.default_rng(3)
+    stack = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(stack, np.stack([rng.poisson(checker), rng.poisson(checker[:, ::-1])]).astype(np.uint16),
+                     ome=True)
+    args = ["depth", str(stack), "--calibration", str(cal_path), "--surface", "plane",
+            "--scheduler", cluster.scheduler_address]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "stack_surface.ome.tif" in result.output
+    surface = tifffile.imread(tmp_path / "stack_surface.ome.tif")
+    assert surface.shape == (2, 2, 256, 256)  # frames, (surface, σ), rows, columns
+    frames = read_frames(stack)
+    cal = Calibration.load(cal_path)
+    mapper = PSFMapper(load_model(cal.model_name), stride_px=cal.stride_px or 64)
+    write_depth_outputs(stack, [mapper(f) for f in frames], cal, cal_path, tmp_path / "reference", frames=frames,
+                        surface="plane")
+    np.testing.assert_allclose(surface, tifffile.imread(tmp_path / "reference" / "stack_surface.ome.tif"), atol=1e-4)
+    summary = json.loads((tmp_path / "stack_depth.json").read_text())
+    assert summary["surface_map"] == str(tmp_path / "stack_surface.ome.tif")
+    assert summary["batch_settings"]["surface"] == "plane" and "surface" in summary["frames"][1]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "already done with these settings" in result.output
+    # Another prior is another output, beside the first; a folder run does not take outputs for inputs.
+    result = CliRunner().invoke(app, [*args[:-3], "smooth", *args[-2:]])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "stack_surface-1.ome.tif").is_file() and (tmp_path / "stack_depth-1.json").is_file()
+    assert [p.name for p in expand_inputs([tmp_path])[0]] == ["stack.ome.tif"]

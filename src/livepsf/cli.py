@@ -296,6 +296,8 @@ def depth(
     model: str = typer.Option(None, "--model", help="Model to map with (default: the calibration's model)."),
     stride: int = typer.Option(None, "--stride", help="Window step, px (default: the calibration's)."),
     median: int = typer.Option(1, "--median", help="Median over N x N windows (smooth surfaces; 1: none)."),
+    surface: str = typer.Option(None, "--surface", help="Also fuse the windows into one surface (plane, "
+                                "poly2 or smooth) weighted by their σ: <name>_surface.ome.tif (surface, σ)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: beside each image)."),
     scheduler: str = typer.Option(None, "--scheduler", help="Run on Dask: a scheduler address "
                                   "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
@@ -303,11 +305,15 @@ def depth(
 ) -> None:
     """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json."""
     _check_workers_option(scheduler, workers)
+    from livepsf.depth.surface import check_prior
+
+    check_prior(surface)
     if scheduler is not None:
         from livepsf.batch import BatchOptions
 
         _run_batch(images, BatchOptions("depth", model=model, stride_px=stride, out_dir=_folder(out),
-                                        calibration=str(calibration), median_windows=median), scheduler, workers)
+                                        calibration=str(calibration), median_windows=median, surface=surface),
+                   scheduler, workers)
         return
     from livepsf.depth import Calibration, write_depth_outputs
     from livepsf.imageio import read_frames
@@ -322,14 +328,26 @@ def depth(
         frames = read_frames(image)
         pmaps = [mapper(frame) for frame in frames]
         tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out, frames=frames,
-                                                         median_windows=median)
+                                                         median_windows=median, surface=surface)
         for i, s in enumerate(stats):
             plane = f" [{i}]" if len(stats) > 1 else ""
             console.print(f"{image}{plane}: depth {s['min_um']:.1f} … {s['max_um']:.1f} µm (median "
                           f"{s['median_um']:.1f}), {100 * s['invalid_fraction']:.0f}% windows invalid, "
                           f"{100 * s['unreliable_fraction']:.0f}% not used",
                           highlight=False)
-        console.print(f"wrote {tif_path} and {json_path}", highlight=False)
+            if "surface" in s:
+                f = s["surface"]
+                console.print(f"{image}{plane}: {surface} surface {f['min_um']:.1f} … {f['max_um']:.1f} µm, "
+                              f"tilt {f['tilt_x_deg']:.2f}° along x, {f['tilt_y_deg']:.2f}° along y, "
+                              f"σ {f['median_sigma_um']:.2f} µm (median), {f['n_used']} of {f['n_windows']} "
+                              "informative windows used", highlight=False, soft_wrap=True)
+        if surface is None:
+            console.print(f"wrote {tif_path} and {json_path}", highlight=False)
+        else:
+            import json
+
+            surface_path = json.loads(json_path.read_text(encoding="utf-8"))["surface_map"]
+            console.print(f"wrote {tif_path}, {json_path} and {surface_path}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """Batch inputs: files and folders of TIFF/OME-TIFF, and OME-Zarr, read lazily one frame at a time.
 
 A folder stands for the TIFF files and ``*.zarr`` stores directly inside it (sorted by name), leaving
-out hidden files and livepsf's own outputs (``*_psfmap.ome.tif``, ``*_depth.ome.tif``,
+out hidden files and livepsf's own outputs (``*_psfmap.ome.tif``, ``*_depth.ome.tif``, ``*_surface.ome.tif``,
 ``*_deconv.ome.tif`` and their ``-1``, ``-2`` ... variants), so a folder can be processed again
 without feeding on its outputs.
 
@@ -31,7 +31,7 @@ __all__ = ["FrameSource", "expand_inputs", "open_source", "read_frame"]
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _ZARR_SUFFIX = ".zarr"
-_OUTPUT_NAME = re.compile(r"_(psfmap|depth|deconv)(-\d+)?\.ome\.tiff?$", re.IGNORECASE)
+_OUTPUT_NAME = re.compile(r"_(psfmap|depth|surface|deconv)(-\d+)?\.ome\.tiff?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """What a batch writes for each command, and how it recognises an output it already wrote.
 
 The files and their contents are those of the one-machine commands (``<name>_psfmap.ome.tif`` +
-``.json``, ``<name>_depth.ome.tif`` + ``.json``, ``<name>_deconv.ome.tif``), named by
+``.json``, ``<name>_depth.ome.tif`` + ``.json`` [+ ``<name>_surface.ome.tif`` with a surface prior],
+``<name>_deconv.ome.tif``), named by
 :func:`livepsf.imageio.output_path` (never overwriting), plus the run's *settings* (input identity
 and options): under ``batch_settings`` in the JSON summaries, under ``settings`` in the
 deconvolution's OME description. A later run with equal settings takes such an output as done; any
@@ -51,8 +52,9 @@ class BatchOptions:
         Output folder; beside each input when ``None``.
     iterations, tv_weight
         Deconvolution: Richardson-Lucy iterations and TV weight.
-    calibration, median_windows
-        Depth: calibration JSON and median over N x N windows.
+    calibration, median_windows, surface
+        Depth: calibration JSON, median over N x N windows, and the surface prior (``"plane"``,
+        ``"poly2"``, ``"smooth"``; ``None``: no fused surface).
     torch_threads
         Torch threads per task on the workers.
     """
@@ -65,6 +67,7 @@ class BatchOptions:
     tv_weight: float = DEFAULT_TV_WEIGHT
     calibration: str | None = None
     median_windows: int = 1
+    surface: str | None = None
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
@@ -72,6 +75,12 @@ class BatchOptions:
             raise InputError(f"unknown batch command {self.command!r}; choose one of {', '.join(COMMANDS)}")
         if self.command == "depth" and not self.calibration:
             raise InputError("depth needs --calibration")
+        if self.surface is not None:
+            from livepsf.depth.surface import check_prior
+
+            check_prior(self.surface)
+            if self.command != "depth":
+                raise InputError("--surface is an option of depth")
         if self.iterations < 1:
             raise InputError(f"--iterations must be at least 1, got {self.iterations}")
         if not 0 <= self.tv_weight < 0.25:
@@ -131,6 +140,8 @@ class OutputWriter:
         if o.command == "depth":
             settings.update(calibration=str(Path(o.calibration).resolve()),
                             calibration_sha256=self._calibration_sha256, median_windows=int(o.median_windows))
+            if o.surface is not None:  # absent without a surface: earlier outputs stay recognised
+                settings["surface"] = o.surface
         return settings
 
     def store(self, source: Path, settings: dict[str, Any], n_frames: int) -> FrameStore:
@@ -154,8 +165,9 @@ class OutputWriter:
                 continue
             image = json_path.parent / summary["psfmap"] if self.options.command == "map" \
                 else Path(summary["depth_map"])
-            if image.is_file():
-                return [image, json_path]
+            surface = Path(summary["surface_map"]) if summary.get("surface_map") else None
+            if image.is_file() and (surface is None or surface.is_file()):
+                return [image, json_path] + ([surface] if surface is not None else [])
         return None
 
     def write(self, source: Path, store: FrameStore, recorded_maps: bool) -> list[Path]:
@@ -185,6 +197,8 @@ class OutputWriter:
             names = [ome, json_path if not json_path.exists() else output_path(source, "_psfmap.json", out)]
         else:
             names = [output_path(source, "_depth.ome.tif", out), output_path(source, "_depth.json", out)]
+            if self.options.surface is not None:
+                names.append(output_path(source, "_surface.ome.tif", out))
         for name in names:
             name.touch(exist_ok=False)
         return names
@@ -218,7 +232,8 @@ class OutputWriter:
         summary["batch_settings"] = store.settings
         atomic_write_bytes(json_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
 
-    def _write_depth(self, source: Path, store: FrameStore, tif: Path, json_path: Path) -> None:
+    def _write_depth(self, source: Path, store: FrameStore, tif: Path, json_path: Path,
+                     surface_tif: Path | None = None) -> None:
         from livepsf.batch.inputs import read_frame
         from livepsf.depth import write_depth_outputs
 
@@ -228,9 +243,13 @@ class OutputWriter:
         # The texture gate needs the frames; the maps (the costly part) come from the workers.
         frames = [read_frame(source, i) for i in range(store.n_frames)]
         tmp_tif, tmp_json, _ = write_depth_outputs(source, maps, self.calibration, self.options.calibration,
-                                                   staging, frames=frames, median_windows=self.options.median_windows)
+                                                   staging, frames=frames, median_windows=self.options.median_windows,
+                                                   surface=self.options.surface)
         os.replace(tmp_tif, tif)
         summary = json.loads(tmp_json.read_text(encoding="utf-8"))
         summary["depth_map"] = str(tif)
+        if surface_tif is not None:
+            os.replace(summary["surface_map"], surface_tif)
+            summary["surface_map"] = str(surface_tif)
         summary["batch_settings"] = store.settings
         atomic_write_bytes(json_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))

@@ -1,4 +1,9 @@
-"""Depth-map files: ``<name>_depth.ome.tif`` and ``<name>_depth.json`` beside the source."""
+"""Depth-map files: ``<name>_depth.ome.tif`` and ``<name>_depth.json`` beside the source.
+
+With a surface prior also ``<name>_surface.ome.tif``: the fused surface (:mod:`livepsf.depth.surface`)
+over the full frame and its σ, as two channels of one file (``surface_um``, ``sigma_um``), so the pair
+never gets separated; its figures go into the JSON summary.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from livepsf.depth.calibration import Calibration, package_version
+from livepsf.depth.surface import DepthSurface, surface_depth
 from livepsf.depth.texture import reliable_windows
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
@@ -40,12 +46,15 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
                         calibration_path: str | Path | None = None,
                         out_dir: str | Path | None = None,
                         frames: Sequence[np.ndarray] | None = None,
-                        median_windows: int = 1) -> tuple[Path, Path, list[dict[str, Any]]]:
+                        median_windows: int = 1,
+                        surface: str | None = None) -> tuple[Path, Path, list[dict[str, Any]]]:
     """Write ``<name>_depth.ome.tif`` (float32 µm, one plane per frame) and ``<name>_depth.json``.
 
     Names come from :func:`livepsf.imageio.output_path`: beside ``source`` (or in ``out_dir``), never
     overwriting anything. ``frames`` (the images the maps were made from) enable the texture gate.
-    Returns the two paths and the per-frame summaries.
+    ``surface`` (``"plane"``, ``"poly2"`` or ``"smooth"``) also writes ``<name>_surface.ome.tif``
+    (:func:`write_surface_output`; its path is ``surface_map`` in the JSON) and each frame's surface
+    figures (``frames[i]["surface"]``). Returns the two depth paths and the per-frame summaries.
     """
     import tifffile
 
@@ -54,6 +63,12 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
     if not pmaps:
         raise InputError(f"{source}: no frames to turn into depth maps")
     frames = list(frames) if frames is not None else [None] * len(pmaps)
+    surfaces = None
+    if surface is not None:  # fitted first: a prior that cannot be fitted leaves no files behind
+        try:
+            surfaces = [surface_depth(cal, p, f, surface) for p, f in zip(pmaps, frames)]
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
     full = np.stack([cal.depth_um_full(p, frame=f, median_windows=median_windows)
                      for p, f in zip(pmaps, frames)]).astype(np.float32)
     stats = [depth_stats(cal, p, f, median_windows) for p, f in zip(pmaps, frames)]
@@ -87,5 +102,38 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
         "livepsf_version": package_version(),
         "frames": stats,
     }
+    if surfaces is not None:
+        surface_path = write_surface_output(source, surfaces, cal.pixel_size_um, out_dir)
+        summary["surface_map"] = str(surface_path)
+        summary["surface_prior"] = surface
+        for s, fused in zip(stats, surfaces):
+            s["surface"] = fused.figures()
     json_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return tif_path, json_path, stats
+
+
+def write_surface_output(source: str | Path, surfaces: Sequence[DepthSurface], pixel_size_um: float,
+                         out_dir: str | Path | None = None, path: str | Path | None = None) -> Path:
+    """Write ``<name>_surface.ome.tif``: float32 µm, channel 0 the fused surface, channel 1 its σ.
+
+    Axes ``CYX`` for one frame, ``TCYX`` for several; full frame (:meth:`DepthSurface.full`). Named by
+    :func:`livepsf.imageio.output_path` unless ``path`` is given (a name reserved by the caller).
+    """
+    import tifffile
+
+    from livepsf.imageio import output_path
+
+    data = np.stack([np.stack([s.full(), s.full(sigma=True)]) for s in surfaces]).astype(np.float32)
+    data = data[0] if len(surfaces) == 1 else data
+    target = Path(path) if path is not None else output_path(source, "_surface.ome.tif", out_dir)
+    metadata = {
+        "axes": "CYX" if data.ndim == 3 else "TCYX",
+        "Name": f"depth surface ({surfaces[0].prior}) and σ (µm) of {Path(source).name}",
+        "Channel": {"Name": ["surface_um", "sigma_um"]},
+        "PhysicalSizeX": pixel_size_um,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": pixel_size_um,
+        "PhysicalSizeYUnit": "µm",
+    }
+    tifffile.imwrite(target, data, ome=True, metadata=metadata, photometric="minisblack")
+    return target

@@ -46,7 +46,7 @@ import numpy as np
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap, linear_weights
 
-__all__ = ["LIVE_PRIOR", "MIN_WINDOWS", "PRIORS", "SMOOTH_MODES", "DepthSurface", "Prior", "fit_surface",
+__all__ = ["LIVE_PRIOR", "MIN_WINDOWS", "PRIORS", "SMOOTH_MODES", "DepthSurface", "Prior", "check_prior", "fit_surface",
            "surface_depth", "window_depth_and_sigma"]
 
 Prior = Literal["plane", "poly2", "smooth"]
@@ -178,6 +178,13 @@ class DepthSurface:
         }
 
 
+def check_prior(prior: str | None) -> str | None:
+    """``prior`` if it names a surface prior (or is ``None``: no surface); else an :class:`InputError`."""
+    if prior is not None and prior not in PRIORS:
+        raise InputError(f"unknown surface prior {prior!r}; choose one of {', '.join(PRIORS)}")
+    return prior
+
+
 def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.ndarray, centers_x_px: np.ndarray,
                 prior: str = "plane", *, smoothness: float | None = None, robust: bool = True,
                 frame_shape: tuple[int, int] | None = None, pixel_size_um: float | None = None,
@@ -209,8 +216,8 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
         Unknown prior, mismatched shapes, or too few informative windows for the prior (plane 3,
         poly2 6, smooth 3), or windows on one line (a plane through them is undetermined).
     """
-    if prior not in PRIORS:
-        raise InputError(f"unknown surface prior {prior!r}; choose one of {', '.join(PRIORS)}")
+    if check_prior(prior) is None:
+        raise InputError("fit_surface needs a prior: plane, poly2 or smooth")
     depth = np.asarray(depth_um, np.float64)
     sigma = np.asarray(sigma_um, np.float64)
     cy, cx = np.asarray(centers_y_px, np.float64).ravel(), np.asarray(centers_x_px, np.float64).ravel()

@@ -1,0 +1,104 @@
+"""Depth output files with a fused surface: ``<name>_surface.ome.tif`` and the JSON figures; the CLI option."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import tifffile
+
+from livepsf import depth as D
+from livepsf.depth.surface import surface_depth
+from test_depth import _Net, _ramp_frame, _RampMapper, run_cli
+
+
+@pytest.fixture
+def ramp_network(monkeypatch):
+    """test_depth's stand-in network: the defocus is encoded in each window's mean value."""
+    import livepsf.mapping
+    import livepsf.net
+
+    monkeypatch.setattr(livepsf.net, "load_model", lambda name, device=None: _Net("ramp", "d" * 64))
+    monkeypatch.setattr(livepsf.mapping, "PSFMapper", _RampMapper)
+
+
+def _ramp_calibration(tmp_path):
+    paths = []
+    for tilt, focus in ((3, 250), (6, 260), (10, 240)):
+        p = tmp_path / f"grid_{tilt}.tif"
+        tifffile.imwrite(p, _ramp_frame(tilt, focus))
+        paths.append(p)
+    out = tmp_path / "cal.json"
+    assert run_cli(["calibrate", *paths, "--tilt-deg", "3,6,10", "--pixel-size-um", "0.65", "--out", out]) == 0
+    return out
+
+
+def test_cli_depth_surface_writes_the_surface_and_its_sigma(tmp_path, ramp_network, capsys):
+    cal_path = _ramp_calibration(tmp_path)
+    scan = tmp_path / "scan.tif"
+    tifffile.imwrite(scan, np.stack([_ramp_frame(7, 100), _ramp_frame(4, 300)]))
+    capsys.readouterr()
+    assert run_cli(["depth", scan, "--calibration", cal_path, "--surface", "plane", "--out", tmp_path / "o"]) == 0
+    text = capsys.readouterr().out
+    assert "plane surface" in text and "scan_surface.ome.tif" in text
+    surface = tifffile.imread(tmp_path / "o" / "scan_surface.ome.tif")
+    assert surface.shape == (2, 2, 512, 512) and surface.dtype == np.float32  # T, (surface, σ), Y, X
+    x = np.arange(512)
+    for i, (tilt, focus) in enumerate(((7, 100), (4, 300))):
+        truth = (x - focus) * 0.65 * math.tan(math.radians(tilt))
+        inner = slice(64, 448)  # between the outer window centres the surface is the fitted plane
+        assert np.abs(surface[i, 0, 256, inner] - truth[inner]).max() < 1.0
+        assert np.all(surface[i, 1] > 0) and np.all(np.isfinite(surface[i, 1]))
+    summary = json.loads((tmp_path / "o" / "scan_depth.json").read_text())
+    assert summary["surface_prior"] == "plane" and summary["surface_map"].endswith("scan_surface.ome.tif")
+    figures = summary["frames"][0]["surface"]
+    assert figures["tilt_x_deg"] == pytest.approx(7.0, abs=0.2) and abs(figures["tilt_y_deg"]) < 0.2
+    assert figures["n_windows"] == 49 and len(figures["grid_surface_um"]) == 7
+    with tifffile.TiffFile(tmp_path / "o" / "scan_surface.ome.tif") as tif:
+        assert "surface_um" in tif.ome_metadata and "sigma_um" in tif.ome_metadata
+    # The depth map itself is what it is without --surface.
+    assert run_cli(["depth", scan, "--calibration", cal_path, "--out", tmp_path / "plain"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "plain" / "scan_depth.ome.tif"),
+                                  tifffile.imread(tmp_path / "o" / "scan_depth.ome.tif"))
+    plain = json.loads((tmp_path / "plain" / "scan_depth.json").read_text())
+    assert "surface_map" not in plain and "surface" not in plain["frames"][0]
+    assert not list((tmp_path / "plain").glob("*_surface*"))
+
+
+def test_cli_depth_bad_surface_prior_exits_2_and_writes_nothing(tmp_path, ramp_network, capsys):
+    cal_path = _ramp_calibration(tmp_path)
+    scan = tmp_path / "scan.tif"
+    tifffile.imwrite(scan, _ramp_frame(7, 100))
+    capsys.readouterr()
+    assert run_cli(["depth", scan, "--calibration", cal_path, "--surface", "cubic"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown surface prior 'cubic'" in err and "Traceback" not in err
+    # Too small for a quadric: 2 x 2 windows cannot hold 6 parameters; named file, nothing written.
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, _ramp_frame(7, 100, shape=(192, 192)))
+    assert run_cli(["depth", small, "--calibration", cal_path, "--surface", "poly2"]) == 2
+    err = capsys.readouterr().err
+    assert "small.tif" in err and "needs at least 6 windows" in err
+    assert not list(tmp_path.glob("*_depth*")) and not list(tmp_path.glob("*_surface*"))
+
+
+def test_write_depth_outputs_surface_matches_surface_depth(tmp_path):
+    from synthetic_maps import synthetic_map
+
+    maps = [synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
+    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=[500, 530, 470])
+    pmap, _ = synthetic_map(6.0, 400.0, seed=11)
+    src = tmp_path / "scan.tif"
+    src.write_bytes(b"placeholder")  # only its name matters here
+    _, _, stats = D.write_depth_outputs(src, [pmap], cal, surface="smooth")
+    data = tifffile.imread(tmp_path / "scan_surface.ome.tif")
+    assert data.shape == (2, 1024, 1024)
+    expected = surface_depth(cal, pmap, prior="smooth")
+    np.testing.assert_allclose(data[0], expected.full(), atol=1e-5)
+    np.testing.assert_allclose(data[1], expected.full(sigma=True), atol=1e-5)
+    assert stats[0]["surface"]["prior"] == "smooth"
+    # A second run never overwrites: new names for both.
+    _, js2, _ = D.write_depth_outputs(src, [pmap], cal, surface="smooth")
+    assert js2.name == "scan_depth-1.json" and (tmp_path / "scan_surface-1.ome.tif").is_file()
