@@ -26,15 +26,19 @@ focus, is not determined by the image and a network's answer there follows the l
 the frames are at hand, windows whose structure-tensor coherence exceeds ``max_texture_coherence`` are
 treated like invalid windows (excluded from the fit; their depth filled from their neighbours).
 
-A calibration fits the metric against the known height of a tilted printed grid with a robust line
-(classical calibration: metric = a * height + b, inverted to height = slope * metric + offset) and
-keeps every metric's figures; the one with the smaller residual is used. :class:`Calibration` is a
-pydantic model stored as JSON.
+A calibration fits the metric against the known height of a tilted printed grid, or of a flat sample
+at known Z stage positions (:func:`calibrate_zstack`), with a robust line (classical calibration:
+metric = a * height + b, inverted to height = slope * metric + offset) and a monotone calibration curve
+(:mod:`~livepsf.depth.curve`; the measured relation is S-shaped), reports in-sample and
+leave-one-frame-out errors, and keeps every metric's figures; the one whose curve predicts held-out
+frames best is used. :class:`Calibration` is a pydantic model stored as JSON.
 
 Modules: :mod:`~livepsf.depth.metrics` (the metrics, lens direction and strength),
 :mod:`~livepsf.depth.texture` (the texture gate), :mod:`~livepsf.depth.robust` (robust fits),
-:mod:`~livepsf.depth.profiles` (tilted-grid profiles), :mod:`~livepsf.depth.calibration`
-(:class:`Calibration`, the calibration fits), :mod:`~livepsf.depth.outputs` (depth-map files),
+:mod:`~livepsf.depth.profiles` (calibration points, the line fit, tilted-grid profiles),
+:mod:`~livepsf.depth.curve` (the monotone calibration curve, leave-one-frame-out),
+:mod:`~livepsf.depth.calibration` (:class:`Calibration`, the calibration fits),
+:mod:`~livepsf.depth.zstack` (the z-stack calibration), :mod:`~livepsf.depth.outputs` (depth-map files),
 :mod:`~livepsf.depth.plot` (the calibration plot).
 """
 
@@ -42,13 +46,24 @@ from __future__ import annotations
 
 from livepsf.depth.calibration import (
     FORMAT,
+    LOFO_WARN_MARGIN_UM,
+    LOFO_WARN_RATIO,
     POOR_FIT_R2,
     Calibration,
     CalibrationPoint,
     MetricSummary,
     TiltResidual,
+    ZStackResidual,
     calibrate_psf_maps,
     calibrate_tilted_grid,
+)
+from livepsf.depth.curve import (
+    CURVES,
+    CalibrationCurve,
+    CurveFit,
+    fit_curve,
+    fit_monotone_curve,
+    held_out_residuals,
 )
 from livepsf.depth.metrics import (
     METRICS,
@@ -62,34 +77,56 @@ from livepsf.depth.metrics import (
 )
 from livepsf.depth.outputs import depth_stats, write_depth_outputs
 from livepsf.depth.plot import plot_calibration
-from livepsf.depth.profiles import MetricFit, TiltProfile, fit_metric_profiles, profile_along_axis
+from livepsf.depth.profiles import (
+    CalibrationPoints,
+    LineFit,
+    MetricFit,
+    TiltProfile,
+    fit_metric_profiles,
+    fit_points_line,
+    profile_along_axis,
+)
 from livepsf.depth.robust import robust_line_fit
 from livepsf.depth.surface import PRIORS, DepthSurface, fit_surface, surface_depth
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows, window_coherence
+from livepsf.depth.zstack import calibrate_zstack
 
 __all__ = [
+    "CURVES",
     "FORMAT",
+    "LOFO_WARN_MARGIN_UM",
+    "LOFO_WARN_RATIO",
     "MAX_TEXTURE_COHERENCE",
     "METRICS",
     "POOR_FIT_R2",
     "PRIORS",
     "Calibration",
+    "CalibrationCurve",
     "CalibrationPoint",
+    "CalibrationPoints",
+    "CurveFit",
     "DepthSurface",
+    "LineFit",
     "Metric",
     "MetricFit",
     "MetricSummary",
     "TiltProfile",
     "TiltResidual",
+    "ZStackResidual",
     "calibrate_psf_maps",
     "calibrate_tilted_grid",
+    "calibrate_zstack",
     "depth_metric",
     "depth_stats",
     "eq14_metric",
     "estimate_lens_direction",
     "estimate_lens_strength",
+    "fit_curve",
     "fit_metric_profiles",
+    "fit_monotone_curve",
+    "fit_points_line",
     "fit_surface",
+    "held_out_residuals",
     "plot_calibration",
     "profile_along_axis",
     "projected_metric",

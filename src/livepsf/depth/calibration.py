@@ -13,6 +13,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from livepsf.depth.curve import (
+    CURVES,
+    MIN_POINTS_PER_KNOT,
+    CalibrationCurve,
+    CurveFit,
+    fit_curve,
+    held_out_residuals,
+)
 from livepsf.depth.metrics import (
     METRICS,
     Metric,
@@ -23,20 +31,30 @@ from livepsf.depth.metrics import (
     unit_vector,
 )
 from livepsf.depth.profiles import (
-    MetricFit,
+    CalibrationPoints,
     TiltProfile,
     check_tilt_axis,
-    fit_metric_profiles,
+    fit_points_line,
+    in_focus_from_offset,
+    points_from_profiles,
     profile_along_axis,
+    profile_points_ok,
 )
+from livepsf.depth.robust import r_squared
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
 TiltAxis = Literal["x", "y"]
+Source = Literal["tilted-grid", "z-stack"]
 FORMAT = "livepsf-depth-calibration"
 #: Below this R² of the depth fit a calibration carries a warning in :attr:`Calibration.notes`.
 POOR_FIT_R2 = 0.9
+#: A calibration warns when its leave-one-frame-out mean |error| exceeds both this many times the
+#: in-sample mean |error| and the in-sample error plus :data:`LOFO_WARN_MARGIN_UM`: the curve then
+#: follows the calibration frames rather than the microscope (too few frames, or frames that disagree).
+LOFO_WARN_RATIO = 1.5
+LOFO_WARN_MARGIN_UM = 1.0
 
 
 class TiltResidual(BaseModel):
@@ -53,6 +71,23 @@ class TiltResidual(BaseModel):
     mean_abs_error_um: float
     sd_abs_error_um: float
     relative_error_pct: float = Field(description="mean |error| / depth range, in percent")
+    lofo_mean_abs_error_um: float | None = Field(
+        default=None, description="mean |error| of this frame predicted by a fit without it (None: not possible)")
+
+
+class ZStackResidual(BaseModel):
+    """Fit quality at one stage position of a z-stack calibration."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    z_um: float = Field(description="stage position")
+    height_um: float = Field(description="known height of the sample relative to the focal plane")
+    n_points: int
+    n_windows: int = Field(description="reliable windows of the frame")
+    metric: float = Field(description="median metric of the reliable windows")
+    mean_abs_error_um: float
+    lofo_mean_abs_error_um: float | None = Field(
+        default=None, description="mean |error| predicted by a fit without this stage position")
 
 
 class MetricSummary(BaseModel):
@@ -66,6 +101,10 @@ class MetricSummary(BaseModel):
     r2: float
     mean_abs_error_um: float
     sd_abs_error_um: float
+    curve_mean_abs_error_um: float | None = Field(
+        default=None, description="in-sample mean |error| of the calibration curve fitted on this metric")
+    lofo_mean_abs_error_um: float | None = Field(
+        default=None, description="leave-one-frame-out mean |error| of that curve (None: one frame)")
 
 
 class CalibrationPoint(BaseModel):
@@ -74,29 +113,35 @@ class CalibrationPoint(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     frame: int
-    tilt_deg: float
-    position_px: float
+    tilt_deg: float | None = Field(description="tilt of the frame (None for a z-stack)")
+    position_px: float | None = Field(description="position along the tilt axis (None: a z-stack frame's median)")
     height_um: float
     metric: float
+    z_um: float | None = Field(default=None, description="stage position (z-stack calibrations)")
 
 
 class Calibration(BaseModel):
     """Depth calibration: converts a PSF map of one network into depth in µm.
 
-    ``depth_um = slope_um_per_unit * metric + offset_um``, with the metric computed from the PSF map
-    and the lens direction as in :func:`depth_metric`. Saved as JSON (:meth:`save`, :meth:`load`).
+    ``depth_um = curve(metric)``, with the metric computed from the PSF map and the lens direction as
+    in :func:`depth_metric` and the curve a :class:`~livepsf.depth.curve.CalibrationCurve` (format 2;
+    monotone, or the line). ``slope_um_per_unit`` and ``offset_um`` always hold the robust line's fit
+    (kept for comparison); files of format 1 have no curve and use the line, exactly as before. Saved
+    as JSON (:meth:`save`, :meth:`load`).
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), ser_json_inf_nan="constants")
 
     format: Literal["livepsf-depth-calibration"] = FORMAT
-    format_version: Literal[1] = 1
+    format_version: Literal[1, 2] = 2
+    source: Source = Field(default="tilted-grid", description="what the calibration was fitted on")
     metric: Metric
     slope_um_per_unit: float
     offset_um: float
     lens_direction: tuple[float, float] = Field(description="unit vector in the (astig_0, astig_45) plane")
     lens_strength_waves: float = Field(gt=0, description="lens astigmatism measured along lens_direction")
-    tilt_axis: TiltAxis
+    tilt_axis: TiltAxis | None = Field(description="axis along which the tilted grid's height grows "
+                                       "(None for a z-stack)")
     pixel_size_um: float = Field(gt=0)
     model_name: str
     model_sha256: str
@@ -114,6 +159,11 @@ class Calibration(BaseModel):
     created: datetime
     livepsf_version: str
     notes: str = ""
+    curve: CalibrationCurve | None = Field(
+        default=None, description="metric -> height (format 2); None: the line slope/offset (format 1)")
+    lofo_mean_abs_error_um: float | None = Field(
+        default=None, description="leave-one-frame-out mean |error| of the curve (None: one frame)")
+    per_z: list[ZStackResidual] = Field(default_factory=list, description="z-stack: per stage position")
 
     @field_validator("lens_direction")
     @classmethod
@@ -211,6 +261,28 @@ class Calibration(BaseModel):
         """The calibration's depth metric on the grid of ``pmap``, ``(gy, gx)`` float32."""
         return depth_metric(pmap, self.metric, self.lens_direction, self.lens_strength_waves)
 
+    def metric_to_depth_um(self, metric: np.ndarray) -> np.ndarray:
+        """Depth (µm, height relative to the focal plane) for metric values of any shape, float32.
+
+        Through the calibration curve (format 2), or the line ``slope_um_per_unit * metric + offset_um``
+        (format 1 files, no curve). Beyond the calibrated metric range the curve continues as a straight
+        line with its end slope. NaN stays NaN.
+        """
+        if self.curve is not None:
+            return self.curve.height_um(metric)
+        # In the metric's own precision, as format-1 calibrations always computed it.
+        return (self.slope_um_per_unit * np.asarray(metric) + self.offset_um).astype(np.float32)
+
+    def depth_per_metric_um(self, metric: np.ndarray) -> np.ndarray:
+        """Local derivative d depth / d metric (µm per metric unit) at metric values of any shape, float32.
+
+        Turns a metric σ into a depth σ; constant (the slope) for a line.
+        """
+        if self.curve is not None:
+            return self.curve.height_per_metric_um(metric)
+        m = np.asarray(metric, dtype=np.float64)
+        return np.where(np.isnan(m), np.nan, self.slope_um_per_unit).astype(np.float32)
+
     def depth_um(self, pmap: PSFMap, frame: np.ndarray | None = None, median_windows: int = 1) -> np.ndarray:
         """Depth (height relative to the focal plane) in µm on the window grid, ``(gy, gx)`` float32.
 
@@ -228,7 +300,7 @@ class Calibration(BaseModel):
         self.check_model(pmap)
         if int(median_windows) != median_windows or median_windows < 1:
             raise InputError(f"median_windows must be a positive integer, got {median_windows}")
-        depth = (self.slope_um_per_unit * self.metric_map(pmap) + self.offset_um).astype(np.float32)
+        depth = self.metric_to_depth_um(self.metric_map(pmap))
         gated = frame is not None and self.max_texture_coherence is not None
         ok = reliable_windows(pmap, frame if gated else None, self.max_texture_coherence)
         if median_windows > 1 and ok.any():
@@ -247,10 +319,14 @@ class Calibration(BaseModel):
         return carrier.upsample(shape, name="variance")
 
     def summary(self) -> str:
-        """One line for people: metric, slope, R², residual."""
-        return (f"{self.metric} metric: {self.slope_um_per_unit:.3f} µm/unit, "
+        """One line for people: metric, curve, slope, R², in-sample and leave-one-frame-out error."""
+        curve = ("line" if self.curve is None or self.curve.kind == "linear"
+                 else f"monotone curve ({len(self.curve.metric_knots)} knots)")
+        lofo = ("" if self.lofo_mean_abs_error_um is None
+                 else f", leave-one-frame-out {self.lofo_mean_abs_error_um:.2f} µm")
+        return (f"{self.metric} metric, {curve}: line {self.slope_um_per_unit:.3f} µm/unit, "
                 f"offset {self.offset_um:+.2f} µm, R² {self.r2:.4f}, "
-                f"mean |error| {self.mean_abs_error_um:.2f} ± {self.sd_abs_error_um:.2f} µm")
+                f"mean |error| {self.mean_abs_error_um:.2f} ± {self.sd_abs_error_um:.2f} µm{lofo}")
 
 
 # -- calibration from PSF maps and frames ----------------------------------------------------------
@@ -267,6 +343,7 @@ def calibrate_psf_maps(
     frames: Sequence[np.ndarray] | None = None,
     max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
     aggregate: str = "median",
+    curve: str = "monotone",
 ) -> Calibration:
     """Tilted-grid calibration from PSF maps already computed (one per frame).
 
@@ -295,37 +372,20 @@ def calibrate_psf_maps(
     aggregate
         ``"median"`` (one point per column/row, the paper's projection) or ``"window"`` (every reliable
         window a point of the robust fit); see :func:`profile_along_axis`.
+    curve
+        ``"monotone"`` (default; :mod:`livepsf.depth.curve`) or ``"linear"`` (the robust line). The
+        line's figures are kept in the calibration either way. Every metric's curve is also fitted
+        leaving out each frame in turn; the metric whose curve predicts the held-out frames best is
+        used, and the calibration warns when held-out frames are predicted much worse than the
+        calibration frames (:data:`LOFO_WARN_RATIO`, :data:`LOFO_WARN_MARGIN_UM`).
     """
     if not pmaps:
         raise InputError("no frames to calibrate")
     tilt_axis = check_tilt_axis(tilt_axis)
     tilts = _per_frame(tilt_deg, len(pmaps), "tilt_deg")
     foci = _per_frame(in_focus_px, len(pmaps), "in_focus_px")
-    identities = {(p.model_name, p.model_sha256) for p in pmaps}
-    if len(identities) > 1:
-        raise InputError(f"calibration frames were mapped by different models: {sorted(identities)}")
-    for p in pmaps:
-        require_astigmatic(p)
-    if metric is not None and metric not in METRICS:
-        raise InputError(f"unknown depth metric {metric!r}; choose one of {', '.join(METRICS)}")
-
-    if frames is not None and len(frames) != len(pmaps):
-        raise InputError(f"{len(frames)} frames for {len(pmaps)} PSF maps")
-    gate = max_texture_coherence if frames is not None else None
-    frame_list = list(frames) if frames is not None else [None] * len(pmaps)
-    valid = [reliable_windows(p, f, gate) for p, f in zip(pmaps, frame_list)]
-    if sum(int(v.sum()) for v in valid) < 4:
-        raise InputError("(almost) every window is invalid or has one-directional texture: "
-                         "nothing to calibrate on")
-    if lens_direction is None:
-        u = estimate_lens_direction(np.concatenate([p.values("astig_0").ravel() for p in pmaps]),
-                                    np.concatenate([p.values("astig_45").ravel() for p in pmaps]),
-                                    np.concatenate([v.ravel() for v in valid]))
-    else:
-        u = unit_vector(lens_direction)
-    strength = estimate_lens_strength(*(np.concatenate([p.values(n).ravel() for p in pmaps])
-                                        for n in ("focus", "astig_0", "astig_45")),
-                                      u, np.concatenate([v.ravel() for v in valid]))
+    frame_list, gate, valid = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
+    u, strength = lens_from_maps(pmaps, valid, lens_direction)
 
     def profiles_for(direction: tuple[float, float]) -> list[TiltProfile]:
         out = []
@@ -336,50 +396,23 @@ def calibrate_psf_maps(
             out.append(profile_along_axis(maps, centers, tilt_axis, v, t, f, extent, aggregate))
         return out
 
-    profiles = profiles_for(u)
-    fits = {name: fit_metric_profiles(profiles, name, pixel_size_um) for name in METRICS}
-    if lens_direction is None and fits["signed"].a < 0:
-        # Orient the lens direction so the signed metric grows with height (cosmetic: slopes positive).
-        u = (-u[0], -u[1])
-        profiles = profiles_for(u)
-        fits = {name: fit_metric_profiles(profiles, name, pixel_size_um) for name in METRICS}
-    chosen = metric or min(METRICS, key=lambda n: (fits[n].mean_abs_error_um, METRICS.index(n)))
-    fit = fits[chosen]
-    notes = ""
-    if not fit.r2 >= POOR_FIT_R2:
-        notes = (f"poor fit (R² {fit.r2:.3f} < {POOR_FIT_R2}): the network does not read depth from "
-                 "these frames "
-                 "reliably; check the lens is in, the tilt values and the texture of the frames")
+    def points_for(direction: tuple[float, float]) -> dict[str, CalibrationPoints]:
+        profiles = profiles_for(direction)
+        return {name: points_from_profiles(profiles, name, pixel_size_um) for name in METRICS}
 
-    first = pmaps[0]
-    return Calibration(
-        metric=chosen,
-        slope_um_per_unit=fit.slope_um,
-        offset_um=fit.offset_um,
-        lens_direction=u,
-        lens_strength_waves=strength,
-        tilt_axis=tilt_axis,
-        pixel_size_um=pixel_size_um,
-        model_name=first.model_name,
-        model_sha256=first.model_sha256,
-        psf_model=first.psf_model,
-        r2=fit.r2,
-        mean_abs_error_um=fit.mean_abs_error_um,
-        sd_abs_error_um=float(np.std(np.abs(np.concatenate(fit.residuals_um)))),
-        per_tilt=_per_tilt(fit, profiles, pixel_size_um),
-        metrics=[_summary(fits[n]) for n in METRICS],
-        points=[CalibrationPoint(frame=i, tilt_deg=profiles[i].tilt_deg, position_px=float(x),
-                                 height_um=float(h),
-                                 metric=float(m))
-                for i in range(len(profiles))
-                for x, h, m in zip(fit.position_px[i], fit.height_um[i], fit.metric_values[i])],
-        window_px=int(first.window_px),
-        stride_px=int(first.stride_px),
-        max_texture_coherence=gate,
-        created=datetime.now(timezone.utc),
-        livepsf_version=package_version(),
-        notes=notes,
-    )
+    u, results = fit_metrics(points_for, u, lens_direction is None, curve)
+    chosen = choose_metric(results, metric)
+    profiles = profiles_for(u)
+    result = results[chosen]
+    positions = [prof.position_px[profile_points_ok(prof, chosen)] for prof in profiles]
+    points = [CalibrationPoint(frame=int(i), tilt_deg=profiles[i].tilt_deg, position_px=float(x),
+                               height_um=float(h), metric=float(m))
+              for i, x, h, m in zip(result.points.frame, np.concatenate(positions), result.fit.heights_um,
+                                    result.points.metric)]
+    cal = assemble_calibration(
+        pmaps, results, chosen, u, strength, pixel_size_um, gate, source="tilted-grid", tilt_axis=tilt_axis,
+        per_tilt=_per_tilt(result, profiles, pixel_size_um), points=points)
+    return cal
 
 
 def calibrate_tilted_grid(
@@ -391,6 +424,7 @@ def calibrate_tilted_grid(
     in_focus_px: Sequence[float | None] | float | None = None,
     metric: str | None = None,
     max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
+    curve: str = "monotone",
 ) -> Calibration:
     """Calibrate depth from frames of a printed grid tilted by known angles (paper Section III-E).
 
@@ -414,6 +448,8 @@ def calibrate_tilted_grid(
         Force ``"signed"``, ``"projected"`` or ``"eq14"``; by default the best of them.
     max_texture_coherence
         Leave out windows of one-directional texture (see the module notes); ``None``: keep them.
+    curve
+        ``"monotone"`` or ``"linear"`` (see :func:`calibrate_psf_maps`).
 
     Returns
     -------
@@ -426,38 +462,199 @@ def calibrate_tilted_grid(
     pmaps = [mapper(np.asarray(f)) for f in frames]
     return calibrate_psf_maps(pmaps, tilt_deg, pixel_size_um, tilt_axis, in_focus_px, metric,
                               frames=[np.asarray(f) for f in frames],
-                              max_texture_coherence=max_texture_coherence)
+                              max_texture_coherence=max_texture_coherence, curve=curve)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _per_tilt(fit: MetricFit, profiles: Sequence[TiltProfile], pixel_size_um: float) -> list[TiltResidual]:
+def check_calibration_maps(pmaps: Sequence[PSFMap], metric: str | None, frames: Sequence[np.ndarray] | None,
+                           max_texture_coherence: float | None) -> tuple[list, float | None, list[np.ndarray]]:
+    """Checks shared by every calibration; returns ``(frames or Nones, gate used, reliable windows per map)``.
+
+    Raises
+    ------
+    InputError
+        Maps of different networks or not of a Z-3 model, an unknown metric, a frame count that does not
+        match, or (almost) no reliable window.
+    """
+    identities = {(p.model_name, p.model_sha256) for p in pmaps}
+    if len(identities) > 1:
+        raise InputError(f"calibration frames were mapped by different models: {sorted(identities)}")
+    for p in pmaps:
+        require_astigmatic(p)
+    if metric is not None and metric not in METRICS:
+        raise InputError(f"unknown depth metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if frames is not None and len(frames) != len(pmaps):
+        raise InputError(f"{len(frames)} frames for {len(pmaps)} PSF maps")
+    gate = max_texture_coherence if frames is not None else None
+    frame_list = list(frames) if frames is not None else [None] * len(pmaps)
+    valid = [reliable_windows(p, f, gate) for p, f in zip(pmaps, frame_list)]
+    if sum(int(v.sum()) for v in valid) < 4:
+        raise InputError("(almost) every window is invalid or has one-directional texture: "
+                         "nothing to calibrate on")
+    return frame_list, gate, valid
+
+
+def lens_from_maps(pmaps: Sequence[PSFMap], valid: Sequence[np.ndarray],
+                   lens_direction: Sequence[float] | None) -> tuple[tuple[float, float], float]:
+    """Lens direction (estimated unless given; sign still arbitrary) and strength from the reliable windows."""
+    keep = np.concatenate([v.ravel() for v in valid])
+    if lens_direction is None:
+        u = estimate_lens_direction(np.concatenate([p.values("astig_0").ravel() for p in pmaps]),
+                                    np.concatenate([p.values("astig_45").ravel() for p in pmaps]), keep)
+    else:
+        u = unit_vector(lens_direction)
+    strength = estimate_lens_strength(*(np.concatenate([p.values(n).ravel() for p in pmaps])
+                                        for n in ("focus", "astig_0", "astig_45")), u, keep)
+    return u, strength
+
+
+@dataclasses.dataclass
+class MetricResult:
+    """One metric's calibration points, its curve fit and its leave-one-frame-out residuals."""
+
+    name: str
+    points: CalibrationPoints
+    fit: CurveFit
+    held_out_um: np.ndarray | None  # per point; None with a single frame
+
+    @property
+    def r2(self) -> float:
+        return r_squared(self.fit.heights_um, self.fit.heights_um + self.fit.residuals_um)
+
+    def lofo_mean_abs_error_um(self, select: np.ndarray | None = None) -> float | None:
+        """Mean |held-out error| (of the selected points); None when no held-out fit was possible."""
+        if self.held_out_um is None:
+            return None
+        res = self.held_out_um if select is None else self.held_out_um[select]
+        res = res[np.isfinite(res)]
+        return float(np.mean(np.abs(res))) if len(res) else None
+
+
+def fit_metrics(points_for: Callable[[tuple[float, float]], dict[str, CalibrationPoints]],
+                u: tuple[float, float], orient: bool, curve: str,
+                min_points_per_knot: int = MIN_POINTS_PER_KNOT) -> tuple[tuple[float, float], dict[str, MetricResult]]:
+    """Fit the calibration curve of every metric, with leave-one-frame-out residuals.
+
+    With ``orient`` the lens direction is flipped first when the signed metric falls with height
+    (cosmetic: positive slopes). Returns the (oriented) lens direction and the results per metric.
+    """
+    options = {"min_points_per_knot": min_points_per_knot}
+    if curve not in CURVES:
+        raise InputError(f"unknown calibration curve {curve!r}; choose one of {', '.join(CURVES)}")
+    points = points_for(u)
+    if orient and fit_points_line(points["signed"], what="signed metric").a < 0:
+        u = (-u[0], -u[1])
+        points = points_for(u)
+    results = {}
+    for name in METRICS:
+        what = f"{name} metric"
+        fit = fit_curve(points[name], curve, what=what, **options)
+        several = len(np.unique(points[name].frame)) > 1
+        held = held_out_residuals(points[name], curve, what=what, **options) if several else None
+        results[name] = MetricResult(name, points[name], fit, held)
+    return u, results
+
+
+def choose_metric(results: dict[str, MetricResult], metric: str | None) -> str:
+    """The forced metric, or the one whose curve predicts held-out frames best (in-sample with one frame)."""
+    if metric is not None:
+        return metric
+
+    def score(name: str) -> tuple[float, int]:
+        lofo = results[name].lofo_mean_abs_error_um()
+        return (lofo if lofo is not None else results[name].fit.mean_abs_error_um, METRICS.index(name))
+
+    return min(METRICS, key=score)
+
+
+def fit_notes(result: MetricResult) -> str:
+    """Warnings of a calibration: a poor fit, held-out frames much worse than in-sample, or no LOFO."""
+    notes = []
+    r2 = result.r2
+    if not r2 >= POOR_FIT_R2:
+        notes.append(f"poor fit (R² {r2:.3f} < {POOR_FIT_R2}): the network does not read depth from "
+                     "these frames reliably; check the lens is in, the tilt values and the texture of the frames")
+    in_sample = result.fit.mean_abs_error_um
+    lofo = result.lofo_mean_abs_error_um()
+    if result.held_out_um is None:
+        notes.append("one frame only: leave-one-frame-out error not available (calibrate on two or more "
+                     "frames to see how the curve does on frames it was not fitted on)")
+    elif lofo is None:
+        notes.append("leave-one-frame-out not possible: too few points without each frame")
+    elif lofo > LOFO_WARN_RATIO * in_sample and lofo > in_sample + LOFO_WARN_MARGIN_UM:
+        notes.append(f"held-out frames are predicted much worse than the calibration frames "
+                     f"(leave-one-frame-out {lofo:.2f} µm vs in-sample {in_sample:.2f} µm): the "
+                     f"{result.fit.curve.kind} curve follows these frames, not the microscope; "
+                     "calibrate on more frames, or use --curve linear")
+    return "; ".join(notes)
+
+
+def assemble_calibration(pmaps: Sequence[PSFMap], results: dict[str, MetricResult], chosen: str,
+                         u: tuple[float, float], strength: float, pixel_size_um: float,
+                         gate: float | None, **fields: Any) -> Calibration:
+    """The :class:`Calibration` of the chosen metric's fit; ``fields`` add the source-specific ones."""
+    result = results[chosen]
+    first = pmaps[0]
+    return Calibration(
+        metric=chosen,
+        slope_um_per_unit=result.fit.line.slope_um,
+        offset_um=result.fit.line.offset_um,
+        curve=result.fit.curve,
+        lens_direction=u,
+        lens_strength_waves=strength,
+        pixel_size_um=pixel_size_um,
+        model_name=first.model_name,
+        model_sha256=first.model_sha256,
+        psf_model=first.psf_model,
+        r2=result.r2,
+        mean_abs_error_um=result.fit.mean_abs_error_um,
+        sd_abs_error_um=float(np.std(np.abs(result.fit.residuals_um))),
+        lofo_mean_abs_error_um=result.lofo_mean_abs_error_um(),
+        metrics=[_summary(results[n]) for n in METRICS],
+        window_px=int(first.window_px),
+        stride_px=int(first.stride_px),
+        max_texture_coherence=gate,
+        created=datetime.now(timezone.utc),
+        livepsf_version=package_version(),
+        notes=fit_notes(result),
+        **fields,
+    )
+
+
+def _per_tilt(result: MetricResult, profiles: Sequence[TiltProfile], pixel_size_um: float) -> list[TiltResidual]:
     out = []
     for i, prof in enumerate(profiles):
-        res = np.abs(fit.residuals_um[i])
+        sel = result.points.frame == i
+        res = np.abs(result.fit.residuals_um[sel])
+        heights = result.fit.heights_um[sel]
         extent = prof.extent_px if prof.extent_px else float(np.ptp(prof.position_px)) or 1.0
         depth_range = abs(extent * pixel_size_um * math.tan(math.radians(prof.tilt_deg)))
         mae = float(res.mean()) if len(res) else float("nan")
         out.append(TiltResidual(
             tilt_deg=prof.tilt_deg,
-            in_focus_px=fit.in_focus_px[i],
+            in_focus_px=in_focus_from_offset(prof, result.fit.offsets_um.get(i), pixel_size_um),
             in_focus_estimated=prof.in_focus_px is None,
             depth_range_um=depth_range,
             n_points=len(res),
-            r2=fit.r2_per_tilt[i],
+            r2=r_squared(heights, heights + result.fit.residuals_um[sel]),
             mean_abs_error_um=mae,
             sd_abs_error_um=float(res.std()) if len(res) else float("nan"),
             relative_error_pct=100.0 * mae / depth_range if depth_range > 0 else float("nan"),
+            lofo_mean_abs_error_um=result.lofo_mean_abs_error_um(sel),
         ))
     return out
 
 
-def _summary(fit: MetricFit) -> MetricSummary:
-    res = np.abs(np.concatenate(fit.residuals_um))
-    return MetricSummary(metric=fit.metric, slope_um_per_unit=fit.slope_um, offset_um=fit.offset_um,
-                         r2=fit.r2,
-                         mean_abs_error_um=float(res.mean()), sd_abs_error_um=float(res.std()))
+def _summary(result: MetricResult) -> MetricSummary:
+    line = result.fit.line
+    res = np.abs(line.residuals_um)
+    return MetricSummary(metric=result.name, slope_um_per_unit=line.slope_um, offset_um=line.offset_um,
+                         r2=r_squared(line.heights_um, line.heights_um + line.residuals_um),
+                         mean_abs_error_um=float(res.mean()), sd_abs_error_um=float(res.std()),
+                         curve_mean_abs_error_um=result.fit.mean_abs_error_um,
+                         lofo_mean_abs_error_um=result.lofo_mean_abs_error_um())
 
 
 def _masked_median(grid: np.ndarray, ok: np.ndarray, size: int) -> np.ndarray:

@@ -8,7 +8,8 @@ from livepsf.errors import InputError
 
 
 def robust_line_fit(design: np.ndarray, target: np.ndarray, *, huber_k: float = 1.345,
-                    bisquare_c: float = 4.685, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+                    bisquare_c: float = 4.685, iterations: int = 50,
+                    sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Robust least squares ``target ~ design @ coef`` by iteratively reweighting, in two stages.
 
     First Huber weights (points beyond ``huber_k`` scales get ``huber_k * scale / |r|``, the scale
@@ -16,7 +17,8 @@ def robust_line_fit(design: np.ndarray, target: np.ndarray, *, huber_k: float = 
     then Tukey's bisquare (``(1 - (r / (c * scale))²)²``, zero beyond ``bisquare_c`` scales) with the
     Huber stage's scale, so gross outliers (a window whose astigmatism sign is wrong gives twice the
     depth with the wrong sign) get no weight at all instead of a pull that grows with their leverage.
-    Returns ``(coef, weights)``.
+    ``sample_weight`` (optional, ``(n,)`` non-negative) multiplies the robust weights. Returns
+    ``(coef, weights)`` (the robust weights).
     """
     design = np.asarray(design, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
@@ -24,9 +26,10 @@ def robust_line_fit(design: np.ndarray, target: np.ndarray, *, huber_k: float = 
     if design.shape[0] < n_coef + 1:
         raise InputError(f"robust line fit needs more than {n_coef} points, got {design.shape[0]}")
     tiny = 1e-12 * (1.0 + np.abs(target).max())
+    prior = np.ones(len(target)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
 
     def solve(w: np.ndarray) -> np.ndarray:
-        sw = np.sqrt(w)
+        sw = np.sqrt(w * prior)
         return np.linalg.lstsq(design * sw[:, None], target * sw, rcond=None)[0]
 
     weights = np.ones(len(target))
