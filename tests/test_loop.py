@@ -285,8 +285,42 @@ def test_depth_model_and_frame_sinks(mapper):
     results = collect(loop, 4)
     loop.stop()
     np.testing.assert_allclose(results[-1].depth_um, results[-1].pmap.params["focus"] * 0.5)
+    assert results[-1].depth_sigma_um is None  # a depth model without σ: none is made up
     # The sink saw every frame the loop took, mapped or skipped, in order.
     assert seen == list(range(len(seen))) and len(seen) >= results[-1].image_number + 1
+
+
+def test_depth_results_carry_sigma_and_the_fused_surface(mapper):
+    """Each result has the windows' own depth, its σ, and one surface fused across them (the live prior)."""
+    from types import SimpleNamespace
+
+    from livepsf.depth import DepthSurface
+
+    class TiltedWithDoubts:  # a calibration whose windows see a tilted plane; some read nothing or mirrored
+        max_texture_coherence = None
+
+        def depth_um(self, pmap):
+            return self.depth_estimate(pmap).depth_um
+
+        def depth_estimate(self, pmap, frame=None):
+            xx = np.broadcast_to(pmap.centers_x, pmap.grid_shape)
+            depth = (0.07 * (xx - 255.5)).astype(np.float32)
+            depth[1, ::2] *= -1  # mirrored: the astigmatism's sign was misread
+            sigma = np.full(pmap.grid_shape, 0.5, np.float32)
+            sigma[4, 1:5] = np.inf  # one-directional texture: no information
+            depth[4, 1:5] = 99.0
+            return SimpleNamespace(depth_um=depth, sigma_um=sigma, reliable=np.isfinite(sigma))  # DepthEstimate
+
+    core = make_core(PatternCamera(shape=(512, 512)))
+    loop = LiveLoop(core, mapper, calibration=TiltedWithDoubts())
+    results = collect(loop, 2)
+    loop.stop()
+    r = results[-1]
+    assert np.isinf(r.depth_sigma_um[4, 1:5]).all() and np.isfinite(r.depth_sigma_um[0]).all()
+    assert isinstance(r.depth_surface, DepthSurface) and r.depth_surface.prior == "smooth"
+    truth = 0.07 * (np.broadcast_to(r.pmap.centers_x, r.pmap.grid_shape) - 255.5)
+    assert np.abs(r.depth_surface.depth_um - truth).max() < 0.2  # the doubtful windows did not pull it
+    assert (r.depth_surface.weights[1, ::2][np.abs(truth[1, ::2]) > 3] == 0).all()
 
 
 def test_a_new_mapper_and_its_calibration_change_together(mapper):

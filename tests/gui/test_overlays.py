@@ -89,6 +89,20 @@ def test_uncertain_windows_fade_like_textureless_ones():
     assert ov.relative_uncertainty(uncertain, "astigmatism").max() == 0.0  # σ of other parameters only
 
 
+def test_depth_uncertainty_fades_and_marks_windows_that_tell_nothing():
+    pmap = make_map(np.full((2, 2), 0.5), 0.1, 0.0, frame_shape=(192, 192))
+    rel = ov.depth_uncertainty(np.array([[0.5, np.inf], [5.0, 20.0]]), depth_range_um=20.0)
+    # σ as a fraction of the colour range (40 µm), a quarter of it (10 µm) and σ = inf fade all the way.
+    np.testing.assert_allclose(rel, [[0.05, 1.0], [0.5, 1.0]])
+    field = ov.overlay_field(pmap, "depth", np.zeros((2, 2)), 20.0, fused=True)
+    assert "surface" in field.label
+    rgba = ov.overlay_rgba(pmap, field, (192, 192), opacity=0.8, uncertainty=rel)
+    assert rgba[5, 5, 3] == round(255 * 0.8 * (1 - 0.75 * 0.05))
+    assert rgba[5, 186, 3] == round(255 * 0.8 * 0.25)
+    assert ov.invalid_cells(pmap, rel >= 1) == [(95.5, 31.5, 64.0, 64.0), (95.5, 95.5, 64.0, 64.0)]
+    assert ov.invalid_cells(pmap) == []
+
+
 def _reference_upsample(pmap, grid):
     import dataclasses
 

@@ -186,3 +186,58 @@ def test_focus_lock_toggle_holds_the_focus_in_the_live_window(qtbot, tiny_model)
     window.set_calibration(OtherCalibration())
     assert window.focus_lock is None and not window.focus_lock_check.isChecked()
     window.shutdown()
+
+
+def test_depth_overlay_shows_the_fused_surface_and_marks_uncertain_windows(qtbot, sim_core, tiny_model):
+    import dataclasses
+    import time
+
+    from qtpy import QtCore
+
+    from livepsf.acquisition.loop import LiveResult
+    from livepsf.depth import fit_surface
+    from livepsf.gui.window import LiveWindow
+    from livepsf.mapping import PSFMapper
+
+    class TiltCalibration:
+        points: list = []
+
+        def check_model(self, model):
+            pass
+
+        def depth_um(self, pmap):
+            return np.zeros(pmap.grid_shape, np.float32)
+
+        def summary(self):
+            return "test calibration"
+
+    window = LiveWindow(sim_core, tiny_model, demo=True)
+    qtbot.addWidget(window)
+    window.set_calibration(TiltCalibration())
+    window.set_overlay("depth")
+    frame = np.random.default_rng(0).integers(500, 3000, (256, 256), dtype=np.uint16)
+    pmap = PSFMapper(tiny_model, stride_px=64)(frame)
+    # No textureless window, and no network σ (the untrained network is unsure everywhere).
+    pmap = dataclasses.replace(pmap, invalid=np.zeros(pmap.grid_shape, np.float32), sigma={})
+    xx = np.broadcast_to(pmap.centers_x, pmap.grid_shape)
+    own = (0.1 * (xx - 127.5)).astype(np.float32)
+    own[0, 2] *= -1  # mirrored
+    sigma = np.full(pmap.grid_shape, 0.5, np.float32)
+    sigma[1, 2] = np.inf  # tells nothing about depth
+    surface = fit_surface(own, sigma, pmap.centers_y, pmap.centers_x, "plane", frame_shape=(256, 256))
+    now = time.perf_counter()
+    result = LiveResult(frame=frame, pmap=pmap, depth_um=own, image_number=0, skipped=0, stage_z_um=0.0,
+                        t_read=now, t_mapped=now, t_published=now, depth_sigma_um=sigma, depth_surface=surface)
+    window.draw_result(result, trace=False)
+    field, uncertain = window._overlay_field(result, "depth")
+    np.testing.assert_array_equal(field.grid, surface.depth_um)  # the surface, not the windows' own values
+    assert "surface" in window.colorbar.axis.label.toPlainText()
+    assert window.overlay_item.isVisible() and window.invalid_item.isVisible()
+    hatched = window.invalid_item.path()
+    cy, cx = pmap.centers_y, pmap.centers_x
+    assert hatched.contains(QtCore.QPointF(cx[2], cy[1]))  # the window without information is hatched
+    assert not hatched.contains(QtCore.QPointF(cx[0], cy[0])) and not hatched.contains(QtCore.QPointF(cx[2], cy[0]))
+    rgba = window.overlay_item.image  # downsampled display image: faded where the window told nothing
+    sy, sx = rgba.shape[0] / 256, rgba.shape[1] / 256
+    assert rgba[int(cy[1] * sy), int(cx[2] * sx), 3] < 0.5 * rgba[int(cy[1] * sy), int(cx[0] * sx), 3]
+    window.shutdown()

@@ -1,5 +1,9 @@
 """The live loop: camera frames from any pymmcore-plus core → PSF map (+ depth) → a published result.
 
+With a depth calibration each result carries the per-window depth, its σ and the depth surface fused
+across the windows (:func:`livepsf.depth.surface.live_depth`: the live prior, the texture gate on a
+decimated frame; about a millisecond or two on top of the map, see ``benchmarks/bench_depth.py``).
+
 :class:`LiveLoop` starts a continuous sequence acquisition on a ``CMMCorePlus`` (a real Micro-Manager
 configuration, or the simulator's ``UniMMCore``) and runs one consumer thread that always maps the
 **newest** frame: each turn it drains the circular buffer, keeps the last frame, counts the ones it
@@ -32,13 +36,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
 
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
+
+if TYPE_CHECKING:
+    from livepsf.depth.surface import DepthSurface
 
 __all__ = [
     "DepthModel", "FrameSink", "LiveLoop", "LiveResult", "LiveStats", "ResultRecorder", "run_for_results",
@@ -77,7 +84,8 @@ class LiveResult:
     pmap
         Its PSF map.
     depth_um
-        ``(gy, gx)`` depth in µm on the map's window grid, or ``None`` without a calibration.
+        ``(gy, gx)`` depth in µm on the map's window grid (each window's own), or ``None`` without a
+        calibration.
     image_number
         The camera's frame counter (``ImageNumber`` metadata), or the loop's own count without it.
     skipped
@@ -89,6 +97,14 @@ class LiveResult:
         done, and when the result was handed to the signal.
     metadata
         The frame's metadata (camera and core keys, as strings).
+    depth_sigma_um
+        ``(gy, gx)`` σ of ``depth_um`` in µm, ``inf`` where a window tells nothing about depth
+        (textureless, or texture in one direction only); ``None`` without a calibration or for depth
+        models without σ.
+    depth_surface
+        The depth surface fused across the windows (:class:`livepsf.depth.DepthSurface`, prior
+        :data:`livepsf.depth.surface.LIVE_PRIOR`), or ``None`` (no calibration, or too few windows
+        carry depth).
     """
 
     frame: np.ndarray
@@ -101,6 +117,8 @@ class LiveResult:
     t_mapped: float
     t_published: float
     metadata: Mapping[str, str] = field(default_factory=dict)
+    depth_sigma_um: np.ndarray | None = None
+    depth_surface: DepthSurface | None = None
 
     @property
     def latency_ms(self) -> float:
@@ -701,11 +719,16 @@ class LiveLoop:
                 self.frameShapeChanged.emit(shape)
         mapper, calibration = self._pipeline
         pmap = mapper(frame)
-        depth = None if calibration is None else np.asarray(calibration.depth_um(pmap), dtype=np.float32)
+        depth = sigma = surface = None
+        if calibration is not None:
+            from livepsf.depth.surface import live_depth
+
+            depth, sigma, surface = live_depth(calibration, pmap, frame)
         t_mapped = time.perf_counter()
         result = LiveResult(frame=frame, pmap=pmap, depth_um=depth, image_number=number, skipped=skipped,
                             stage_z_um=self._stage_z(), t_read=t_read, t_mapped=t_mapped,
-                            t_published=time.perf_counter(), metadata=meta)
+                            t_published=time.perf_counter(), metadata=meta, depth_sigma_um=sigma,
+                            depth_surface=surface)
         self._latest = result
         with self._lock:
             self._maps_total += 1

@@ -46,8 +46,8 @@ import numpy as np
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap, linear_weights
 
-__all__ = ["LIVE_PRIOR", "MIN_WINDOWS", "PRIORS", "SMOOTH_MODES", "DepthSurface", "Prior", "check_prior", "fit_surface",
-           "surface_depth", "window_depth_and_sigma"]
+__all__ = ["LIVE_GATE_STEP", "LIVE_PRIOR", "MIN_WINDOWS", "PRIORS", "SMOOTH_MODES", "DepthSurface", "Prior", "check_prior", "fit_surface",
+           "live_depth", "surface_depth", "window_depth_and_sigma"]
 
 Prior = Literal["plane", "poly2", "smooth"]
 PRIORS: tuple[str, ...] = ("plane", "poly2", "smooth")
@@ -57,6 +57,10 @@ MIN_WINDOWS: dict[str, int] = {"plane": 3, "poly2": 6, "smooth": 6}
 #: The prior of the live view: a plane where the windows say plane (a tilted grid), curved where they
 #: agree on a curvature; costs about a millisecond on a 15 × 15 grid.
 LIVE_PRIOR: Prior = "smooth"
+#: The live view's texture gate looks at every ``LIVE_GATE_STEP``-th pixel each way (windows of 32 px
+#: instead of 128): 16 times cheaper than the full gate, and it agreed with it on 98 % of the windows
+#: of a simulated 6°-tilted printed grid (1024² frame, stride 64).
+LIVE_GATE_STEP = 4
 #: Number of the penalty's smoothest eigenvectors the smooth surface is expanded in. 36 modes of a 15 ×
 #: 15 grid resolve features down to about 5 windows across (300 µm at 10×): finer than the curvature of
 #: a smooth sample, coarser than the window noise.
@@ -324,6 +328,45 @@ def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior
     depth, sigma, _ = window_depth_and_sigma(cal, pmap, frame)
     return fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, prior, frame_shape=tuple(pmap.frame_shape),
                        pixel_size_um=getattr(cal, "pixel_size_um", None) or pmap.optics.pixel_size_um, **options)
+
+
+def live_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: str = LIVE_PRIOR
+               ) -> tuple[np.ndarray, np.ndarray | None, DepthSurface | None]:
+    """Per-window depth, its σ and the fused surface of one live frame: ``(depth_um, sigma_um, surface)``.
+
+    As :func:`surface_depth`, but cheap enough for every frame: the texture gate (when the calibration
+    has one) runs on the frame decimated by :data:`LIVE_GATE_STEP`. ``sigma_um`` is ``None`` for depth
+    models without σ (anything with only ``depth_um(pmap)``; their windows are fused with equal
+    weights). ``surface`` is ``None`` when too few windows carry information for ``prior``.
+    """
+    depth, sigma, _ = window_depth_and_sigma(cal, pmap)
+    gate = getattr(cal, "max_texture_coherence", None)
+    if frame is not None and gate is not None:
+        sigma = np.where(_decimated_gate(frame, pmap, gate), sigma, np.inf).astype(np.float32)
+    try:
+        surface = fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, prior,
+                              frame_shape=tuple(pmap.frame_shape), pixel_size_um=pmap.optics.pixel_size_um)
+    except InputError:
+        surface = None
+    return depth, (sigma if hasattr(cal, "depth_estimate") else None), surface
+
+
+def _decimated_gate(frame: np.ndarray, pmap: PSFMap, max_coherence: float) -> np.ndarray:
+    """:func:`~livepsf.depth.texture.reliable_windows` on every :data:`LIVE_GATE_STEP`-th pixel.
+
+    Smoothed by 0.75 decimated pixels (the full gate smooths by 1.5 frame pixels: pixel noise must not
+    look like texture; here the decimation already averages less, and more smoothing blurs the lines).
+    """
+    import dataclasses
+
+    from livepsf.depth.texture import window_coherence
+
+    step = LIVE_GATE_STEP
+    small = np.asarray(frame)[::step, ::step]
+    geometry = dataclasses.replace(pmap, centers_y=(np.asarray(pmap.centers_y) + 0.5) / step - 0.5,
+                                   centers_x=(np.asarray(pmap.centers_x) + 0.5) / step - 0.5,
+                                   window_px=max(pmap.window_px // step, 4), frame_shape=small.shape)
+    return ~pmap.invalid_mask & (window_coherence(small, geometry, smooth_px=0.75) <= max_coherence)
 
 
 # -- fits ------------------------------------------------------------------------------------------

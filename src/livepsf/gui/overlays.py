@@ -3,10 +3,12 @@
 * :func:`overlay_field` picks a quantity of a PSF map (defocus, astigmatism, blur width, depth,
   invalid probability) with its unit, colour map and fixed colour range (fixed, so that colours mean
   the same in every frame);
-* :func:`overlay_rgba` turns it into a smooth RGBA image, dimmed where windows are textureless;
+* :func:`overlay_rgba` turns it into a smooth RGBA image, dimmed where windows are textureless or
+  uncertain (:func:`relative_uncertainty` for the network's σ, :func:`depth_uncertainty` for depth);
 * :func:`psf_covariance_px` and :func:`ellipse_polyline` give the per-window PSF glyphs;
 * :func:`axis_sticks` gives the astigmatism axis per window;
-* :func:`invalid_cells` gives the rectangles of textureless windows (hatched by the window);
+* :func:`invalid_cells` gives the rectangles of textureless windows, or of any mask, e.g. the windows
+  whose depth is uncertain (hatched by the window);
 * :func:`region_mean` gives the number plotted in the focus trace.
 """
 
@@ -26,6 +28,7 @@ __all__ = [
     "OverlayField",
     "available_overlays",
     "axis_sticks",
+    "depth_uncertainty",
     "ellipse_polyline",
     "glyph_scale",
     "invalid_cells",
@@ -134,8 +137,21 @@ def relative_uncertainty(pmap: PSFMap, kind: str) -> np.ndarray | None:
     return np.clip(rel / _SIGMA_FULL_FADE, 0.0, 1.0).astype(np.float32)
 
 
+def depth_uncertainty(sigma_um: np.ndarray, depth_range_um: float) -> np.ndarray:
+    """``(gy, gx)`` in [0, 1]: how uncertain each window's own depth is, for fading the depth overlay.
+
+    Its σ as a fraction of the depth colour range (``2 * depth_range_um``), scaled as
+    :func:`relative_uncertainty` (a quarter of the range, :data:`_SIGMA_FULL_FADE`, is 1); 1 where σ is
+    inf (the window tells nothing about depth: no texture, or texture in one direction only).
+    """
+    sigma = np.asarray(sigma_um, np.float64)
+    span = 2.0 * max(float(depth_range_um), 1e-9)
+    rel = np.where(np.isfinite(sigma), sigma / span, np.inf)
+    return np.clip(rel / _SIGMA_FULL_FADE, 0.0, 1.0).astype(np.float32)
+
+
 def overlay_field(pmap: PSFMap, kind: str, depth_um: np.ndarray | None = None,
-                  depth_range_um: float | None = None) -> OverlayField:
+                  depth_range_um: float | None = None, fused: bool = False) -> OverlayField:
     """The quantity an overlay shows, with its unit and a colour range fixed by the model card.
 
     Parameters
@@ -150,6 +166,8 @@ def overlay_field(pmap: PSFMap, kind: str, depth_um: np.ndarray | None = None,
         ``(gy, gx)`` depth grid from a calibration; ``None`` makes the depth overlay say "uncalibrated".
     depth_range_um
         Half-width of the depth colour range (default: the calibration's, else 50 µm).
+    fused
+        ``depth_um`` is the surface fused across the windows (said in the label).
     """
     optics = pmap.optics
     if kind == "none":
@@ -181,8 +199,9 @@ def overlay_field(pmap: PSFMap, kind: str, depth_um: np.ndarray | None = None,
         if depth_um is None:
             return OverlayField(kind, None, "depth (µm)", (-span, span), "CET-D1A",
                                 "depth: uncalibrated (load or make a calibration)")
-        return OverlayField(kind, np.asarray(depth_um, np.float32), "depth (µm, + above focus)",
-                            (-span, span), "CET-D1A", short_label="depth (µm)")
+        label = "depth surface (µm, + above focus)" if fused else "depth (µm, + above focus)"
+        return OverlayField(kind, np.asarray(depth_um, np.float32), label, (-span, span), "CET-D1A",
+                            short_label="depth (µm)")
     raise ValueError(f"unknown overlay {kind!r}; choose one of {', '.join(OVERLAYS)}")
 
 
@@ -201,12 +220,13 @@ def lookup_table(colormap: str, n: int = 256) -> np.ndarray:
 
 
 def overlay_rgba(pmap: PSFMap, field: OverlayField, shape: tuple[int, int], opacity: float,
-                 lut: np.ndarray | None = None) -> np.ndarray | None:
+                 lut: np.ndarray | None = None, uncertainty: np.ndarray | None = None) -> np.ndarray | None:
     """A smooth ``(h, w, 4) uint8`` overlay image covering the frame (any display ``shape``).
 
     Values are interpolated bilinearly between window centres (as :meth:`PSFMap.upsample`), coloured
     within ``field.levels``, and made transparent in proportion to the windows' invalid probability or,
-    when the map carries σ, their :func:`relative_uncertainty`, whichever is larger (down to a quarter of
+    when the map carries σ, their :func:`relative_uncertainty`, or the given ``uncertainty`` (``(gy,
+    gx)`` in [0, 1], e.g. :func:`depth_uncertainty`), whichever is largest (down to a quarter of
     ``opacity``), so the eye goes to what the network could measure.
     """
     if field.grid is None:
@@ -221,8 +241,10 @@ def overlay_rgba(pmap: PSFMap, field: OverlayField, shape: tuple[int, int], opac
         doubt = np.zeros(shape, np.float32)
     else:
         grid = np.asarray(pmap.invalid, np.float32)
-        uncertain = relative_uncertainty(pmap, field.kind)
-        doubt = upsample_grid(pmap, grid if uncertain is None else np.maximum(grid, uncertain), shape)
+        for extra in (relative_uncertainty(pmap, field.kind), uncertainty):
+            if extra is not None:
+                grid = np.maximum(grid, np.asarray(extra, np.float32))
+        doubt = upsample_grid(pmap, grid, shape)
     alpha = float(np.clip(opacity, 0.0, 1.0)) * (1.0 - (1.0 - _INVALID_DIM) * np.clip(doubt, 0.0, 1.0))
     rgba[..., 3] = np.rint(255 * alpha).astype(np.uint8)
     return rgba
@@ -352,11 +374,11 @@ def axis_sticks(pmap: PSFMap, length_px: float | None = None) -> tuple[np.ndarra
     return x, y, connect
 
 
-def invalid_cells(pmap: PSFMap) -> list[tuple[float, float, float, float]]:
-    """``(x, y, w, h)`` of a stride-sized cell around each textureless window, in frame pixels."""
+def invalid_cells(pmap: PSFMap, mask: np.ndarray | None = None) -> list[tuple[float, float, float, float]]:
+    """``(x, y, w, h)`` of a stride-sized cell around each textureless window (or each window of ``mask``)."""
     s = float(pmap.stride_px)
     cells = []
-    for i, j in zip(*np.nonzero(pmap.invalid_mask)):
+    for i, j in zip(*np.nonzero(pmap.invalid_mask if mask is None else mask)):
         cy, cx = float(pmap.centers_y[i]), float(pmap.centers_x[j])
         cells.append((cx - s / 2, cy - s / 2, s, s))
     return cells

@@ -739,14 +739,12 @@ class LiveWindow(QtWidgets.QMainWindow):
             self.histogram.imageChanged(autoLevel=False)
 
         kind = self.overlay_kind()
-        cal = self.calibration
-        span = ov.depth_range_um(cal) if cal is not None else None
-        field = ov.overlay_field(pmap, kind, result.depth_um if cal is not None else None, span)
+        field, uncertain = self._overlay_field(result, kind)
         opacity = self.opacity_slider.value() / 100.0
         small = (max(1, shape[0] // _OVERLAY_DOWNSAMPLE), max(1, shape[1] // _OVERLAY_DOWNSAMPLE))
         rgba = None
         if field.grid is not None:
-            rgba = ov.overlay_rgba(pmap, field, small, opacity, self._lut(field.colormap))
+            rgba = ov.overlay_rgba(pmap, field, small, opacity, self._lut(field.colormap), uncertain)
         if rgba is None:
             self.overlay_item.hide()
             self.colorbar.hide()
@@ -767,7 +765,10 @@ class LiveWindow(QtWidgets.QMainWindow):
 
         if self.hatch_check.isChecked():
             path = QtGui.QPainterPath()
-            for x, y, w, h in ov.invalid_cells(pmap):
+            # The depth overlay also hatches windows that tell nothing about depth (σ = inf or as wide as
+            # a quarter of the colour range): the surface there is borrowed from their neighbours.
+            mask = None if uncertain is None else pmap.invalid_mask | (uncertain >= 1.0)
+            for x, y, w, h in ov.invalid_cells(pmap, mask):
                 path.addRect(QtCore.QRectF(x, y, w, h))
             self.invalid_item.setPath(path)
             self.invalid_item.show()
@@ -799,6 +800,23 @@ class LiveWindow(QtWidgets.QMainWindow):
             self._add_trace_point(result, field, pmap)
         self._drawn = result
         self.draw_count += 1
+
+    def _overlay_field(self, result: LiveResult, kind: str) -> tuple[ov.OverlayField, np.ndarray | None]:
+        """The overlay's field and, for depth, each window's uncertainty (for fading and hatching).
+
+        Depth shows the surface fused across the windows when the loop made one (one smooth field, also
+        where single windows read nothing or the mirrored depth), else the windows' own depth.
+        """
+        cal = self.calibration
+        if kind != "depth" or cal is None:
+            return ov.overlay_field(result.pmap, kind), None
+        span = ov.depth_range_um(cal)
+        surface = result.depth_surface
+        grid = surface.depth_um if surface is not None else result.depth_um
+        field = ov.overlay_field(result.pmap, kind, grid, span, fused=surface is not None)
+        if result.depth_sigma_um is None:
+            return field, None
+        return field, ov.depth_uncertainty(result.depth_sigma_um, span)
 
     def _place_scalebar(self, shape: tuple[int, int], pixel_size_um: float) -> None:
         """A round-length scale bar (about a sixth of the field) at the bottom left."""
