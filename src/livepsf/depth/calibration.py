@@ -42,6 +42,7 @@ from livepsf.depth.profiles import (
 )
 from livepsf.depth.robust import r_squared
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows
+from livepsf.depth.uncertainty import DepthEstimate, DepthUncertainty, fit_depth_uncertainty, metric_sigma
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
@@ -164,6 +165,8 @@ class Calibration(BaseModel):
     lofo_mean_abs_error_um: float | None = Field(
         default=None, description="leave-one-frame-out mean |error| of the curve (None: one frame)")
     per_z: list[ZStackResidual] = Field(default_factory=list, description="z-stack: per stage position")
+    uncertainty: DepthUncertainty | None = Field(
+        default=None, description="per-window depth σ measured on the calibration frames (None: older files)")
 
     @field_validator("lens_direction")
     @classmethod
@@ -309,6 +312,28 @@ class Calibration(BaseModel):
             depth = fill_invalid(depth, ~ok)
         return depth
 
+    def depth_estimate(self, pmap: PSFMap, frame: np.ndarray | None = None) -> DepthEstimate:
+        """Each window's own depth with its σ (µm): see :mod:`livepsf.depth.uncertainty`.
+
+        Windows flagged invalid, and, when ``frame`` is given and the calibration used the texture gate,
+        windows of one-directional texture, get σ = inf; their depth is the window's own value, not
+        filled from neighbours (:meth:`depth_um` fills them). Calibrations without a measured σ model
+        (files written before it existed) use their mean |error| x 1.25 (the σ of a normal error with
+        that mean |error|) for every reliable window.
+        """
+        self.check_model(pmap)
+        metric = self.metric_map(pmap)
+        depth = self.metric_to_depth_um(metric)
+        gated = frame is not None and self.max_texture_coherence is not None
+        ok = reliable_windows(pmap, frame if gated else None, self.max_texture_coherence)
+        if self.uncertainty is not None:
+            net = metric_sigma(pmap, self.metric, self.lens_direction, self.lens_strength_waves)
+            sigma = self.uncertainty.sigma_um(depth, net)
+        else:
+            sigma = np.full(depth.shape, 1.25 * self.mean_abs_error_um, dtype=np.float32)
+        sigma = np.where(ok & np.isfinite(depth), sigma, np.inf).astype(np.float32)
+        return DepthEstimate(depth_um=depth.astype(np.float32), sigma_um=sigma)
+
     def depth_um_full(self, pmap: PSFMap, shape: tuple[int, int] | None = None,
                       frame: np.ndarray | None = None, median_windows: int = 1) -> np.ndarray:
         """Full-frame depth map in µm (bilinear between window centres, as :meth:`PSFMap.upsample`)."""
@@ -412,7 +437,46 @@ def calibrate_psf_maps(
     cal = assemble_calibration(
         pmaps, results, chosen, u, strength, pixel_size_um, gate, source="tilted-grid", tilt_axis=tilt_axis,
         per_tilt=_per_tilt(result, profiles, pixel_size_um), points=points)
-    return cal
+    return with_measured_uncertainty(cal, [
+        (p, f, window_heights_um(p, r.tilt_deg, r.in_focus_px, pixel_size_um, tilt_axis))
+        for p, f, r in zip(pmaps, frame_list, cal.per_tilt)])
+
+
+def window_heights_um(pmap: PSFMap, tilt_deg: float, in_focus_px: float, pixel_size_um: float,
+                      tilt_axis: str) -> np.ndarray:
+    """Known height (µm, relative to the focal plane) of each window of a tilted-grid frame, ``(gy, gx)``."""
+    gradient = pixel_size_um * math.tan(math.radians(tilt_deg))
+    if check_tilt_axis(tilt_axis) == "x":
+        heights = (np.asarray(pmap.centers_x, dtype=np.float64) - in_focus_px) * gradient
+        return np.broadcast_to(heights[None, :], pmap.invalid.shape).copy()
+    heights = (np.asarray(pmap.centers_y, dtype=np.float64) - in_focus_px) * gradient
+    return np.broadcast_to(heights[:, None], pmap.invalid.shape).copy()
+
+
+def with_measured_uncertainty(cal: Calibration,
+                              windows: Sequence[tuple[PSFMap, np.ndarray | None, np.ndarray]]) -> Calibration:
+    """``cal`` with its per-window σ model measured on calibration frames of known height.
+
+    ``windows`` holds, per calibration frame, its PSF map, the frame (for the texture gate, or ``None``)
+    and the known height of every window (``(gy, gx)`` µm relative to the focal plane). Reliable windows
+    only (the same gate as the calibration). With too few of them the calibration keeps no σ model and
+    says so in its notes.
+    """
+    depths, heights, nets = [], [], []
+    for pmap, frame, height in windows:
+        est = cal.depth_estimate(pmap, frame)
+        ok = est.reliable
+        depths.append(est.depth_um[ok])
+        heights.append(np.asarray(height, dtype=np.float64)[ok])
+        net = metric_sigma(pmap, cal.metric, cal.lens_direction, cal.lens_strength_waves)
+        nets.append(None if net is None else net[ok])
+    network_sigma = None if any(n is None for n in nets) else np.concatenate(nets)
+    try:
+        model = fit_depth_uncertainty(np.concatenate(depths), np.concatenate(heights), network_sigma)
+    except InputError as exc:
+        note = f"no per-window σ measured ({exc}); σ = 1.25 x mean |error|"
+        return cal.model_copy(update={"notes": "; ".join(n for n in (cal.notes, note) if n)})
+    return cal.model_copy(update={"uncertainty": model})
 
 
 def calibrate_tilted_grid(
