@@ -38,7 +38,9 @@ Modules: :mod:`~livepsf.depth.metrics` (the metrics, lens direction and strength
 :mod:`~livepsf.depth.profiles` (calibration points, the line fit, tilted-grid profiles),
 :mod:`~livepsf.depth.curve` (the monotone calibration curve, leave-one-frame-out),
 :mod:`~livepsf.depth.calibration` (:class:`Calibration`, the calibration fits),
-:mod:`~livepsf.depth.zstack` (the z-stack calibration), :mod:`~livepsf.depth.outputs` (depth-map files),
+:mod:`~livepsf.depth.zstack` (the z-stack calibration), :mod:`~livepsf.depth.uncertainty` (depth σ per
+window), :mod:`~livepsf.depth.surface` (windows fused into one surface), :mod:`~livepsf.depth.outputs`
+(depth-map files),
 :mod:`~livepsf.depth.plot` (the calibration plot).
 """
 
@@ -89,6 +91,7 @@ from livepsf.depth.profiles import (
 from livepsf.depth.robust import robust_line_fit
 from livepsf.depth.surface import PRIORS, DepthSurface, fit_surface, surface_depth
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows, window_coherence
+from livepsf.depth.uncertainty import DepthEstimate, DepthUncertainty, fit_depth_uncertainty, metric_sigma
 from livepsf.depth.zstack import calibrate_zstack
 
 __all__ = [
@@ -105,7 +108,9 @@ __all__ = [
     "CalibrationPoint",
     "CalibrationPoints",
     "CurveFit",
+    "DepthEstimate",
     "DepthSurface",
+    "DepthUncertainty",
     "LineFit",
     "Metric",
     "MetricFit",
@@ -122,11 +127,13 @@ __all__ = [
     "estimate_lens_direction",
     "estimate_lens_strength",
     "fit_curve",
+    "fit_depth_uncertainty",
     "fit_metric_profiles",
     "fit_monotone_curve",
     "fit_points_line",
     "fit_surface",
     "held_out_residuals",
+    "metric_sigma",
     "plot_calibration",
     "profile_along_axis",
     "projected_metric",
