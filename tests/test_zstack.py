@@ -310,3 +310,32 @@ def test_cli_acquires_on_the_simulator_and_keeps_the_stack(tmp_path, capsys):
     np.testing.assert_allclose(stack.z_um, np.arange(-24.0, 24.1, 4.0), atol=1e-6)
     assert stack.frames.shape == (13, 384, 384) and stack.pixel_size_um == pytest.approx(0.65)
     assert (tmp_path / "sim.png").is_file() and "recorded 13 planes" in text
+
+
+def test_cli_keeps_the_planes_taken_when_the_camera_breaks_off(tmp_path, monkeypatch, capsys):
+    import livepsf.sim
+
+    real_create_core = livepsf.sim.create_core
+
+    def camera_failing_at_plane_4(**kwargs):
+        core = real_create_core(**kwargs)
+        snap, calls = core.snapImage, {"n": 0}
+
+        def snap_image(*args):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise RuntimeError("Camera: snap timed out")
+            return snap(*args)
+
+        core.snapImage = snap_image
+        return core
+
+    monkeypatch.setattr(livepsf.sim, "create_core", camera_failing_at_plane_4)
+    out = tmp_path / "c.json"
+    code = _run_cli(["calibrate", "--zstack", "--sim", "--size", "256", "--range-um", "8", "--step-um", "2",
+                     "--settle-ms", "0", "--out", out])
+    err = capsys.readouterr().err
+    assert code == 2 and "camera failed at plane 4 of 9" in err and "saved to" in err, err
+    kept = load_zstack(tmp_path / "c_zstack-partial.ome.tif")
+    np.testing.assert_allclose(kept.z_um, [-8.0, -6.0, -4.0], atol=1e-6)
+    assert not out.exists()

@@ -178,7 +178,13 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
                       sample: str | None, size: int | None, range_um: float | None, step_um: float | None,
                       settle_ms: float | None) -> None:
     """``livepsf calibrate --zstack``: a saved stack (one IMAGE) or one acquired now (--sim / --mm-config)."""
-    from livepsf.acquisition.zstack import acquire_zstack, calibrate_from_zstack, load_zstack, save_zstack
+    from livepsf.acquisition.zstack import (
+        ZStackInterrupted,
+        acquire_zstack,
+        calibrate_from_zstack,
+        load_zstack,
+        save_zstack,
+    )
     from livepsf.depth import plot_calibration
     from livepsf.imageio import output_path
     from livepsf.mapping import PSFMapper
@@ -216,11 +222,17 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
         console.print(f"[bold]z-stack[/]: ±{range_um or 40.0:g} µm in {step_um or 2.0:g} µm steps around Z "
                       f"{core.getZPosition():+.2f} µm on {'the simulated microscope' if sim else mm_config}",
                       highlight=False)
-        stack = acquire_zstack(core, range_um=40.0 if range_um is None else range_um,
-                               step_um=2.0 if step_um is None else step_um,
-                               settle_ms=10.0 if settle_ms is None else settle_ms, pixel_size_um=pixel_size_um)
         json_path = out if out is not None else output_path(Path.cwd() / ("sim-zstack" if sim else "zstack"),
                                                             "_calibration.json")
+        try:
+            stack = acquire_zstack(core, range_um=40.0 if range_um is None else range_um,
+                                   step_um=2.0 if step_um is None else step_um,
+                                   settle_ms=10.0 if settle_ms is None else settle_ms, pixel_size_um=pixel_size_um)
+        except ZStackInterrupted as exc:  # the camera or the stage failed: keep what was taken
+            if len(exc.partial):
+                kept = save_zstack(exc.partial, output_path(json_path, "_zstack-partial.ome.tif"))
+                raise InputError(f"{exc}: saved to {kept}") from None
+            raise
         # The frames are written before the fit: a fit that fails loses no acquisition.
         stack_path = save_zstack(stack, output_path(json_path, "_zstack.ome.tif"))
         console.print(f"recorded {stack.summary()} to {stack_path}", highlight=False)
