@@ -196,6 +196,7 @@ def test_depth_overlay_shows_the_fused_surface_and_marks_uncertain_windows(qtbot
 
     from livepsf.acquisition.loop import LiveResult
     from livepsf.depth import fit_surface
+    from livepsf.gui import overlays as ov
     from livepsf.gui.window import LiveWindow
     from livepsf.mapping import PSFMapper
 
@@ -229,15 +230,19 @@ def test_depth_overlay_shows_the_fused_surface_and_marks_uncertain_windows(qtbot
     result = LiveResult(frame=frame, pmap=pmap, depth_um=own, image_number=0, skipped=0, stage_z_um=0.0,
                         t_read=now, t_mapped=now, t_published=now, depth_sigma_um=sigma, depth_surface=surface)
     window.draw_result(result, trace=False)
-    field, uncertain = window._overlay_field(result, "depth")
+    field, fade, unknown = window._overlay_field(result, "depth")
     np.testing.assert_array_equal(field.grid, surface.depth_um)  # the surface, not the windows' own values
+    np.testing.assert_array_equal(unknown, ~np.isfinite(sigma))
+    np.testing.assert_allclose(fade, ov.depth_uncertainty(surface.sigma_um, ov.depth_range_um(TiltCalibration())))
     assert "surface" in window.colorbar.axis.label.toPlainText()
     assert window.overlay_item.isVisible() and window.invalid_item.isVisible()
     hatched = window.invalid_item.path()
     cy, cx = pmap.centers_y, pmap.centers_x
     assert hatched.contains(QtCore.QPointF(cx[2], cy[1]))  # the window without information is hatched
     assert not hatched.contains(QtCore.QPointF(cx[0], cy[0])) and not hatched.contains(QtCore.QPointF(cx[2], cy[0]))
-    rgba = window.overlay_item.image  # downsampled display image: faded where the window told nothing
+    # Without a surface the windows' own depth is shown, faded where a window told nothing.
+    window.draw_result(dataclasses.replace(result, depth_surface=None), trace=False)
+    rgba = window.overlay_item.image  # downsampled display image
     sy, sx = rgba.shape[0] / 256, rgba.shape[1] / 256
     assert rgba[int(cy[1] * sy), int(cx[2] * sx), 3] < 0.5 * rgba[int(cy[1] * sy), int(cx[0] * sx), 3]
     window.shutdown()

@@ -17,7 +17,9 @@ Priors (the user chooses; the live view uses ``"smooth"``, :data:`LIVE_PRIOR`):
     A smoothing surface on the window grid, minimising
     ``Σ w (s - d)² + λ Σ (s_xxx² + 3 s_xxy² + 3 s_xyy² + s_yyy²)`` with third differences on the
     grid. Its unpenalised part is exactly the quadric (``"poly2"``), so with no evidence of more
-    shape it *is* the quadric fit, and it follows any smooth sample where the windows agree on it.
+    shape it *is* the quadric fit, and it follows any smooth sample where the windows agree on it;
+    and the robust plane is kept instead unless the smooth surface explains the windows better by the
+    Bayesian information criterion (BIC), so a flat tilted sample stays flat where few windows see it.
     (A second-difference, thin-plate penalty makes a strongly curved sample pull λ down until the
     noise is fitted too.) ``λ`` is chosen for each fit by restricted maximum likelihood (REML: the
     surface as a mixed model whose quadric is a fixed effect, Wood 2011) unless given, so no
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import scipy.linalg
 
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap, linear_weights
@@ -107,6 +110,11 @@ class DepthSurface:
         Degrees of freedom of the fit (the trace of its influence matrix; 3 or 6 for the polynomials).
     pixel_size_um
         Pixel size in the sample plane, when known (for the tilt in :meth:`figures`).
+    coefficients
+        The polynomial's coefficients (µm, in coordinates normalised to [-1, 1] over the centres).
+    model
+        The surface actually fitted: the prior, or ``"plane"`` when the smooth prior found no
+        curvature worth its parameters (BIC).
     """
 
     depth_um: np.ndarray
@@ -124,6 +132,7 @@ class DepthSurface:
     effective_params: float = float("nan")
     pixel_size_um: float | None = None
     coefficients: dict[str, float] = field(default_factory=dict)
+    model: str = ""
 
     def full(self, shape: tuple[int, int] | None = None, *, sigma: bool = False) -> np.ndarray:
         """The surface (or its σ) over the frame, ``shape`` float32 µm: bilinear between window centres.
@@ -165,6 +174,7 @@ class DepthSurface:
 
         return {
             "prior": self.prior,
+            "model": self.model or self.prior,
             "n_windows": int(self.n_windows),
             "n_used": int(self.n_used),
             "residual_rms_um": num(self.residual_rms_um),
@@ -264,6 +274,21 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
         weights = np.ones(n_obs)
         solver.solve(weights, select=True)
     solver.finish()
+    model = prior
+    if prior == "smooth":
+        # Curvature must earn its parameters: the robust plane is kept unless the smooth surface explains
+        # the windows better by BIC (on the windows both fits kept). A quadric fitted to a flat tilted
+        # sample bends where no window constrains it, at the edges.
+        plane = _PolySolver(_design("plane", yy, xx), inv_sigma, obs, target)
+        if robust and n_obs > 3:
+            plane_weights = _robust_weights(plane, target, 3, iterations)
+        else:
+            plane_weights = np.ones(n_obs)
+            plane.solve(plane_weights)
+        plane.finish()
+        common = np.minimum(weights, plane_weights)
+        if _bic(plane, common, target) <= _bic(solver, common, target):
+            solver, weights, model = plane, plane_weights, "plane"
     resid = target - solver.prediction
     used = weights > 0
     dof = max(float(weights.sum()) - solver.effective_params, 0.0)
@@ -281,7 +306,16 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
         scale=scale, weights=grid_weights.astype(np.float32), centers_y_px=cy, centers_x_px=cx,
         frame_shape=None if frame_shape is None else (int(frame_shape[0]), int(frame_shape[1])),
         smoothness=solver.smoothness, effective_params=solver.effective_params,
-        pixel_size_um=pixel_size_um, coefficients=solver.coefficients(cy, cx))
+        pixel_size_um=pixel_size_um, coefficients=solver.coefficients(cy, cx), model=model)
+
+
+def _bic(solver: Any, weights: np.ndarray, target: np.ndarray) -> float:
+    """Bayesian information criterion of a fit on the whitened windows with these weights."""
+    n = float(weights.sum())
+    rss = float(np.sum(weights * (target - solver.prediction) ** 2))
+    if n <= 1.0 or rss <= 0.0:
+        return -math.inf if rss <= 0.0 else math.inf
+    return n * math.log(rss / n) + solver.effective_params * math.log(n)
 
 
 def window_depth_and_sigma(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None
@@ -463,7 +497,8 @@ class _SmoothSolver:
         # modes): those modes are then set by the penalty alone, as they should be.
         ridged = gram + np.eye(k) * 1e-9 * max(float(np.trace(gram)) / k, 1e-300)
         inv_chol = np.linalg.inv(np.linalg.cholesky(ridged))
-        mu, vecs = np.linalg.eigh((inv_chol * self.penalty) @ inv_chol.T)
+        # scipy's eigh: numpy's (divide and conquer) is 10x slower on this size when the cores are busy.
+        mu, vecs = scipy.linalg.eigh((inv_chol * self.penalty) @ inv_chol.T, check_finite=False)
         mu = np.maximum(mu, 0.0)
         z = vecs.T @ (inv_chol @ rhs)
         lam = _select_smoothness(mu, z, float(y @ y), max(int(np.count_nonzero(weights)), 4))
@@ -546,8 +581,7 @@ def _robust_weights(solver: Any, target: np.ndarray, n_coef: int, iterations: in
     """Huber, then bisquare with the Huber stage's scale (as :func:`robust_line_fit`), around ``solver``.
 
     ``start``: initial weights (default all 1). The smooth prior chooses λ at the start and at the
-    end of each stage (each choice costs an eigendecomposition; the solves between them keep λ and are
-    cheap).
+    end (each choice costs an eigendecomposition; the solves between them keep λ and are cheap).
     """
     weights = np.ones(len(target)) if start is None else start
     prediction = solver.solve(weights, select=True)
@@ -569,7 +603,7 @@ def _robust_weights(solver: Any, target: np.ndarray, n_coef: int, iterations: in
             weights, prediction = new_weights, new_prediction
             if converged:
                 break
-        prediction = solver.solve(weights, select=True)
+    solver.solve(weights, select=True)
     return weights  # the solver holds the fit with these weights
 
 

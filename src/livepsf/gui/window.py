@@ -739,12 +739,12 @@ class LiveWindow(QtWidgets.QMainWindow):
             self.histogram.imageChanged(autoLevel=False)
 
         kind = self.overlay_kind()
-        field, uncertain = self._overlay_field(result, kind)
+        field, fade, unknown = self._overlay_field(result, kind)
         opacity = self.opacity_slider.value() / 100.0
         small = (max(1, shape[0] // _OVERLAY_DOWNSAMPLE), max(1, shape[1] // _OVERLAY_DOWNSAMPLE))
         rgba = None
         if field.grid is not None:
-            rgba = ov.overlay_rgba(pmap, field, small, opacity, self._lut(field.colormap), uncertain)
+            rgba = ov.overlay_rgba(pmap, field, small, opacity, self._lut(field.colormap), fade)
         if rgba is None:
             self.overlay_item.hide()
             self.colorbar.hide()
@@ -765,9 +765,9 @@ class LiveWindow(QtWidgets.QMainWindow):
 
         if self.hatch_check.isChecked():
             path = QtGui.QPainterPath()
-            # The depth overlay also hatches windows that tell nothing about depth (σ = inf or as wide as
-            # a quarter of the colour range): the surface there is borrowed from their neighbours.
-            mask = None if uncertain is None else pmap.invalid_mask | (uncertain >= 1.0)
+            # The depth overlay also hatches windows that tell nothing about depth themselves (σ = inf, or
+            # as wide as a quarter of the colour range): the surface there is borrowed from neighbours.
+            mask = None if unknown is None else pmap.invalid_mask | unknown
             for x, y, w, h in ov.invalid_cells(pmap, mask):
                 path.addRect(QtCore.QRectF(x, y, w, h))
             self.invalid_item.setPath(path)
@@ -801,22 +801,24 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._drawn = result
         self.draw_count += 1
 
-    def _overlay_field(self, result: LiveResult, kind: str) -> tuple[ov.OverlayField, np.ndarray | None]:
-        """The overlay's field and, for depth, each window's uncertainty (for fading and hatching).
+    def _overlay_field(self, result: LiveResult, kind: str
+                       ) -> tuple[ov.OverlayField, np.ndarray | None, np.ndarray | None]:
+        """The overlay's field and, for depth, how much to fade each window and which ones to hatch.
 
         Depth shows the surface fused across the windows when the loop made one (one smooth field, also
-        where single windows read nothing or the mirrored depth), else the windows' own depth.
+        where single windows read nothing or the mirrored depth), faded by the surface's own σ; windows
+        whose own depth tells nothing are hatched. Without a surface: the windows' depth, faded by their σ.
         """
         cal = self.calibration
         if kind != "depth" or cal is None:
-            return ov.overlay_field(result.pmap, kind), None
+            return ov.overlay_field(result.pmap, kind), None, None
         span = ov.depth_range_um(cal)
         surface = result.depth_surface
         grid = surface.depth_um if surface is not None else result.depth_um
         field = ov.overlay_field(result.pmap, kind, grid, span, fused=surface is not None)
-        if result.depth_sigma_um is None:
-            return field, None
-        return field, ov.depth_uncertainty(result.depth_sigma_um, span)
+        own = None if result.depth_sigma_um is None else ov.depth_uncertainty(result.depth_sigma_um, span)
+        fade = ov.depth_uncertainty(surface.sigma_um, span) if surface is not None else own
+        return field, fade, None if own is None else own >= 1.0
 
     def _place_scalebar(self, shape: tuple[int, int], pixel_size_um: float) -> None:
         """A round-length scale bar (about a sixth of the field) at the bottom left."""
