@@ -78,6 +78,8 @@ def calibrate(
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
     metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed, projected "
                                "or eq14 (default: the best fit)."),
+    curve: str = typer.Option("monotone", "--curve", help="Metric-to-depth curve: monotone (default; the "
+                              "measured relation is S-shaped) or linear (the robust line, for comparison)."),
     out: Path = typer.Option(None, "--out", help="Calibration JSON to write (never overwritten); default "
                              "beside the first image."),
     zstack: bool = typer.Option(False, "--zstack", help="Calibrate from a z-stack instead: a saved stack "
@@ -115,6 +117,10 @@ def calibrate(
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
 
+    from livepsf.depth import CURVES
+
+    if curve not in CURVES:  # before any mapping or acquisition
+        raise InputError(f"--curve {curve!r}: choose one of {', '.join(CURVES)}")
     zstack_options = {"--z-um": z_um, "--z-step-um": z_step_um, "--focus-z-um": focus_z_um, "--sim": sim or None,
                       "--mm-config": mm_config, "--camera": camera, "--sample": sample, "--size": size,
                       "--range-um": range_um, "--step-um": step_um, "--settle-ms": settle_ms}
@@ -122,7 +128,7 @@ def calibrate(
         if tilt_deg or in_focus_px or tilt_axis != "x":
             raise InputError("--zstack calibrates from stage positions: --tilt-deg, --tilt-axis and "
                              "--in-focus-px belong to the tilted grid")
-        _calibrate_zstack(images or [], out=out, model=model, stride=stride, metric=metric,
+        _calibrate_zstack(images or [], out=out, model=model, stride=stride, metric=metric, curve=curve,
                           pixel_size_um=pixel_size_um, **{k.lstrip("-").replace("-", "_"): v
                                                           for k, v in zstack_options.items()})
         return
@@ -146,34 +152,47 @@ def calibrate(
     mapper = PSFMapper(net, stride_px=stride)
     all_frames = [frame for frames in per_image for frame in frames]
     pmaps = [mapper(frame) for frame in all_frames]
-    cal = calibrate_psf_maps(pmaps, frame_tilts, pixel_size_um, tilt_axis, frame_foci, metric, frames=all_frames)
+    cal = calibrate_psf_maps(pmaps, frame_tilts, pixel_size_um, tilt_axis, frame_foci, metric, frames=all_frames,
+                             curve=curve)
     json_path = out if out is not None else output_path(images[0], "_calibration.json")
     cal.save(json_path)
     png_path = plot_calibration(cal, output_path(json_path, ".png"))
 
     table = Table(title=f"Depth calibration ({cal.metric} metric, model {cal.model_name})")
-    for col in ("tilt °", "in focus px", "range µm", "R²", "mean |err| µm", "sd µm", "rel. %"):
+    for col in ("tilt °", "in focus px", "range µm", "R²", "mean |err| µm", "sd µm", "rel. %", "held out µm"):
         table.add_column(col, justify="right")
     for r in cal.per_tilt:
         table.add_row(f"{r.tilt_deg:g}", f"{r.in_focus_px:.0f}" + ("*" if r.in_focus_estimated else ""),
                       f"{r.depth_range_um:.1f}", f"{r.r2:.4f}", f"{r.mean_abs_error_um:.2f}",
-                      f"{r.sd_abs_error_um:.2f}", f"{r.relative_error_pct:.2f}")
+                      f"{r.sd_abs_error_um:.2f}", f"{r.relative_error_pct:.2f}", _um_or_na(r.lofo_mean_abs_error_um))
     console.print(table)
-    for s in cal.metrics:
-        console.print(f"  {s.metric:>6}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
-                      f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm"
-                      + ("  (used)" if s.metric == cal.metric else ""), highlight=False)
-    estimated = any(r.in_focus_estimated for r in cal.per_tilt)
-    console.print(f"slope {cal.slope_um_per_unit:.3f} µm/unit, R² {cal.r2:.4f}, residual "
-                  f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm"
-                  + ("  (* in-focus position estimated)" if estimated else ""), highlight=False)
-    if cal.notes:
-        err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
+    _print_calibration_fit(cal, "  (* in-focus position estimated)"
+                           if any(r.in_focus_estimated for r in cal.per_tilt) else "")
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
 
 
+def _um_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _print_calibration_fit(cal, suffix: str = "") -> None:
+    """Every metric's line and curve figures, the fit used (in-sample and leave-one-frame-out), warnings."""
+    for s in cal.metrics:
+        console.print(f"  {s.metric:>9}: line slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
+                      f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm; {cal.curve.kind} curve "
+                      f"mean |err| {_um_or_na(s.curve_mean_abs_error_um)} µm, held out "
+                      f"{_um_or_na(s.lofo_mean_abs_error_um)} µm" + ("  (used)" if s.metric == cal.metric else ""),
+                      highlight=False)
+    console.print(f"{cal.curve.kind} curve ({len(cal.curve.metric_knots)} knots; line slope "
+                  f"{cal.slope_um_per_unit:.3f} µm/unit), R² {cal.r2:.4f}, in-sample mean |err| "
+                  f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm, leave-one-frame-out "
+                  f"{_um_or_na(cal.lofo_mean_abs_error_um)} µm{suffix}", highlight=False)
+    if cal.notes:
+        err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
+
+
 def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, stride: int, metric: str | None,
-                      pixel_size_um: float | None, z_um: list[str] | None, z_step_um: float | None,
+                      curve: str, pixel_size_um: float | None, z_um: list[str] | None, z_step_um: float | None,
                       focus_z_um: float | None, sim: bool | None, mm_config: Path | None, camera: str | None,
                       sample: str | None, size: int | None, range_um: float | None, step_um: float | None,
                       settle_ms: float | None) -> None:
@@ -244,7 +263,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
         if stack.z_relative and focus_z_um is None:
             console.print("  Z positions are relative (no stage positions in the file): the in-focus position "
                           "is estimated", highlight=False)
-    cal = calibrate_from_zstack(stack, mapper, focus_z_um=focus_z_um, metric=metric)
+    cal = calibrate_from_zstack(stack, mapper, focus_z_um=focus_z_um, metric=metric, curve=curve)
     cal.save(json_path)
     png_path = plot_calibration(cal, output_path(json_path, ".png"))
     _print_zstack_calibration(cal)
@@ -271,16 +290,8 @@ def _zstack_core(net, *, sim: bool, mm_config: Path | None, camera: str | None, 
 
 
 def _print_zstack_calibration(cal) -> None:
-    for s in cal.metrics:
-        console.print(f"  {s.metric:>9}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
-                      f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm"
-                      + ("  (used)" if s.metric == cal.metric else ""), highlight=False)
-    lofo = getattr(cal, "lofo_mean_abs_error_um", None)
-    console.print(f"slope {cal.slope_um_per_unit:.3f} µm/unit, R² {cal.r2:.4f}, in-sample mean |err| "
-                  f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm, leave-one-frame-out "
-                  + (f"{lofo:.2f} µm" if lofo is not None else "n/a"), highlight=False)
-    if cal.notes:
-        err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
+    focus_z = cal.per_z[0].z_um + cal.per_z[0].height_um if cal.per_z else float("nan")
+    _print_calibration_fit(cal, f", in focus at Z {focus_z:+.2f} µm")
 
 
 def _per_image_values(values: list[float], per_image: list, images: list[Path], option: str,

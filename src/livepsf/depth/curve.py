@@ -18,8 +18,10 @@ a property of the optics; so the curve is fitted without a shape assumption beyo
    moving each point along the first pass's curve to its bin's height, so a steep stretch of the curve
    inside a bin does not let the outliers shift the median.
 3. **Isotonic regression** (pool-adjacent-violators) of the bin medians in the direction of the robust
-   line's slope; each pooled block becomes one knot (its mean height, its pooled metric), so the knots
-   are strictly monotone in both coordinates and the curve is invertible.
+   line's slope, with a floor on the slope (:data:`MIN_SLOPE_FRACTION` of the line's: a plateau flatter
+   than that cannot be told from noise on a few frames); each pooled block becomes one knot (its mean
+   height, its pooled metric), so the knots are strictly monotone in both coordinates and the curve is
+   invertible.
 4. **Monotone cubic Hermite interpolation** of height over metric through the knots: the PCHIP
    (Fritsch-Butland) derivatives inside, the secant slopes at the two end knots. Both keep every
    segment in the Fritsch-Carlson monotone region, so the curve is monotone and C1.
@@ -56,6 +58,11 @@ MAX_KNOTS = 16
 #: Below this fraction of the binned medians' variance explained by a monotone fit the metric is not a
 #: depth (a V-shaped metric such as an unsigned focus explains about 0.3; monotone data with noise > 0.9).
 MIN_MONOTONE_EXPLAINED = 0.5
+#: No stretch between knots of the monotone curve is flatter (in metric per µm) than this fraction of the
+#: robust line's slope: a plateau flatter than a quarter of the mean slope cannot be told from noise on a few calibration
+#: frames, and inverting it would multiply the metric's noise by more than 4 (and let the per-frame offsets
+#: slide along it).
+MIN_SLOPE_FRACTION = 0.25
 #: Passes of binned medians (each later one detrended within its bins by the previous curve).
 PASSES = 3
 
@@ -179,11 +186,8 @@ def _isotonic(values: np.ndarray, weights: np.ndarray) -> list[tuple[float, floa
     return blocks
 
 
-def _explained(values: np.ndarray, weights: np.ndarray, blocks: list[tuple[float, float, list[int]]]) -> float:
-    """Fraction of the weighted variance of ``values`` that the isotonic ``blocks`` explain."""
-    fitted = np.empty_like(values)
-    for value, _, idx in blocks:
-        fitted[idx] = value
+def _explained(values: np.ndarray, weights: np.ndarray, fitted: np.ndarray) -> float:
+    """Fraction of the weighted variance of ``values`` that ``fitted`` explains."""
     total = float(np.sum(weights * (values - np.average(values, weights=weights)) ** 2))
     return 1.0 - float(np.sum(weights * (values - fitted) ** 2)) / total if total > 0 else 0.0
 
@@ -206,7 +210,8 @@ def _height_bins(height: np.ndarray, n_bins: int) -> list[np.ndarray]:
 
 
 def fit_monotone_curve(height_um: np.ndarray, metric: np.ndarray, weight: np.ndarray | None = None, *,
-                       increasing: bool = True, min_points_per_knot: int = MIN_POINTS_PER_KNOT,
+                       increasing: bool = True, min_slope: float = 0.0,
+                       min_points_per_knot: int = MIN_POINTS_PER_KNOT,
                        max_knots: int = MAX_KNOTS) -> CalibrationCurve:
     """Fit a monotone curve ``height = f(metric)`` to points of known height (see the module notes).
 
@@ -216,6 +221,10 @@ def fit_monotone_curve(height_um: np.ndarray, metric: np.ndarray, weight: np.nda
         ``(n,)`` the points; weights default to 1.
     increasing
         Whether the metric grows with height (the robust line's slope tells).
+    min_slope
+        Smallest |d metric / d height| (metric units per µm) anywhere on the curve: the isotonic fit is
+        made of ``metric - min_slope * height``, so no stretch between knots is flatter than this (and
+        none of the inverted curve steeper than its inverse).
     min_points_per_knot, max_knots
         Binning: ``min(max_knots, n // min_points_per_knot)`` bins of equal size along height.
 
@@ -247,15 +256,16 @@ def fit_monotone_curve(height_um: np.ndarray, metric: np.ndarray, weight: np.nda
         # so the bin median compares like with like: where the metric changes fast across a bin, mirrored
         # windows would otherwise pull the median by a sizeable fraction of the bin's own spread.
         bin_m = _binned_weighted_median(detrended, w, bin_id)
-        blocks = _isotonic(sign * bin_m, bin_w)
-        if len(blocks) < 2 or _explained(sign * bin_m, bin_w, blocks) < MIN_MONOTONE_EXPLAINED:
-            raise InputError("the metric does not change monotonically with height (the binned medians "
-                             "show no monotone trend): no calibration possible")
-        knot_m = np.array([sign * v for v, _, _ in blocks])
+        blocks = _isotonic(sign * bin_m - min_slope * bin_h, bin_w)
         block_of = np.empty(len(bin_h), dtype=int)
         for j, (_, _, members) in enumerate(blocks):
             block_of[members] = j
+        fitted = np.array([v for v, _, _ in blocks])[block_of] + min_slope * bin_h
+        if len(blocks) < 2 or _explained(sign * bin_m, bin_w, fitted) < MIN_MONOTONE_EXPLAINED:
+            raise InputError("the metric does not change monotonically with height (the binned medians "
+                             "show no monotone trend): no calibration possible")
         knot_h = np.bincount(block_of, weights=bin_h * bin_w) / np.bincount(block_of, weights=bin_w)
+        knot_m = sign * (np.array([v for v, _, _ in blocks]) + min_slope * knot_h)
         detrended = m - np.interp(h, knot_h, knot_m) + np.interp(bin_h, knot_h, knot_m)[bin_id]
     order = np.argsort(knot_m)
     return CalibrationCurve(kind="monotone", metric_knots=[float(x) for x in knot_m[order]],
@@ -305,7 +315,8 @@ def fit_curve(points: CalibrationPoints, kind: str = "monotone", *, what: str = 
     curve, steps = None, 0
     for steps in range(1, max_iterations + 1):
         curve = fit_monotone_curve(points.heights_with(offsets), points.metric, points.weight,
-                                   increasing=line.a > 0, min_points_per_knot=min_points_per_knot)
+                                   increasing=line.a > 0, min_slope=MIN_SLOPE_FRACTION * abs(line.a),
+                                   min_points_per_knot=min_points_per_knot)
         if pinned:
             zero = float(curve.height_um(np.array(0.0)))
             curve = curve.model_copy(update={"height_knots_um": [y - zero for y in curve.height_knots_um]})

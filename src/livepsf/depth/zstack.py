@@ -32,6 +32,7 @@ from livepsf.depth.calibration import (
     choose_metric,
     fit_metrics,
     lens_from_maps,
+    with_measured_uncertainty,
 )
 from livepsf.depth.metrics import METRICS, depth_metric
 from livepsf.depth.profiles import CalibrationPoints
@@ -104,7 +105,7 @@ def calibrate_zstack(
         raise InputError(f"focus_z_um must be a finite number of µm, got {focus_z_um}")
     if aggregate not in ("median", "window"):
         raise InputError(f"aggregate must be 'median' or 'window', got {aggregate!r}")
-    _, gate, valid = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
+    frame_list, gate, valid = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
     u, strength = lens_from_maps(pmaps, valid, lens_direction)
     known = focus_z_um is not None
     base = float(focus_z_um) if known else 0.0
@@ -148,5 +149,8 @@ def calibrate_zstack(
     for i, h, m in zip(result.points.frame, result.fit.heights_um, result.points.metric):
         points.append(CalibrationPoint(frame=int(i), tilt_deg=None, position_px=None, height_um=float(h),
                                        metric=float(m), z_um=float(z[i])))
-    return assemble_calibration(pmaps, results, chosen, u, strength, pixel_size_um, gate, source="z-stack",
-                                tilt_axis=None, per_tilt=[], per_z=per_z, points=points)
+    cal = assemble_calibration(pmaps, results, chosen, u, strength, pixel_size_um, gate, source="z-stack",
+                               tilt_axis=None, per_tilt=[], per_z=per_z, points=points)
+    # Every window of a flat sample is at the frame's height: the per-window σ model is measured on them.
+    return with_measured_uncertainty(cal, [(p, f, np.full(p.invalid.shape, focus_z - zi))
+                                           for p, f, zi in zip(pmaps, frame_list, z)])
