@@ -42,6 +42,7 @@ from livepsf.acquisition.focus_signals import (
     network_distance,
     network_offset,
 )
+from livepsf.acquisition.focus_stage import FocusStage
 from livepsf.errors import InputError
 
 __all__ = ["AutofocusResult", "FocusStep", "autofocus", "lens_split_um", "search_focus"]
@@ -163,42 +164,6 @@ def lens_split_um(lens_astig_waves: float, optics: Any) -> float:
 
 
 # -- the microscope side ---------------------------------------------------------------------------
-
-
-class _Stage:
-    """Snaps and focus moves on a core, counted; keeps moves within the focus drive's limits."""
-
-    def __init__(self, core: Any, z_limits_um: tuple[float, float] | None) -> None:
-        if not core.getFocusDevice():
-            raise InputError("the microscope has no focus drive (core.getFocusDevice() is empty)")
-        if not core.getCameraDevice():
-            raise InputError("the microscope has no camera (core.getCameraDevice() is empty)")
-        if core.isSequenceRunning():
-            raise InputError("a sequence acquisition (live view) is running: stop it before autofocus, or "
-                             "use FocusLock on the live results")
-        self.core = core
-        self.limits = z_limits_um
-        self.frames = 0
-        self.moves = 0
-
-    @property
-    def z(self) -> float:
-        return float(self.core.getZPosition())
-
-    def move(self, z_um: float) -> float:
-        if self.limits is not None:
-            z_um = min(max(z_um, self.limits[0]), self.limits[1])
-        if abs(z_um - self.z) > 1e-6:
-            self.core.setZPosition(float(z_um))
-            self.core.waitForDevice(self.core.getFocusDevice())
-            self.moves += 1
-        return self.z
-
-    def snap(self) -> np.ndarray:
-        self.core.snapImage()
-        self.frames += 1
-        img = np.asarray(self.core.getImage())
-        return img if img.ndim == 2 else img[..., 0]
 
 
 @dataclass(frozen=True)
@@ -404,7 +369,7 @@ def autofocus(
         another network.
     """
     t0 = time.perf_counter()
-    stage = _Stage(core, z_limits_um)
+    stage = FocusStage(core, z_limits_um)
     start = stage.z
     if mapper is None:
         from livepsf.mapping import PSFMapper
@@ -505,7 +470,7 @@ def search_focus(
     fine_step_um: float = 2.5,
     min_peak: float = 0.05,
     z_limits_um: tuple[float, float] | None = None,
-    _stage: _Stage | None = None,
+    _stage: FocusStage | None = None,
 ) -> AutofocusResult:
     """Classical autofocus: coarse-to-fine search of the sharpest focus position (no network).
 
@@ -515,7 +480,7 @@ def search_focus(
     focus drive goes back to where it was and the result says so.
     """
     t0 = time.perf_counter()
-    stage = _stage if _stage is not None else _Stage(core, z_limits_um)
+    stage = _stage if _stage is not None else FocusStage(core, z_limits_um)
     frames0, moves0 = stage.frames, stage.moves
     start = stage.z
     centre = start if centre_um is None else float(centre_um)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from livepsf.acquisition.autofocus import _Stage
+from livepsf.acquisition.focus_stage import FocusStage
 from livepsf.errors import InputError
 
 __all__ = ["MAX_PLANES", "ZStack", "ZStackInterrupted", "acquire_zstack", "calibrate_from_zstack", "load_zstack",
@@ -170,7 +170,7 @@ def acquire_zstack(
         The focus drive or the camera failed at some plane (an :class:`InputError` naming the plane;
         ``partial`` holds the planes taken before it).
     """
-    stage = _Stage(core, None)  # checks the focus drive, the camera and that live view is off
+    stage = FocusStage(core, None)  # checks the focus drive, the camera and that live view is off
     start_z = stage.z
     positions = zstack_positions(start_z if center_z_um is None else float(center_z_um), float(range_um),
                                  step_um=step_um, n_steps=n_steps)
