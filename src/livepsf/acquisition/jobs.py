@@ -47,9 +47,9 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection, wait
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

@@ -43,11 +43,11 @@ from livepsf.optics import Optics
 __all__ = [
     "Recorder",
     "RecordingError",
+    "psfmap_from_dict",
+    "psfmap_to_dict",
     "read_frame_metadata",
     "recorded_psfmaps",
     "sidecar_path",
-    "psfmap_to_dict",
-    "psfmap_from_dict",
     "unique_path",
 ]
 
