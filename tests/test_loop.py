@@ -317,7 +317,7 @@ def test_depth_results_carry_sigma_and_the_fused_surface(mapper):
     loop.stop()
     r = results[-1]
     assert np.isinf(r.depth_sigma_um[4, 1:5]).all() and np.isfinite(r.depth_sigma_um[0]).all()
-    assert isinstance(r.depth_surface, DepthSurface) and r.depth_surface.prior == "smooth"
+    assert isinstance(r.depth_surface, DepthSurface) and r.depth_surface.prior == "poly2"  # the live prior
     truth = 0.07 * (np.broadcast_to(r.pmap.centers_x, r.pmap.grid_shape) - 255.5)
     assert np.abs(r.depth_surface.depth_um - truth).max() < 0.2  # the doubtful windows did not pull it
     assert (r.depth_surface.weights[1, ::2][np.abs(truth[1, ::2]) > 3] == 0).all()
