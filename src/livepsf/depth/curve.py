@@ -317,11 +317,11 @@ def fit_curve(points: CalibrationPoints, kind: str = "monotone", *, what: str = 
         curve = fit_monotone_curve(points.heights_with(offsets), points.metric, points.weight,
                                    increasing=line.a > 0, min_slope=MIN_SLOPE_FRACTION * abs(line.a),
                                    min_points_per_knot=min_points_per_knot)
-        if pinned:
+        new = group_offsets(curve, points)
+        if pinned:  # shift curve and offsets together (residuals unchanged) so that metric 0 is height 0
             zero = float(curve.height_um(np.array(0.0)))
             curve = curve.model_copy(update={"height_knots_um": [y - zero for y in curve.height_knots_um]})
-            offsets = {g: o - zero for g, o in offsets.items()}
-        new = group_offsets(curve, points)
+            new = {g: o - zero for g, o in new.items()}
         change = max((abs(new[g] - offsets[g]) for g in new), default=0.0)
         offsets = new
         if change < tolerance_um:

@@ -89,8 +89,23 @@ def profile_along_axis(metric_maps: dict[str, np.ndarray], centers: np.ndarray, 
     return TiltProfile(float(tilt_deg), centers, profile, n_valid, in_focus_px, extent_px)
 
 
+class _InvertedLine:
+    """``height = slope_um * metric + offset_um`` of a fitted ``metric = a * height + b``."""
+
+    a: float
+    b: float
+
+    @property
+    def slope_um(self) -> float:
+        return 1.0 / self.a
+
+    @property
+    def offset_um(self) -> float:
+        return -self.b / self.a
+
+
 @dataclasses.dataclass
-class MetricFit:
+class MetricFit(_InvertedLine):
     """The result of fitting one metric: the line, per-frame in-focus positions and residuals."""
 
     metric: str
@@ -103,14 +118,6 @@ class MetricFit:
     r2: float
     r2_per_tilt: list[float]
     residuals_um: list[np.ndarray]  # predicted depth - known height, per frame
-
-    @property
-    def slope_um(self) -> float:
-        return 1.0 / self.a
-
-    @property
-    def offset_um(self) -> float:
-        return -self.b / self.a
 
     @property
     def mean_abs_error_um(self) -> float:
@@ -186,7 +193,7 @@ class CalibrationPoints:
 
 
 @dataclasses.dataclass
-class LineFit:
+class LineFit(_InvertedLine):
     """``metric = a * (height_um + offset[group]) + b`` fitted robustly to :class:`CalibrationPoints`."""
 
     a: float  # metric units per µm
@@ -194,14 +201,6 @@ class LineFit:
     offsets_um: dict[int, float]  # unknown offset of each offset group
     heights_um: np.ndarray  # per point, offsets applied
     residuals_um: np.ndarray  # per point: depth from the line - height
-
-    @property
-    def slope_um(self) -> float:
-        return 1.0 / self.a
-
-    @property
-    def offset_um(self) -> float:
-        return -self.b / self.a
 
     def depth_um(self, metric: np.ndarray) -> np.ndarray:
         return (np.asarray(metric, dtype=np.float64) - self.b) / self.a
