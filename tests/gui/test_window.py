@@ -14,6 +14,21 @@ sim = pytest.importorskip("livepsf.sim")
 pytestmark = pytest.mark.timeout(120)
 
 
+class StubCalibration:
+    """Stands in for a fitted :class:`livepsf.depth.Calibration` (the window only asks these)."""
+
+    points: tuple = ()
+
+    def check_model(self, model):
+        pass
+
+    def depth_um(self, pmap):
+        return np.zeros(pmap.grid_shape, np.float32)
+
+    def summary(self):
+        return "signed metric: 50 µm/unit, R² 0.99"
+
+
 @pytest.fixture(scope="module")
 def sim_core():
     logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
@@ -98,19 +113,7 @@ def test_calibration_dialog_snaps_fits_and_sets_the_depth_overlay(qtbot, sim_cor
     assert dialog.calibration is None and "fit failed" in dialog.result_label.text()
     assert not dialog.save_button.isEnabled() and not dialog.use_button.isEnabled()
 
-    class FittedCalibration:  # what a successful fit hands over (see livepsf.depth.Calibration)
-        points: list = []
-
-        def check_model(self, model):
-            pass
-
-        def depth_um(self, pmap):
-            return np.zeros(pmap.grid_shape, np.float32)
-
-        def summary(self):
-            return "signed metric: 50 µm/unit, R² 0.99"
-
-    dialog.calibration = FittedCalibration()
+    dialog.calibration = StubCalibration()  # what a successful fit hands over
     dialog.use()
     assert window.calibration is dialog.calibration and "R²" in window.calibration_label.text()
     assert window.loop.calibration is dialog.calibration
@@ -200,21 +203,9 @@ def test_depth_overlay_shows_the_fused_surface_and_marks_uncertain_windows(qtbot
     from livepsf.gui.window import LiveWindow
     from livepsf.mapping import PSFMapper
 
-    class TiltCalibration:
-        points: list = []
-
-        def check_model(self, model):
-            pass
-
-        def depth_um(self, pmap):
-            return np.zeros(pmap.grid_shape, np.float32)
-
-        def summary(self):
-            return "test calibration"
-
     window = LiveWindow(sim_core, tiny_model, demo=True)
     qtbot.addWidget(window)
-    window.set_calibration(TiltCalibration())
+    window.set_calibration(StubCalibration())
     window.set_overlay("depth")
     frame = np.random.default_rng(0).integers(500, 3000, (256, 256), dtype=np.uint16)
     pmap = PSFMapper(tiny_model, stride_px=64)(frame)
@@ -233,7 +224,7 @@ def test_depth_overlay_shows_the_fused_surface_and_marks_uncertain_windows(qtbot
     field, fade, unknown = window._overlay_field(result, "depth")
     np.testing.assert_array_equal(field.grid, surface.depth_um)  # the surface, not the windows' own values
     np.testing.assert_array_equal(unknown, ~np.isfinite(sigma))
-    np.testing.assert_allclose(fade, ov.depth_uncertainty(surface.sigma_um, ov.depth_range_um(TiltCalibration())))
+    np.testing.assert_allclose(fade, ov.depth_uncertainty(surface.sigma_um, ov.depth_range_um(StubCalibration())))
     assert "surface" in window.colorbar.axis.label.toPlainText()
     assert window.overlay_item.isVisible() and window.invalid_item.isVisible()
     hatched = window.invalid_item.path()
