@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from depth_accuracy import Simulator, window_truth
 
 CASES = [(3.0, 0.0), (6.0, 0.0), (10.0, 0.0), (0.0, 1.0)]  # (tilt °, curvature 1/mm)
