@@ -1,17 +1,27 @@
-"""Depth accuracy on the simulated microscope, like the paper's Table VI.
+"""Depth accuracy on the simulated microscope, like the paper's Table VI, in both protocols.
 
-Calibrate on one set of simulated frames of the tilted printed grid (3°, 6°, 10°; in focus mid-field),
-then measure on *fresh* frames: other sample seed and camera noise, a shorter exposure (more noise) and
-another in-focus position. Errors are per valid window, calibrated depth vs the simulator's true height of
-the surface relative to the focal plane at the window centre. A curved (bowl-shaped) surface is measured
-too, with its error map saved as PNG.
+Calibrate on one set of simulated frames of the tilted sample (3°, 6°, 10°; in focus mid-field) — and,
+with ``--zstack``, also from a z-stack of the flat sample — then measure on *fresh* frames: other sample
+seed and camera noise, a shorter exposure (more noise) and another in-focus position. Per tilt it reports
 
-    python benchmarks/depth_accuracy.py                  # the shipped default model
+- per-window error: each reliable window's own depth vs the true height at its centre, and how many of
+  the errors lie within the window's 1σ / 2σ (:meth:`Calibration.depth_estimate`);
+- the paper's protocol (Fig. 5f): the depth averaged along the untilted axis per column (inverse-variance
+  weighted), against the column's true height;
+- surface error: the fused surface (:func:`livepsf.depth.surface_depth`, plane and smooth priors) vs the
+  true height at every window centre;
+
+and the same for a curved (bowl-shaped) surface (poly2 and smooth priors), with its error map as PNG.
+
+    python benchmarks/depth_accuracy.py                  # the shipped default model, printed grid
+    python benchmarks/depth_accuracy.py --sample cells   # another sample
+    python benchmarks/depth_accuracy.py --zstack         # also calibrate from a z-stack, compare slopes
     python benchmarks/depth_accuracy.py --model PATH.pt  # another Z-3 model
     python benchmarks/depth_accuracy.py --oracle         # PSF parameters from the simulator's ground
                                                          # truth: checks the pipeline, not the network
 
-Paper (Table VI, real microscope, ResNet-34): 3°: 0.61 ± 0.41 µm, 6°: 1.31 ± 1.15 µm, 10°: 3.50 ± 2.62 µm.
+Paper (Table VI, real microscope, ResNet-34, profile protocol): 3°: 0.61 ± 0.41 µm, 6°: 1.31 ± 1.15 µm,
+10°: 3.50 ± 2.62 µm.
 """
 
 from __future__ import annotations
@@ -28,8 +38,8 @@ import numpy as np
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from livepsf.depth import Calibration, calibrate_psf_maps, plot_calibration, reliable_windows  # noqa: E402
-from livepsf.mapping import PSFMap  # noqa: E402
+from livepsf.depth import Calibration, calibrate_psf_maps, plot_calibration
+from livepsf.mapping import PSFMap
 
 TILTS = (3.0, 6.0, 10.0)
 PAPER = {3.0: (0.61, 0.41), 6.0: (1.31, 1.15), 10.0: (3.50, 2.62)}
@@ -55,7 +65,7 @@ class Simulator:
         self.pixel_size_um = self.core.getPixelSizeUm() or 0.65
 
     def snap(self, tilt_deg: float, seed: int, in_focus_shift_px: float = 0.0, exposure_ms: float = 10.0,
-             curvature_per_mm: float = 0.0) -> SimFrame:
+             curvature_per_mm: float = 0.0, z_um: float | None = None) -> SimFrame:
         from livepsf.sim import ground_truth
 
         core = self.core
@@ -64,7 +74,8 @@ class Simulator:
         core.setProperty("Sample", "Seed", seed)
         # Height is 0 at the frame centre and grows along x; putting the stage at the height of column
         # (centre + shift) brings that column into focus.
-        z_um = in_focus_shift_px * self.pixel_size_um * math.tan(math.radians(tilt_deg))
+        if z_um is None:
+            z_um = in_focus_shift_px * self.pixel_size_um * math.tan(math.radians(tilt_deg))
         core.setPosition("Z", z_um)
         core.waitForDevice("Z")
         core.setExposure(exposure_ms)
@@ -72,8 +83,12 @@ class Simulator:
         frame = np.asarray(core.getImage())
         gt = ground_truth(core)
         centre = (self.shape[1] - 1) / 2.0
-        in_focus = centre + in_focus_shift_px if curvature_per_mm == 0 else None
+        in_focus = centre + in_focus_shift_px if curvature_per_mm == 0 and tilt_deg != 0 else None
         return SimFrame(frame, -np.asarray(gt.defocus_um, dtype=np.float64), in_focus, gt)
+
+    def snap_at_z(self, z_um: float, seed: int, exposure_ms: float = 10.0) -> SimFrame:
+        """A frame of the flat (untilted) sample with the Z stage at ``z_um``."""
+        return self.snap(0.0, seed=seed, exposure_ms=exposure_ms, z_um=z_um)
 
 
 class OracleMapper:
@@ -113,34 +128,62 @@ def window_truth(pmap: PSFMap, height: np.ndarray) -> np.ndarray:
     return map_coordinates(height, [yy.ravel(), xx.ravel()], order=1).reshape(yy.shape)
 
 
-def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarray | None,
-            median_windows: int = 1) -> dict:
-    """Per-window errors of calibrated depth against the truth.
+@dataclass
+class FrameErrors:
+    """Errors of one fresh frame against the simulator's true height (µm)."""
 
-    ``abs``: reliable windows (valid, and two-directional texture when the calibration gates on it);
-    ``filled_abs``: every window not flagged invalid, unreliable ones holding their filled-in depth.
+    window_abs: np.ndarray  # reliable windows (finite σ)
+    window_z: np.ndarray  # |error| / σ of the same windows
+    filled_abs: np.ndarray  # every window the network did not flag invalid, unreliable ones filled
+    profile_abs: np.ndarray  # paper's protocol: per position along the tilt axis (empty for curved frames)
+    surface_abs: dict[str, np.ndarray]  # per prior: every window
+    reliable_fraction: float
+    depth: np.ndarray
+    truth: np.ndarray
+    surface: dict[str, np.ndarray]
+
+
+def profile_errors(depth: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The paper's protocol (Fig. 5f): depth averaged along the untilted axis (rows) per column, vs truth.
+
+    The average of a column is the inverse-variance weighted mean of its reliable windows (σ from
+    :meth:`Calibration.depth_estimate`); columns without a reliable window are left out.
     """
-    depth = cal.depth_um(pmap, frame, median_windows)
+    weight = np.where(np.isfinite(sigma), 1.0 / np.maximum(sigma.astype(np.float64), 1e-6) ** 2, 0.0)
+    cols = weight.sum(axis=0) > 0
+    mean = (weight * np.nan_to_num(depth)).sum(axis=0)[cols] / weight.sum(axis=0)[cols]
+    return np.abs(mean - truth[:, cols].mean(axis=0))
+
+
+def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarray | None,
+            priors: tuple[str, ...], tilted: bool) -> FrameErrors:
+    """Per-window, profile and fused-surface errors of calibrated depth against the truth."""
+    from livepsf.depth import surface_depth
+
+    est = cal.depth_estimate(pmap, frame)
     truth = window_truth(pmap, height)
-    valid = reliable_windows(pmap, frame, cal.max_texture_coherence)
-    err = depth - truth
-    filled_abs = np.abs(err[~pmap.invalid_mask])
-    e = np.abs(err[valid])
-    ss_tot = np.sum((truth[valid] - truth[valid].mean()) ** 2)
-    r2 = 1 - np.sum(err[valid] ** 2) / ss_tot if ss_tot > 0 else float("nan")
-    # As the paper's Fig. 5f: the depth profile along the tilt axis (x), median over each column's
-    # valid windows, against the true height of that column.
-    cols = valid.any(axis=0)
-    profile = np.array([np.median(depth[valid[:, j], j]) for j in np.flatnonzero(cols)])
-    profile_truth = truth[:, cols].mean(axis=0)
-    return {"abs": e, "err_map": np.where(valid, err, np.nan), "r2": r2, "valid_fraction": float(valid.mean()),
-            "depth": depth, "truth": truth, "profile_abs": np.abs(profile - profile_truth), "filled_abs": filled_abs}
+    ok = est.reliable
+    err = est.depth_um - truth
+    filled = cal.depth_um(pmap, frame)
+    surfaces = {prior: surface_depth(cal, pmap, frame, prior=prior).depth_um for prior in priors}
+    return FrameErrors(
+        window_abs=np.abs(err[ok]), window_z=np.abs(err[ok]) / est.sigma_um[ok],
+        filled_abs=np.abs(filled - truth)[~pmap.invalid_mask],
+        profile_abs=profile_errors(est.depth_um, est.sigma_um, truth) if tilted else np.array([]),
+        surface_abs={prior: np.abs(s - truth).ravel() for prior, s in surfaces.items()},
+        reliable_fraction=float(ok.mean()), depth=np.where(ok, est.depth_um, np.nan), truth=truth,
+        surface=surfaces)
+
+
+def _mean_sd(values: list[np.ndarray] | np.ndarray) -> str:
+    v = np.concatenate(values) if isinstance(values, list) else values
+    return f"{v.mean():.2f} ± {v.std():.2f}" if len(v) else "–"
 
 
 def save_error_map(err_map: np.ndarray, depth: np.ndarray, truth: np.ndarray, path: Path, title: str) -> None:
     """Three panels side by side: true height, estimated depth, error (pyqtgraph, offscreen)."""
     import pyqtgraph as pg
-    import pyqtgraph.exporters  # noqa: F401
+    import pyqtgraph.exporters
     from qtpy import QtWidgets
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
@@ -169,6 +212,117 @@ def save_error_map(err_map: np.ndarray, depth: np.ndarray, truth: np.ndarray, pa
     win.close()
 
 
+def calibrate_on_tilted_grid(sim: Simulator, map_frame, args) -> Calibration:
+    """Calibration set: per tilt, ``--cal-frames`` frames at 10 ms exposure, the first in focus mid-field,
+    the others with the in-focus column moved by ±240 px, so the calibrated depth range covers that of
+    the test frames (whose in-focus column moves by ±160 px)."""
+    shifts = [0.0] + [240.0 * (1 if k % 2 else -1) for k in range(1, args.cal_frames)]
+    frames, tilts = [], []
+    for i, t in enumerate(TILTS):
+        for k, shift in enumerate(shifts):
+            frames.append(sim.snap(t, seed=1 + i + 10 * k, in_focus_shift_px=shift, exposure_ms=10.0))
+            tilts.append(t)
+    options = {"aggregate": args.aggregate, **_curve_option(args)}
+    if args.no_gate:
+        options["max_texture_coherence"] = None
+    in_focus = None if args.estimate_focus else [f.in_focus_px for f in frames]
+    return calibrate_psf_maps([map_frame(f) for f in frames], tilts, sim.pixel_size_um, "x", in_focus,
+                              frames=[f.frame for f in frames], **options)
+
+
+def calibrate_on_zstack(sim: Simulator, map_frame, args) -> Calibration:
+    """Z-stack calibration of the same microscope: flat sample, stage stepped over ±range_um."""
+    from livepsf.depth import calibrate_zstack
+
+    z_um = np.arange(-args.zstack_range_um, args.zstack_range_um + 1e-9, args.zstack_step_um)
+    frames = [sim.snap_at_z(float(z), seed=500 + k) for k, z in enumerate(z_um)]
+    options = _curve_option(args)
+    if args.no_gate:
+        options["max_texture_coherence"] = None
+    return calibrate_zstack([map_frame(f) for f in frames], z_um, sim.pixel_size_um,
+                            frames=[f.frame for f in frames], **options)
+
+
+def _curve_option(args) -> dict:
+    options = {} if args.curve is None else {"curve": args.curve}
+    if args.metric is not None:
+        options["metric"] = args.metric
+    return options
+
+
+def secant_slope(cal: Calibration, height_um: float) -> float:
+    """µm per metric unit between the metric values the calibration maps to -height_um and +height_um.
+
+    Compares calibrations like for like: a linear fit's slope depends on how the calibration points
+    are spread over an S-shaped relation (a tilted grid puts most of them near focus, a z-stack spreads
+    them evenly), the curve does not.
+    """
+    lo, hi = cal.curve.metric_knots[0], cal.curve.metric_knots[-1]
+    metric = np.linspace(lo - (hi - lo), hi + (hi - lo), 20001)
+    height = cal.metric_to_depth_um(metric).astype(np.float64)
+    order = np.argsort(height)
+    m_lo, m_hi = np.interp([-height_um, height_um], height[order], metric[order])
+    return float(2 * height_um / (m_hi - m_lo))
+
+
+def report(cal: Calibration, sim: Simulator, map_frame, args, title: str) -> dict:
+    """Fresh frames (other seeds, 3 ms exposure, in-focus column moved by ±160 px): the error table."""
+    use_frame = (lambda f: None) if args.no_gate else (lambda f: f.frame)
+    print(f"\n## {title}")
+    print(f"calibration: {cal.summary()}")
+    if cal.notes:
+        print(f"notes: {cal.notes}")
+    if cal.uncertainty is not None:
+        u = cal.uncertainty
+        print(f"σ model: {u.n_windows} windows, in-sample {100 * u.coverage_1sigma:.0f} % within 1σ, "
+              f"{100 * u.coverage_2sigma:.0f} % within 2σ")
+    priors = ("plane", "smooth")
+    print()
+    print("| tilt | \\|error\\| per window (µm) | within 1σ / 2σ | profile \\|error\\| (paper's protocol, µm) "
+          + "".join(f"| surface {p} \\|error\\| (µm) " for p in priors)
+          + "| \\|error\\| all windows, filled (µm) | reliable windows | paper (profile) |")
+    print("| --- " * (7 + len(priors)) + "|")
+    summary = {}
+    for i, t in enumerate(TILTS):
+        results = []
+        for k in range(args.test_frames):
+            shift = 160.0 if k % 2 == 0 else -160.0
+            f = sim.snap(t, seed=100 + 10 * i + k, in_focus_shift_px=shift, exposure_ms=3.0)
+            results.append(measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), priors, tilted=True))
+        z = np.concatenate([r.window_z for r in results])
+        prof = np.concatenate([r.profile_abs for r in results])
+        surf = {p: np.concatenate([r.surface_abs[p] for r in results]) for p in priors}
+        summary[t] = {"profile": float(prof.mean()), **{p: float(surf[p].mean()) for p in priors},
+                      "window": float(np.concatenate([r.window_abs for r in results]).mean())}
+        print(f"| {t:g}° | {_mean_sd([r.window_abs for r in results])} | "
+              f"{100 * np.mean(z <= 1):.0f} % / {100 * np.mean(z <= 2):.0f} % | {_mean_sd(prof)} | "
+              + "".join(f"{_mean_sd(surf[p])} | " for p in priors)
+              + f"{_mean_sd([r.filled_abs for r in results])} | "
+              f"{100 * np.mean([r.reliable_fraction for r in results]):.0f} % | {PAPER[t][0]:.2f} ± {PAPER[t][1]:.2f} |")
+
+    # A curved surface (bowl, 1/R = 1 /mm), no tilt, in focus at the centre.
+    f = sim.snap(0.0, seed=77, exposure_ms=10.0, curvature_per_mm=1.0)
+    curved_priors = ("poly2", "smooth")
+    m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), curved_priors, tilted=False)
+    span = float(np.ptp(m.truth))
+    print(f"\ncurved surface (bowl, 1/R = 1 /mm, height span {span:.1f} µm over the window centres): "
+          f"per window {_mean_sd(m.window_abs)} µm ({100 * np.mean(m.window_z <= 1):.0f} % within 1σ, "
+          f"{100 * m.reliable_fraction:.0f} % of windows reliable); "
+          + ", ".join(f"surface {p} {_mean_sd(m.surface_abs[p])} µm" for p in curved_priors))
+    summary["curved"] = {p: float(m.surface_abs[p].mean()) for p in curved_priors}
+    if args.out is not None:
+        stem = f"{_label_stem(args)}_{title.split()[0]}"
+        save_error_map(m.surface["smooth"] - m.truth, m.surface["smooth"], m.truth,
+                       args.out / f"curved_error_{stem}.png",
+                       f"Curved surface (1/R = 1 /mm), smooth surface: mean |error| "
+                       f"{m.surface_abs['smooth'].mean():.2f} µm")
+    return summary
+
+
+def _label_stem(args) -> str:
+    return ("oracle" if args.oracle else Path(str(args.model)).stem) + f"_{args.sample}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="model name or .pt path (Z-3)")
@@ -176,13 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-noise", type=float, default=0.02, help="waves of noise on oracle parameters")
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--test-frames", type=int, default=2, help="fresh test frames per tilt")
+    parser.add_argument("--cal-frames", type=int, default=2, help="calibration frames per tilt")
     parser.add_argument("--sample", default="printed-grid", help="simulator sample: printed-grid, cells, filaments")
     parser.add_argument("--estimate-focus", action="store_true",
                         help="estimate the calibration frames' in-focus column (default: give it, mid-field)")
-    parser.add_argument("--median", type=int, default=1, help="depth median over N x N windows")
+    parser.add_argument("--curve", default=None, choices=["linear", "monotone"],
+                        help="calibration curve (default: the library's)")
+    parser.add_argument("--metric", default=None, choices=["signed", "projected", "eq14"],
+                        help="force a depth metric (default: each calibration picks its best)")
     parser.add_argument("--aggregate", default="median", choices=["median", "window"])
     parser.add_argument("--no-gate", action="store_true", help="keep windows of one-directional texture")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the calibration, plot and error map")
+    parser.add_argument("--zstack", action="store_true",
+                        help="also calibrate from a z-stack of the flat sample and compare with the tilted grid")
+    parser.add_argument("--zstack-range-um", type=float, default=60.0)
+    parser.add_argument("--zstack-step-um", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the calibrations, plots and error maps")
     args = parser.parse_args(argv)
 
     sim = Simulator(sample=args.sample)
@@ -203,78 +365,36 @@ def main(argv: list[str] | None = None) -> int:
         return mapper(f.frame)
 
     t0 = time.time()
-    # Calibration set: in focus mid-field, 10 ms exposure, seeds 1..3.
-    cal_frames = [sim.snap(t, seed=1 + i, in_focus_shift_px=0.0, exposure_ms=10.0) for i, t in enumerate(TILTS)]
-    gate = {"max_texture_coherence": None} if args.no_gate else {}
-    gate["aggregate"] = args.aggregate
-    in_focus = None if args.estimate_focus else [f.in_focus_px for f in cal_frames]
-    cal = calibrate_psf_maps([map_frame(f) for f in cal_frames], list(TILTS), sim.pixel_size_um, "x", in_focus,
-                             frames=[f.frame for f in cal_frames], **gate)
-    use_frame = (lambda f: None) if args.no_gate else (lambda f: f.frame)
-    print(f"# depth accuracy — {label}, sample {args.sample}, aggregate {args.aggregate}, "
-          f"texture gate {'off' if args.no_gate else 'on'}, median {args.median}, in-focus column "
-          f"{'estimated' if args.estimate_focus else 'given'}")
-    print(f"calibration: {cal.summary()}")
-    for s in cal.metrics:
-        print(f"  {s.metric:>6}: slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
-              f"|err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm")
-
-    # Test set: other seeds and noise (3 ms exposure), in-focus position moved by ±160 px.
-    rows = []
-    all_abs, all_prof = [], []
-    for i, t in enumerate(TILTS):
-        errs, perrs, ferrs, r2s, valid = [], [], [], [], []
-        for k in range(args.test_frames):
-            shift = 160.0 if k % 2 == 0 else -160.0
-            f = sim.snap(t, seed=100 + 10 * i + k, in_focus_shift_px=shift, exposure_ms=3.0)
-            m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), args.median)
-            errs.append(m["abs"])
-            ferrs.append(m["filled_abs"])
-            perrs.append(m["profile_abs"])
-            r2s.append(m["r2"])
-            valid.append(m["valid_fraction"])
-        e = np.concatenate(errs)
-        pe = np.concatenate(perrs)
-        fe = np.concatenate(ferrs)
-        all_abs.append(e)
-        all_prof.append(pe)
-        depth_range = sim.shape[1] * sim.pixel_size_um * math.tan(math.radians(t))
-        rows.append((t, float(np.mean(r2s)), e.mean(), e.std(), 100 * e.mean() / depth_range,
-                     100 * e.std() / depth_range, depth_range, float(np.mean(valid)), len(e), pe.mean(), pe.std(),
-                     fe.mean(), fe.std()))
-
-    print()
-    print("| tilt | R² (windows) | \\|error\\| per window (µm) | relative error | profile \\|error\\| (µm) "
-          "| \\|error\\| all windows, filled (µm) | depth range (µm) | windows used | paper |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for t, r2, mae, sd, rel, rel_sd, rng, vf, n, pmae, psd, fmae, fsd in rows:
-        p = PAPER[t]
-        print(f"| {t:g}° | {r2:.3f} | {mae:.2f} ± {sd:.2f} | {rel:.2f} ± {rel_sd:.2f} % | {pmae:.2f} ± {psd:.2f} | "
-              f"{fmae:.2f} ± {fsd:.2f} | {rng:.1f} | {100 * vf:.0f} % (n={n}) | {p[0]:.2f} ± {p[1]:.2f} µm |")
-    e = np.concatenate(all_abs)
-    pe = np.concatenate(all_prof)
-    print(f"| all | | {e.mean():.2f} ± {e.std():.2f} | | {pe.mean():.2f} ± {pe.std():.2f} | | | | 1.81 ± 1.39 µm |")
-    print("(profile: median over each column's valid windows vs the column's true height, as the paper's Fig. 5f)")
-
-    # A curved surface (bowl, 1/R = 1 /mm), no tilt, in focus at the centre.
-    f = sim.snap(0.0, seed=77, exposure_ms=10.0, curvature_per_mm=1.0)
-    m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), args.median)
-    span = float(np.ptp(m["truth"]))
-    print(f"\ncurved surface (1/R = 1 /mm, height span {span:.1f} µm over the window centres): mean |error| "
-          f"{m['abs'].mean():.2f} ± {m['abs'].std():.2f} µm, R² {m['r2']:.3f}, valid {100 * m['valid_fraction']:.0f} %")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        stem = ("oracle" if args.oracle else Path(str(args.model)).stem) + f"_{args.sample}_median{args.median}"
-        save_error_map(m["depth"] - m["truth"], m["depth"], m["truth"], args.out / f"curved_error_{stem}.png",
-                       f"Curved surface (1/R = 1 /mm), {label}: mean |error| {m['abs'].mean():.2f} µm over reliable "
-                       f"windows, {m['filled_abs'].mean():.2f} µm over all (unreliable ones filled from neighbours)")
-        cal_path = args.out / f"bench_calibration_{stem}.json"
-        if cal_path.exists():
-            cal_path.unlink()
-        cal.save(cal_path)
-        plot_calibration(cal, cal_path.with_suffix(".png"))
-    print(f"\n({time.time() - t0:.0f} s; frames 1024×1024 at 0.65 µm, stride {args.stride} px, "
-          f"errors per valid window vs the simulator's true height)")
+    print(f"# depth accuracy — {label}, sample {args.sample}, texture gate {'off' if args.no_gate else 'on'}, "
+          f"calibration frames' in-focus column {'estimated' if args.estimate_focus else 'given'}")
+    calibrations = {"tilted-grid": calibrate_on_tilted_grid(sim, map_frame, args)}
+    if args.zstack:
+        calibrations["z-stack"] = calibrate_on_zstack(sim, map_frame, args)
+    for name, cal in calibrations.items():
+        report(cal, sim, map_frame, args, f"{name} calibration")
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            cal_path = args.out / f"bench_calibration_{_label_stem(args)}_{name}.json"
+            cal_path.unlink(missing_ok=True)
+            cal.save(cal_path)
+            plot_calibration(cal, cal_path.with_suffix(".png"))
+    if args.zstack:
+        tilted, stack = calibrations["tilted-grid"], calibrations["z-stack"]
+        if tilted.metric == stack.metric:
+            print(f"\nslope of the calibration curves ({tilted.metric} metric), secant between the metrics that "
+                  "read ±H µm:")
+            for h_um in (10.0, 20.0, 40.0):
+                a, b = secant_slope(tilted, h_um), secant_slope(stack, h_um)
+                print(f"  H = {h_um:4.0f} µm: tilted grid {a:8.2f} µm/unit, z-stack {b:8.2f} µm/unit: "
+                      f"{100 * (b / a - 1):+.1f} %")
+        print("\nslope of the linear fit, z-stack vs tilted grid, per metric:")
+        slopes = {s.metric: s.slope_um_per_unit for s in tilted.metrics}
+        for s in stack.metrics:
+            print(f"  {s.metric:>9}: tilted grid {slopes[s.metric]:8.2f} µm/unit, z-stack {s.slope_um_per_unit:8.2f} "
+                  f"µm/unit: {100 * (s.slope_um_per_unit / slopes[s.metric] - 1):+.1f} %")
+    print(f"\n({time.time() - t0:.0f} s; frames 1024×1024 at 0.65 µm, stride {args.stride} px; fresh test frames: "
+          "other seeds, 3 ms exposure, in-focus column moved by ±160 px; errors vs the simulator's true height; "
+          "profile = inverse-variance weighted mean of each column's reliable windows vs the column's true height)")
     return 0
 
 
