@@ -286,8 +286,8 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
         # the windows better by BIC (on the windows both fits kept). A quadric fitted to a flat tilted
         # sample bends where no window constrains it, at the edges.
         plane = _PolySolver(_design("plane", yy, xx), inv_sigma, obs, target)
-        if robust and n_obs > 3:
-            plane_weights = _robust_weights(plane, target, 3, iterations)
+        if robust and n_obs > 3:  # from the curved fit's weights: the mirrored windows are already out
+            plane_weights = _robust_weights(plane, target, 3, iterations, weights)
         else:
             plane_weights = np.ones(n_obs)
             plane.solve(plane_weights)
