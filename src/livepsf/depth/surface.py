@@ -447,6 +447,8 @@ class _PolySolver:
         self.design = design
         self.rows = design[obs.ravel()] * inv_sigma[obs][:, None]
         self._target = target
+        # Each window's outer product, so a weighted normal matrix is one product (the solves repeat).
+        self._outer = (self.rows[:, :, None] * self.rows[:, None, :]).reshape(len(self.rows), -1)
         self.smoothness = None
         self.effective_params = float(design.shape[1])
         self.coef = np.zeros(design.shape[1])
@@ -454,13 +456,14 @@ class _PolySolver:
         self.prediction = np.zeros(len(self.rows))
 
     def solve(self, weights: np.ndarray, select: bool = False) -> np.ndarray:
-        sw = np.sqrt(weights)
-        a = self.rows * sw[:, None]
-        self._normal = a.T @ a
+        p = self.rows.shape[1]
+        self._normal = (weights @ self._outer).reshape(p, p)
+        rhs = (weights * self._target) @ self.rows
         try:  # normal equations: the design is normalised to [-1, 1], well conditioned
-            self.coef = np.linalg.solve(self._normal, a.T @ (self._target * sw))
+            self.coef = np.linalg.solve(self._normal, rhs)
         except np.linalg.LinAlgError:
-            self.coef = np.linalg.lstsq(a, self._target * sw, rcond=None)[0]
+            sw = np.sqrt(weights)
+            self.coef = np.linalg.lstsq(self.rows * sw[:, None], self._target * sw, rcond=None)[0]
         self.prediction = self.rows @ self.coef
         return self.prediction
 
