@@ -178,8 +178,11 @@ def _um_or_na(value: float | None) -> str:
 def _print_calibration_fit(cal, suffix: str = "") -> None:
     """Every metric's line and curve figures, the fit used (in-sample and leave-one-frame-out), warnings."""
     for s in cal.metrics:
+        line_held_out = ("" if s.line_lofo_mean_abs_error_um is None
+                         else f", held out {s.line_lofo_mean_abs_error_um:.2f} µm")
         console.print(f"  {s.metric:>9}: line slope {s.slope_um_per_unit:.3f} µm/unit, R² {s.r2:.4f}, "
-                      f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm; {cal.curve.kind} curve "
+                      f"mean |err| {s.mean_abs_error_um:.2f} ± {s.sd_abs_error_um:.2f} µm{line_held_out}; "
+                      f"{cal.curve.kind} curve "
                       f"mean |err| {_um_or_na(s.curve_mean_abs_error_um)} µm, held out "
                       f"{_um_or_na(s.lofo_mean_abs_error_um)} µm" + ("  (used)" if s.metric == cal.metric else ""),
                       highlight=False)

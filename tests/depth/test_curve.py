@@ -282,3 +282,14 @@ def test_cli_calibrate_curve_option_and_printed_errors(tmp_path, monkeypatch, ca
         main(["calibrate", *map(str, paths), "--tilt-deg", "3,6,10", "--pixel-size-um", "0.65", "--curve", "spline",
               "--out", str(tmp_path / "bad.json")])
     assert exc.value.code == 2 and "--curve 'spline'" in capsys.readouterr().err
+
+
+def test_a_line_that_predicts_held_out_frames_better_is_named():
+    # A linear relation under heavy metric noise: the curve's knots follow the noise, the line does not.
+    maps = [synthetic_map(t, f, seed=i, noise=0.1)[0] for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
+    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=[500, 530, 470], metric="signed")
+    signed = next(s for s in cal.metrics if s.metric == "signed")
+    assert signed.line_lofo_mean_abs_error_um < signed.lofo_mean_abs_error_um
+    assert "the line predicts held-out frames better" in cal.notes and cal.curve.kind == "monotone"
+    assert "line predicts" not in _calibration().notes  # low noise: no note
+    assert all(s.line_lofo_mean_abs_error_um is None for s in _calibration("linear").metrics)

@@ -56,6 +56,9 @@ POOR_FIT_R2 = 0.9
 #: follows the calibration frames rather than the microscope (too few frames, or frames that disagree).
 LOFO_WARN_RATIO = 1.5
 LOFO_WARN_MARGIN_UM = 1.0
+#: A monotone calibration says so when the line's leave-one-frame-out error is lower than the curve's by
+#: more than this and more than 10 % (the data may not support an S shape; the curve is still used).
+LINE_BETTER_MARGIN_UM = 0.5
 
 
 class TiltResidual(BaseModel):
@@ -106,6 +109,8 @@ class MetricSummary(BaseModel):
         default=None, description="in-sample mean |error| of the calibration curve fitted on this metric")
     lofo_mean_abs_error_um: float | None = Field(
         default=None, description="leave-one-frame-out mean |error| of that curve (None: one frame)")
+    line_lofo_mean_abs_error_um: float | None = Field(
+        default=None, description="leave-one-frame-out mean |error| of the line (monotone calibrations)")
 
 
 class CalibrationPoint(BaseModel):
@@ -582,6 +587,7 @@ class MetricResult:
     points: CalibrationPoints
     fit: CurveFit
     held_out_um: np.ndarray | None  # per point; None with a single frame
+    line_held_out_um: np.ndarray | None = None  # the line's, when the curve is not the line
 
     @property
     def r2(self) -> float:
@@ -589,11 +595,19 @@ class MetricResult:
 
     def lofo_mean_abs_error_um(self, select: np.ndarray | None = None) -> float | None:
         """Mean |held-out error| (of the selected points); None when no held-out fit was possible."""
-        if self.held_out_um is None:
-            return None
-        res = self.held_out_um if select is None else self.held_out_um[select]
-        res = res[np.isfinite(res)]
-        return float(np.mean(np.abs(res))) if len(res) else None
+        return _mean_abs(self.held_out_um, select)
+
+    def line_lofo_mean_abs_error_um(self) -> float | None:
+        """Mean |held-out error| of the line (None unless the calibration's curve is monotone)."""
+        return _mean_abs(self.line_held_out_um)
+
+
+def _mean_abs(residuals: np.ndarray | None, select: np.ndarray | None = None) -> float | None:
+    if residuals is None:
+        return None
+    res = residuals if select is None else residuals[select]
+    res = res[np.isfinite(res)]
+    return float(np.mean(np.abs(res))) if len(res) else None
 
 
 def fit_metrics(points_for: Callable[[tuple[float, float]], dict[str, CalibrationPoints]],
@@ -617,7 +631,9 @@ def fit_metrics(points_for: Callable[[tuple[float, float]], dict[str, Calibratio
         fit = fit_curve(points[name], curve, what=what, **options)
         several = len(np.unique(points[name].frame)) > 1
         held = held_out_residuals(points[name], curve, what=what, **options) if several else None
-        results[name] = MetricResult(name, points[name], fit, held)
+        line_held = (held_out_residuals(points[name], "linear", what=what)
+                     if several and curve != "linear" else None)
+        results[name] = MetricResult(name, points[name], fit, held, line_held)
     return u, results
 
 
@@ -652,6 +668,11 @@ def fit_notes(result: MetricResult) -> str:
                      f"(leave-one-frame-out {lofo:.2f} µm vs in-sample {in_sample:.2f} µm): the "
                      f"{result.fit.curve.kind} curve follows these frames, not the microscope; "
                      "calibrate on more frames, or use --curve linear")
+    line_lofo = result.line_lofo_mean_abs_error_um()
+    if lofo is not None and line_lofo is not None and line_lofo < lofo - max(LINE_BETTER_MARGIN_UM,
+                                                                            0.1 * lofo):
+        notes.append(f"the line predicts held-out frames better than the monotone curve "
+                     f"({line_lofo:.2f} vs {lofo:.2f} µm): consider --curve linear")
     return "; ".join(notes)
 
 
@@ -718,7 +739,8 @@ def _summary(result: MetricResult) -> MetricSummary:
                          r2=r_squared(line.heights_um, line.heights_um + line.residuals_um),
                          mean_abs_error_um=float(res.mean()), sd_abs_error_um=float(res.std()),
                          curve_mean_abs_error_um=result.fit.mean_abs_error_um,
-                         lofo_mean_abs_error_um=result.lofo_mean_abs_error_um())
+                         lofo_mean_abs_error_um=result.lofo_mean_abs_error_um(),
+                         line_lofo_mean_abs_error_um=result.line_lofo_mean_abs_error_um())
 
 
 def _masked_median(grid: np.ndarray, ok: np.ndarray, size: int) -> np.ndarray:

@@ -165,6 +165,17 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(v[np.searchsorted(cum, 0.5 * cum[-1])])
 
 
+def _mirrored(metric: np.ndarray, trend: np.ndarray) -> np.ndarray:
+    """Points that read the mirrored metric: nearer ``-trend`` than ``trend`` by more than 3 noise scales.
+
+    A window whose astigmatism sign is wrong reads ``-g(height)``; near focus (``g`` about 0) the two
+    cannot be told apart and nothing is flagged.
+    """
+    resid = metric - trend
+    scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    return np.abs(resid) - np.abs(metric + trend) > 3.0 * scale
+
+
 def _binned_weighted_median(values: np.ndarray, weights: np.ndarray, bin_id: np.ndarray) -> np.ndarray:
     """:func:`weighted_median` of every bin at once (positive weights; bins ``0 .. bin_id.max()``, none empty)."""
     order = np.lexsort((values, bin_id))
@@ -250,12 +261,13 @@ def fit_monotone_curve(height_um: np.ndarray, metric: np.ndarray, weight: np.nda
     bin_h = _binned_weighted_median(h, w, bin_id)
     bin_w = np.bincount(bin_id, weights=w)
     sign = 1.0 if increasing else -1.0
-    detrended = m
+    detrended, counted = m, w
     for _ in range(PASSES):
         # Later passes: the metric of each point moved along the first pass's curve to its bin's height,
         # so the bin median compares like with like: where the metric changes fast across a bin, mirrored
-        # windows would otherwise pull the median by a sizeable fraction of the bin's own spread.
-        bin_m = _binned_weighted_median(detrended, w, bin_id)
+        # windows would otherwise pull the median by a sizeable fraction of the bin's own spread; and
+        # points that match the mirrored curve clearly better than the curve are left out of the medians.
+        bin_m = _binned_weighted_median(detrended, counted, bin_id)
         blocks = _isotonic(sign * bin_m - min_slope * bin_h, bin_w)
         block_of = np.empty(len(bin_h), dtype=int)
         for j, (_, _, members) in enumerate(blocks):
@@ -266,7 +278,9 @@ def fit_monotone_curve(height_um: np.ndarray, metric: np.ndarray, weight: np.nda
                              "show no monotone trend): no calibration possible")
         knot_h = np.bincount(block_of, weights=bin_h * bin_w) / np.bincount(block_of, weights=bin_w)
         knot_m = sign * (np.array([v for v, _, _ in blocks]) + min_slope * knot_h)
-        detrended = m - np.interp(h, knot_h, knot_m) + np.interp(bin_h, knot_h, knot_m)[bin_id]
+        trend = np.interp(h, knot_h, knot_m)
+        detrended = m - trend + np.interp(bin_h, knot_h, knot_m)[bin_id]
+        counted = np.where(_mirrored(m, trend), 1e-9 * w, w)  # a tiny weight keeps every bin non-empty
     order = np.argsort(knot_m)
     return CalibrationCurve(kind="monotone", metric_knots=[float(x) for x in knot_m[order]],
                             height_knots_um=[float(x) for x in knot_h[order]])
