@@ -234,7 +234,7 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
     ------
     InputError
         Unknown prior, mismatched shapes, or too few informative windows for the prior (plane 3,
-        poly2 6, smooth 3), or windows on one line (a plane through them is undetermined).
+        poly2 and smooth 6), or windows on one line (a plane through them is undetermined).
     """
     if check_prior(prior) is None:
         raise InputError("fit_surface needs a prior: plane, poly2 or smooth")
@@ -255,8 +255,7 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
     yy, xx = np.meshgrid(_normalised(cy), _normalised(cx), indexing="ij")
     inv_sigma = np.where(obs, 1.0 / np.where(obs, sigma, 1.0), 0.0)
     target = (np.where(obs, depth, 0.0) * inv_sigma)[obs]  # whitened: unit variance if σ is honest
-    plane = _design("plane", yy, xx)
-    if np.linalg.matrix_rank(plane[obs.ravel()]) < 3:
+    if np.linalg.matrix_rank(_design("plane", yy, xx)[obs.ravel()]) < 3:
         raise InputError(f"the {n_obs} windows that carry depth information lie on one line: "
                          "a surface through them is undetermined")
 
