@@ -13,7 +13,9 @@ Points. A stack at one XY position gives one height per frame, so the natural po
 median metric over its reliable windows (``aggregate="median"``, the default): the median already
 discards windows whose astigmatism sign is wrong, and every stage position weighs the same. With
 ``aggregate="window"`` every reliable window is a point of the robust fit (more points, same heights).
-On the simulator (printed grid, default model) both gave the figures in calibration/README.md.
+Measured on the simulator (printed grid, ``default`` model, 41 planes over ±40 µm): the medians fit with a
+mean |error| of 1-2 µm per plane, the windows with about 11 µm per window (their scatter), and
+calibrations from either predict fresh tilted frames about equally well; the median is the default.
 """
 
 from __future__ import annotations
