@@ -409,14 +409,15 @@ def _decimated_gate(frame: np.ndarray, pmap: PSFMap, max_coherence: float) -> np
     """
     import dataclasses
 
-    from livepsf.depth.texture import window_coherence
+    from livepsf.depth.texture import MIN_TEXTURE_SNR, window_texture
 
     step = LIVE_GATE_STEP
     small = np.asarray(frame)[::step, ::step]
     geometry = dataclasses.replace(pmap, centers_y=(np.asarray(pmap.centers_y) + 0.5) / step - 0.5,
                                    centers_x=(np.asarray(pmap.centers_x) + 0.5) / step - 0.5,
                                    window_px=max(pmap.window_px // step, 4), frame_shape=small.shape)
-    return ~pmap.invalid_mask & (window_coherence(small, geometry, smooth_px=0.75) <= max_coherence)
+    texture = window_texture(small, geometry, smooth_px=0.75)
+    return ~pmap.invalid_mask & (texture.coherence <= max_coherence) & (texture.snr >= MIN_TEXTURE_SNR)
 
 
 # -- fits ------------------------------------------------------------------------------------------
