@@ -66,3 +66,18 @@ def tiny_model_factory(tmp_path_factory):
 def tiny_model(tiny_model_factory):
     """A tiny untrained Z-3 network (see :func:`tiny_model_factory`)."""
     return tiny_model_factory("Z-3")
+
+
+@pytest.fixture
+def ramp_network(monkeypatch):
+    """A stand-in Z-3 network for CLI depth tests: the defocus is encoded in each window's mean value.
+
+    ``livepsf.net.load_model`` returns a :class:`synthetic_depth.FakeNet` and ``PSFMapper`` is
+    :class:`synthetic_depth.RampMapper` (frames from :func:`synthetic_depth.ramp_frame`).
+    """
+    import livepsf.mapping
+    import livepsf.net
+    from synthetic_depth import FakeNet, RampMapper
+
+    monkeypatch.setattr(livepsf.net, "load_model", lambda name, device=None: FakeNet("ramp", "d" * 64))
+    monkeypatch.setattr(livepsf.mapping, "PSFMapper", RampMapper)

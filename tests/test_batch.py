@@ -144,9 +144,8 @@ def test_deconvolution_equals_the_one_machine_path_and_a_rerun_reuses_it(tmp_pat
 
 def test_maps_and_depth_equal_the_one_machine_commands(tmp_path: Path, client, one_torch_thread,
                                                        tiny_model_factory) -> None:
-    from test_depth import standard_calibration
-
     from livepsf.depth import write_depth_outputs
+    from synthetic_depth import standard_calibration
 
     model = tiny_model_factory("Z-3")
     rng = np.random.default_rng(2)

@@ -226,7 +226,7 @@ def _run_cli(args: list) -> int:
 
 
 def _flat_sample_stack(z_um: np.ndarray, focus_z_um: float, shape=(256, 256)) -> ZStack:
-    """Frames of a flat sample whose signed defocus (waves) is encoded for test_depth's ramp mapper."""
+    """Frames of a flat sample whose signed defocus (waves) is encoded for synthetic_depth's RampMapper."""
     from livepsf.optics import Optics
 
     yy, xx = np.mgrid[:shape[0], :shape[1]]
@@ -235,16 +235,6 @@ def _flat_sample_stack(z_um: np.ndarray, focus_z_um: float, shape=(256, 256)) ->
     waves = Optics().defocus_waves(focus_z_um - np.asarray(z_um))
     frames = np.stack([np.round((w + 2.0) * 1000.0 + checker).astype(np.uint16) for w in waves])
     return ZStack(frames, np.asarray(z_um, dtype=np.float64), 0.65)
-
-
-@pytest.fixture
-def ramp_network(monkeypatch):
-    import livepsf.mapping
-    import livepsf.net
-    from test_depth import _Net, _RampMapper
-
-    monkeypatch.setattr(livepsf.net, "load_model", lambda name, device=None: _Net("ramp", "d" * 64))
-    monkeypatch.setattr(livepsf.mapping, "PSFMapper", _RampMapper)
 
 
 def test_cli_calibrates_a_saved_stack(tmp_path, ramp_network, capsys):

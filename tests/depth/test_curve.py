@@ -9,10 +9,10 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from synthetic_maps import UM_PER_WAVE, synthetic_map, textured_frame
 
 from livepsf import depth as D
 from livepsf.errors import InputError
+from synthetic_depth import UM_PER_WAVE, synthetic_map, textured_frame
 
 REPO = Path(__file__).resolve().parents[2]
 

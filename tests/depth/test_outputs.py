@@ -11,24 +11,14 @@ import tifffile
 
 from livepsf import depth as D
 from livepsf.depth.surface import surface_depth
-from test_depth import _Net, _ramp_frame, _RampMapper, run_cli
-
-
-@pytest.fixture
-def ramp_network(monkeypatch):
-    """test_depth's stand-in network: the defocus is encoded in each window's mean value."""
-    import livepsf.mapping
-    import livepsf.net
-
-    monkeypatch.setattr(livepsf.net, "load_model", lambda name, device=None: _Net("ramp", "d" * 64))
-    monkeypatch.setattr(livepsf.mapping, "PSFMapper", _RampMapper)
+from synthetic_depth import ramp_frame, run_cli
 
 
 def _ramp_calibration(tmp_path):
     paths = []
     for tilt, focus in ((3, 250), (6, 260), (10, 240)):
         p = tmp_path / f"grid_{tilt}.tif"
-        tifffile.imwrite(p, _ramp_frame(tilt, focus))
+        tifffile.imwrite(p, ramp_frame(tilt, focus))
         paths.append(p)
     out = tmp_path / "cal.json"
     assert run_cli(["calibrate", *paths, "--tilt-deg", "3,6,10", "--pixel-size-um", "0.65", "--out", out]) == 0
@@ -38,7 +28,7 @@ def _ramp_calibration(tmp_path):
 def test_cli_depth_surface_writes_the_surface_and_its_sigma(tmp_path, ramp_network, capsys):
     cal_path = _ramp_calibration(tmp_path)
     scan = tmp_path / "scan.tif"
-    tifffile.imwrite(scan, np.stack([_ramp_frame(7, 100), _ramp_frame(4, 300)]))
+    tifffile.imwrite(scan, np.stack([ramp_frame(7, 100), ramp_frame(4, 300)]))
     capsys.readouterr()
     assert run_cli(["depth", scan, "--calibration", cal_path, "--surface", "plane", "--out", tmp_path / "o"]) == 0
     text = capsys.readouterr().out
@@ -70,14 +60,14 @@ def test_cli_depth_surface_writes_the_surface_and_its_sigma(tmp_path, ramp_netwo
 def test_cli_depth_bad_surface_prior_exits_2_and_writes_nothing(tmp_path, ramp_network, capsys):
     cal_path = _ramp_calibration(tmp_path)
     scan = tmp_path / "scan.tif"
-    tifffile.imwrite(scan, _ramp_frame(7, 100))
+    tifffile.imwrite(scan, ramp_frame(7, 100))
     capsys.readouterr()
     assert run_cli(["depth", scan, "--calibration", cal_path, "--surface", "cubic"]) == 2
     err = capsys.readouterr().err
     assert "unknown surface prior 'cubic'" in err and "Traceback" not in err
     # Too small for a quadric: 2 x 2 windows cannot hold 6 parameters; named file, nothing written.
     small = tmp_path / "small.tif"
-    tifffile.imwrite(small, _ramp_frame(7, 100, shape=(192, 192)))
+    tifffile.imwrite(small, ramp_frame(7, 100, shape=(192, 192)))
     assert run_cli(["depth", small, "--calibration", cal_path, "--surface", "poly2"]) == 2
     err = capsys.readouterr().err
     assert "small.tif" in err and "needs at least 6 windows" in err
@@ -85,7 +75,7 @@ def test_cli_depth_bad_surface_prior_exits_2_and_writes_nothing(tmp_path, ramp_n
 
 
 def test_write_depth_outputs_surface_matches_surface_depth(tmp_path):
-    from synthetic_maps import synthetic_map
+    from synthetic_depth import synthetic_map
 
     maps = [synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
     cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=[500, 530, 470])

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from synthetic_maps import synthetic_map, textured_frame
 
 from livepsf import depth as D
 from livepsf.depth.surface import fit_surface, surface_depth
 from livepsf.errors import InputError
+from synthetic_depth import synthetic_map, textured_frame
 
 CENTRES = np.arange(15) * 64 + 63.5  # a 1024² frame at stride 64
 YY, XX = np.meshgrid(CENTRES, CENTRES, indexing="ij")

@@ -6,11 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from synthetic_maps import synthetic_map, textured_frame
 
 from livepsf import depth as D
 from livepsf.depth.uncertainty import fit_depth_uncertainty, metric_sigma
 from livepsf.errors import InputError
+from synthetic_depth import synthetic_map, textured_frame
 
 
 def _calibration(frames: bool = False, **kwargs) -> D.Calibration:

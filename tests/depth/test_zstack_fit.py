@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_maps import LENS, UM_PER_WAVE, synthetic_map
 
 from livepsf import depth as D
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 from livepsf.optics import Optics
+from synthetic_depth import LENS, UM_PER_WAVE, synthetic_map
 
 Z_UM = np.arange(-40.0, 40.5, 4.0)
 

@@ -18,41 +18,17 @@ from livepsf import depth as D
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 from livepsf.optics import Optics
-
-LENS = (0.12, 0.05)  # waves: lens astigmatism (astig_0, astig_45)
-UM_PER_WAVE = 1.0 / Optics().defocus_waves(1.0)  # the slope a perfect signed metric should give
-
-
-def _centers(n_px: int, window: int = 128, stride: int = 64) -> np.ndarray:
-    return np.arange(0, n_px - window + 1, stride) + (window - 1) / 2.0
-
-
-def synthetic_map(tilt_deg: float, in_focus_px: float, *, seed: int = 0, noise: float = 0.02,
-                  axis: str = "x", lens=LENS, shape=(1024, 1024), bias_waves: float = 0.0,
-                  sha: str = "a" * 64, name: str = "synthetic") -> tuple[PSFMap, np.ndarray]:
-    """A Z-3 PSF map of a tilted plane and its true height (µm) at the window centres."""
-    rng = np.random.default_rng(seed)
-    cy, cx = _centers(shape[0]), _centers(shape[1])
-    yy, xx = np.meshgrid(cy, cx, indexing="ij")
-    pos = xx if axis == "x" else yy
-    height = (pos - in_focus_px) * 0.65 * math.tan(math.radians(tilt_deg))
-    d = Optics().defocus_waves(height) + bias_waves + rng.normal(0, noise, height.shape)
-    sign = np.where(d >= 0, 1.0, -1.0)
-    params = {
-        "focus": np.abs(d).astype(np.float32),
-        "astig_0": (sign * lens[0] + rng.normal(0, noise, d.shape)).astype(np.float32),
-        "astig_45": (sign * lens[1] + rng.normal(0, noise, d.shape)).astype(np.float32),
-    }
-    pmap = PSFMap(params=params, invalid=np.zeros(d.shape, np.float32), centers_y=cy, centers_x=cx,
-                  window_px=128, stride_px=64, frame_shape=shape, psf_model="Z-3", model_name=name,
-                  model_sha256=sha)
-    return pmap, height
-
-
-def standard_calibration(**kwargs) -> D.Calibration:
-    maps = [synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
-    return D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, **kwargs)
-
+from synthetic_depth import (
+    LENS,
+    UM_PER_WAVE,
+    FakeNet,
+    ramp_frame,
+    run_cli,
+    standard_calibration,
+    synthetic_map,
+    textured_frame,
+    window_centers,
+)
 
 # -- metrics ---------------------------------------------------------------------------------------
 
@@ -245,23 +221,13 @@ def test_invalid_fields_are_refused(tmp_path, field, value):
         D.Calibration.load(tmp_path / "missing.json")
 
 
-class _Card:
-    def __init__(self, name: str, sha: str) -> None:
-        self.name, self.weights_sha256 = name, sha
-
-
-class _Net:
-    def __init__(self, name: str, sha: str) -> None:
-        self.card = _Card(name, sha)
-
-
 def test_mismatched_model_is_refused(tmp_path):
     cal = standard_calibration()
     path = cal.save(tmp_path / "cal.json")
-    cal.check_model(_Net("synthetic", "a" * 64))
-    D.Calibration.load(path, model=_Net("synthetic", "a" * 64))
+    cal.check_model(FakeNet("synthetic", "a" * 64))
+    D.Calibration.load(path, model=FakeNet("synthetic", "a" * 64))
     with pytest.raises(InputError, match="calibrate again"):
-        D.Calibration.load(path, model=_Net("synthetic", "c" * 64))
+        D.Calibration.load(path, model=FakeNet("synthetic", "c" * 64))
     other_map, _ = synthetic_map(6, 500, sha="c" * 64)
     with pytest.raises(InputError, match="not with"):
         cal.depth_um(other_map)
@@ -281,7 +247,7 @@ def test_depth_outputs(tmp_path):
     maps = [synthetic_map(6, 500, seed=s)[0] for s in (20, 21)]
     src = tmp_path / "scan.tif"
     src.write_bytes(b"placeholder")  # only its name matters here
-    tif, js, stats = D.write_depth_outputs(src, maps, cal, "cal.json")
+    tif, js, _ = D.write_depth_outputs(src, maps, cal, "cal.json")
     assert tif.name == "scan_depth.ome.tif" and js.name == "scan_depth.json"
     data = tifffile.imread(tif)
     assert data.shape == (2, 1024, 1024) and data.dtype == np.float32
@@ -295,57 +261,11 @@ def test_depth_outputs(tmp_path):
 # -- command line ----------------------------------------------------------------------------------
 
 
-def run_cli(args: list[str]) -> int:
-    from livepsf.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main([str(a) for a in args])
-    return int(exc.value.code or 0)
-
-
-class _RampMapper:
-    """Stands in for PSFMapper: reads the signed defocus (waves) encoded in each window's mean value."""
-
-    def __init__(self, model, stride_px: int = 64, device=None) -> None:
-        self.model, self.stride_px = model, stride_px
-
-    def __call__(self, frame: np.ndarray) -> PSFMap:
-        frame = np.asarray(frame, dtype=np.float64)
-        cy, cx = _centers(frame.shape[0]), _centers(frame.shape[1])
-        means = np.array([[frame[int(y) - 63:int(y) + 65, int(x) - 63:int(x) + 65].mean() for x in cx] for y in cy])
-        d = means / 1000.0 - 2.0
-        sign = np.where(d >= 0, 1.0, -1.0)
-        params = {"focus": np.abs(d), "astig_0": sign * LENS[0], "astig_45": sign * LENS[1]}
-        return PSFMap(params={k: v.astype(np.float32) for k, v in params.items()},
-                      invalid=np.zeros(d.shape, np.float32), centers_y=cy, centers_x=cx, window_px=128,
-                      stride_px=self.stride_px, frame_shape=frame.shape, psf_model="Z-3",
-                      model_name=self.model.card.name, model_sha256=self.model.card.weights_sha256)
-
-
-def _ramp_frame(tilt_deg: float, in_focus_px: float, shape=(512, 512)) -> np.ndarray:
-    """Defocus encoded as a ramp, under a checkerboard (2-D texture, zero mean over a window)."""
-    x = np.arange(shape[1])
-    height = (x - in_focus_px) * 0.65 * math.tan(math.radians(tilt_deg))
-    waves = Optics().defocus_waves(height)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    checker = np.where((yy // 8 + xx // 8) % 2 == 0, 300.0, -300.0)
-    return np.round((waves + 2.0) * 1000.0 + checker).astype(np.uint16)
-
-
-@pytest.fixture
-def fake_network(monkeypatch):
-    import livepsf.mapping
-    import livepsf.net
-
-    monkeypatch.setattr(livepsf.net, "load_model", lambda name, device=None: _Net("ramp", "d" * 64))
-    monkeypatch.setattr(livepsf.mapping, "PSFMapper", _RampMapper)
-
-
-def test_cli_calibrate_then_depth(tmp_path, fake_network, capsys):
+def test_cli_calibrate_then_depth(tmp_path, ramp_network, capsys):
     paths = []
     for tilt, focus in ((3, 250), (6, 260), (10, 240)):
         p = tmp_path / f"grid_{tilt}.tif"
-        tifffile.imwrite(p, _ramp_frame(tilt, focus))
+        tifffile.imwrite(p, ramp_frame(tilt, focus))
         paths.append(p)
     out = tmp_path / "cal" / "sim.json"
     code = run_cli(["calibrate", *paths, "--tilt-deg", "3,6", "--tilt-deg", "10", "--pixel-size-um", "0.65",
@@ -359,26 +279,26 @@ def test_cli_calibrate_then_depth(tmp_path, fake_network, capsys):
     assert cal.model_name == "ramp"
 
     scan = tmp_path / "scan.tif"
-    tifffile.imwrite(scan, _ramp_frame(7, 100))
+    tifffile.imwrite(scan, ramp_frame(7, 100))
     code = run_cli(["depth", scan, "--calibration", out, "--out", tmp_path / "maps"])
     assert code == 0, capsys.readouterr().err
     depth = tifffile.imread(tmp_path / "maps" / "scan_depth.ome.tif")
     truth = (np.arange(512) - 100) * 0.65 * math.tan(math.radians(7))
-    centre_cols = _centers(512).astype(int)
+    centre_cols = window_centers(512).astype(int)
     assert np.abs(depth[256, centre_cols] - truth[centre_cols]).max() < 1.0
     assert (tmp_path / "maps" / "scan_depth.json").is_file()
     # Calibrating again to the same --out is refused, not overwritten.
     assert run_cli(["calibrate", *paths, "--tilt-deg", "3,6,10", "--pixel-size-um", "0.65", "--out", out]) == 2
 
 
-def test_cli_bad_files_exit_2(tmp_path, fake_network, capsys):
+def test_cli_bad_files_exit_2(tmp_path, ramp_network, capsys):
     assert run_cli(["calibrate", tmp_path / "nope.tif", "--tilt-deg", "6", "--pixel-size-um", "0.65"]) == 2
     assert "no such file" in capsys.readouterr().err
     junk = tmp_path / "junk.tif"
     junk.write_bytes(b"not a tiff at all")
     assert run_cli(["calibrate", junk, "--tilt-deg", "6", "--pixel-size-um", "0.65"]) == 2
     good = tmp_path / "g.tif"
-    tifffile.imwrite(good, _ramp_frame(6, 256))
+    tifffile.imwrite(good, ramp_frame(6, 256))
     assert run_cli(["calibrate", good, "--tilt-deg", "six", "--pixel-size-um", "0.65"]) == 2
     assert run_cli(["calibrate", good, good, good, "--tilt-deg", "3,6", "--pixel-size-um", "0.65"]) == 2
     bad_cal = tmp_path / "cal.json"
@@ -451,18 +371,10 @@ def test_poor_fit_carries_a_warning():
 # -- texture gate ----------------------------------------------------------------------------------
 
 
-def _textured_frame(shape=(1024, 1024), stripes_below_x: int = 0) -> np.ndarray:
-    """Checkerboard (texture in both directions); horizontal lines only left of ``stripes_below_x``."""
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    frame = np.where((yy // 12 + xx // 12) % 2 == 0, 1000.0, 200.0)
-    stripes = np.where((yy // 12) % 2 == 0, 1000.0, 200.0)
-    return np.where(xx < stripes_below_x, stripes, frame)
-
-
 def test_window_coherence_tells_lines_from_2d_texture():
     pmap, _ = synthetic_map(6, 500)
-    lines = D.window_coherence(_textured_frame(stripes_below_x=1024), pmap)
-    checker = D.window_coherence(_textured_frame(), pmap)
+    lines = D.window_coherence(textured_frame(stripes_below_x=1024), pmap)
+    checker = D.window_coherence(textured_frame(), pmap)
     noise = D.window_coherence(np.random.default_rng(0).normal(100, 10, (1024, 1024)), pmap)
     assert lines.shape == pmap.grid_shape
     assert lines.min() > 0.9 and checker.max() < 0.1 and noise.max() < 0.3
@@ -471,7 +383,7 @@ def test_window_coherence_tells_lines_from_2d_texture():
 
 
 def test_texture_gate_leaves_out_line_only_windows():
-    frame = _textured_frame(stripes_below_x=512)
+    frame = textured_frame(stripes_below_x=512)
     maps, frames = [], []
     for i, t in enumerate((3, 6, 10)):
         pmap, _ = synthetic_map(t, 760, seed=i)
@@ -508,3 +420,33 @@ def test_median_removes_isolated_sign_flips():
     assert raw.max() > 20 and np.median(smooth) < 2.0 and smooth.mean() < raw.mean() / 2
     with pytest.raises(InputError, match="median_windows"):
         cal.depth_um(pmap, median_windows=0)
+
+
+def _points(metric: np.ndarray, height: np.ndarray) -> D.CalibrationPoints:
+    n = len(height)
+    return D.CalibrationPoints(height_um=height, metric=metric, frame=np.arange(n) % 3,
+                               offset_group=np.full(n, -1), weight=np.ones(n))
+
+
+def test_a_metric_that_cannot_be_fitted_does_not_stop_the_calibration():
+    from livepsf.depth.calibration import choose_metric, fit_metrics, fit_notes
+
+    rng = np.random.default_rng(4)
+    height = np.repeat(np.linspace(-40, 40, 41), 6)
+    signed = height / UM_PER_WAVE + rng.normal(0, 0.02, height.shape)
+    # projected: a weak trend under scatter ten times larger, so no monotone curve, but a line;
+    # eq14: the same value everywhere, so not even a line.
+    projected = 0.002 * height + rng.normal(0, 1.0, height.shape)
+    points = {"signed": _points(signed, height), "projected": _points(projected, height),
+              "eq14": _points(np.full(height.shape, 0.3), height)}
+    _, results = fit_metrics(lambda u: points, (1.0, 0.0), orient=False, curve="monotone")
+    assert set(results) == {"signed", "projected"}
+    assert results["signed"].fit.curve.kind == "monotone" and not results["signed"].note
+    assert results["projected"].fit.curve.kind == "linear"
+    assert "no monotone curve for the projected metric" in fit_notes(results["projected"])
+    assert choose_metric(results, None) == "signed"
+    with pytest.raises(InputError, match="eq14 metric could not be calibrated"):
+        choose_metric(results, "eq14")
+    constant = {name: _points(np.full(height.shape, 0.3), height) for name in D.METRICS}
+    with pytest.raises(InputError, match="no depth metric could be calibrated"):
+        fit_metrics(lambda u: constant, (1.0, 0.0), orient=False, curve="monotone")
