@@ -588,6 +588,7 @@ class MetricResult:
     fit: CurveFit
     held_out_um: np.ndarray | None  # per point; None with a single frame
     line_held_out_um: np.ndarray | None = None  # the line's, when the curve is not the line
+    note: str = ""  # why the fit is not the one asked for (a monotone curve that could not be fitted)
 
     @property
     def r2(self) -> float:
@@ -622,36 +623,62 @@ def fit_metrics(points_for: Callable[[tuple[float, float]], dict[str, Calibratio
     if curve not in CURVES:
         raise InputError(f"unknown calibration curve {curve!r}; choose one of {', '.join(CURVES)}")
     points = points_for(u)
-    if orient and fit_points_line(points["signed"], what="signed metric").a < 0:
-        u = (-u[0], -u[1])
-        points = points_for(u)
-    results = {}
+    if orient:
+        try:
+            falls = fit_points_line(points["signed"], what="signed metric").a < 0
+        except InputError:
+            falls = False  # no line through the signed metric: keep the direction as estimated
+        if falls:
+            u = (-u[0], -u[1])
+            points = points_for(u)
+    results, failures = {}, {}
     for name in METRICS:
-        what = f"{name} metric"
-        fit = fit_curve(points[name], curve, what=what, **options)
-        several = len(np.unique(points[name].frame)) > 1
-        held = held_out_residuals(points[name], curve, what=what, **options) if several else None
-        line_held = (held_out_residuals(points[name], "linear", what=what)
-                     if several and curve != "linear" else None)
-        results[name] = MetricResult(name, points[name], fit, held, line_held)
+        try:
+            results[name] = _fit_metric(name, points[name], curve, options)
+        except InputError as exc:
+            failures[name] = str(exc)
+            if curve == "linear":
+                continue
+            # The metric's relation to height is too noisy for a monotone curve: the line may still hold.
+            try:
+                result = _fit_metric(name, points[name], "linear", {})
+            except InputError:
+                continue
+            result.note = f"no monotone curve for the {name} metric ({exc}); the line is used"
+            results[name] = result
+    if not results:
+        raise InputError("no depth metric could be calibrated: "
+                         + "; ".join(f"{name}: {reason}" for name, reason in failures.items()))
     return u, results
+
+
+def _fit_metric(name: str, points: CalibrationPoints, curve: str, options: dict[str, Any]) -> MetricResult:
+    what = f"{name} metric"
+    fit = fit_curve(points, curve, what=what, **options)
+    several = len(np.unique(points.frame)) > 1
+    held = held_out_residuals(points, curve, what=what, **options) if several else None
+    line_held = held_out_residuals(points, "linear", what=what) if several and curve != "linear" else None
+    return MetricResult(name, points, fit, held, line_held)
 
 
 def choose_metric(results: dict[str, MetricResult], metric: str | None) -> str:
     """The forced metric, or the one whose curve predicts held-out frames best (in-sample with one frame)."""
     if metric is not None:
+        if metric not in results:
+            raise InputError(f"the {metric} metric could not be calibrated on these frames; "
+                             f"leave the metric to be chosen, or choose one of {', '.join(results)}")
         return metric
 
     def score(name: str) -> tuple[float, int]:
         lofo = results[name].lofo_mean_abs_error_um()
         return (lofo if lofo is not None else results[name].fit.mean_abs_error_um, METRICS.index(name))
 
-    return min(METRICS, key=score)
+    return min(results, key=score)
 
 
 def fit_notes(result: MetricResult) -> str:
     """Warnings of a calibration: a poor fit, held-out frames much worse than in-sample, or no LOFO."""
-    notes = []
+    notes = [result.note] if result.note else []
     r2 = result.r2
     if not r2 >= POOR_FIT_R2:
         notes.append(f"poor fit (R² {r2:.3f} < {POOR_FIT_R2}): the network does not read depth from "
@@ -697,7 +724,7 @@ def assemble_calibration(pmaps: Sequence[PSFMap], results: dict[str, MetricResul
         mean_abs_error_um=result.fit.mean_abs_error_um,
         sd_abs_error_um=float(np.std(np.abs(result.fit.residuals_um))),
         lofo_mean_abs_error_um=result.lofo_mean_abs_error_um(),
-        metrics=[_summary(results[n]) for n in METRICS],
+        metrics=[_summary(results[n]) for n in METRICS if n in results],
         window_px=int(first.window_px),
         stride_px=int(first.stride_px),
         max_texture_coherence=gate,
