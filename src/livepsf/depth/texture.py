@@ -57,7 +57,8 @@ def window_texture(frame: np.ndarray, pmap: PSFMap, smooth_px: float = 1.5) -> W
     (frame - smoothed frame), divided by what that high-pass keeps of white noise; the SNR compares
     ``Jxx + Jyy`` with what white noise of that variance gives after the same smoothing. Edges also
     reach the high-pass, so the noise is overestimated in textured windows: the SNR errs low there,
-    never high on blank ones. Windows are the mapper's: side ``pmap.window_px`` centred on
+    never high on blank ones (limit: noise-free point sources sharper than about 1 px read as noise,
+SNR about 1; any camera noise or a PSF of 1 px or more lifts them above 10). Windows are the mapper's: side ``pmap.window_px`` centred on
     ``pmap.centers_y/x``, clipped to the frame.
     """
     from scipy.ndimage import gaussian_filter
