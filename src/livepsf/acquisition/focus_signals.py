@@ -181,16 +181,24 @@ def network_offset(pmap: PSFMap, calibration, frame: np.ndarray | None = None,
         When fewer windows pass the texture gate, every valid window of the region is used.
     """
     roi_ = check_roi(roi, pmap.frame_shape)
-    depth = np.asarray(calibration.depth_um(pmap), dtype=np.float64)
     inside = _roi_windows(pmap, roi_)
-    ok = reliable_windows(pmap, frame, calibration.max_texture_coherence) & inside
+    if hasattr(calibration, "depth_estimate"):  # a livepsf.Calibration: each window's depth ± σ
+        estimate = calibration.depth_estimate(pmap, frame)
+        depth = np.asarray(estimate.depth_um, dtype=np.float64)
+        window_sigma = np.asarray(estimate.sigma_um, dtype=np.float64)
+        ok = estimate.reliable & inside
+    else:  # any depth model with depth_um(pmap): σ from the network's focus σ through the line
+        depth = np.asarray(calibration.depth_um(pmap), dtype=np.float64)
+        focus_sigma = _parameter_sigma(pmap, "focus")
+        window_sigma = None if focus_sigma is None else abs(calibration.slope_um_per_unit) * focus_sigma
+        ok = reliable_windows(pmap, frame, calibration.max_texture_coherence) & inside
     if ok.sum() < min_windows:
-        # Too few windows with texture in two directions (filaments, lines): use every valid window;
-        # the robust fusion discounts the ones whose side of focus follows the line orientation.
+        # Too few windows with texture in two directions (filaments, lines): use every valid window,
+        # unweighted (their σ says they cannot show the side of focus); the robust fusion discounts
+        # the ones whose side of focus follows the line orientation.
         ok = ~pmap.invalid_mask & inside
-    focus_sigma = _parameter_sigma(pmap, "focus")
-    sig = None if focus_sigma is None else abs(calibration.slope_um_per_unit) * focus_sigma[ok]
-    mean, sigma, n = robust_mean(depth[ok], sig)
+        window_sigma = None
+    mean, sigma, n = robust_mean(depth[ok], None if window_sigma is None else window_sigma[ok])
     return FocusEstimate(mean, sigma, n, signed=True)
 
 
