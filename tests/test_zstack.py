@@ -244,7 +244,7 @@ def test_cli_calibrates_a_saved_stack(tmp_path, ramp_network, capsys):
     z = np.arange(-20.0, 20.1, 4.0) + 7.0  # stage positions; the sample is in focus at Z = 7
     source = save_zstack(_flat_sample_stack(z, focus_z_um=7.0), tmp_path / "stack.ome.tif")
     before = source.read_bytes()
-    code = _run_cli(["calibrate", "--zstack", source])
+    code = _run_cli(["calibrate", "--zstack", source, "--metric", "signed"])
     text = capsys.readouterr().out
     assert code == 0, text
     json_path = tmp_path / "stack_calibration.json"
@@ -256,7 +256,8 @@ def test_cli_calibrates_a_saved_stack(tmp_path, ramp_network, capsys):
     assert cal.slope_um_per_unit == pytest.approx(1.0 / Optics().defocus_waves(1.0), rel=0.02)
     assert source.read_bytes() == before  # the input is never touched
     # Positions given on the command line (relative: a uniform step) fit the same slope.
-    code = _run_cli(["calibrate", "--zstack", source, "--z-step-um", "4", "--out", tmp_path / "step.json"])
+    code = _run_cli(["calibrate", "--zstack", source, "--metric", "signed", "--z-step-um", "4",
+                     "--out", tmp_path / "step.json"])
     assert code == 0, capsys.readouterr().err
     assert Calibration.load(tmp_path / "step.json").slope_um_per_unit == pytest.approx(cal.slope_um_per_unit,
                                                                                        rel=0.02)

@@ -78,8 +78,9 @@ def calibrate(
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
     metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed, projected "
                                "or eq14 (default: the best fit)."),
-    curve: str = typer.Option("monotone", "--curve", help="Metric-to-depth curve: monotone (default; the "
-                              "measured relation is S-shaped) or linear (the robust line, for comparison)."),
+    curve: str = typer.Option("auto", "--curve", help="Metric-to-depth curve: auto (default: monotone, unless "
+                              "the line predicts held-out frames better), monotone (the measured relation is "
+                              "S-shaped) or linear (the robust line, for comparison)."),
     out: Path = typer.Option(None, "--out", help="Calibration JSON to write (never overwritten); default "
                              "beside the first image."),
     zstack: bool = typer.Option(False, "--zstack", help="Calibrate from a z-stack instead: a saved stack "
@@ -117,10 +118,10 @@ def calibrate(
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
 
-    from livepsf.depth import CURVES
+    from livepsf.depth import CURVE_CHOICES
 
-    if curve not in CURVES:  # before any mapping or acquisition
-        raise InputError(f"--curve {curve!r}: choose one of {', '.join(CURVES)}")
+    if curve not in CURVE_CHOICES:  # before any mapping or acquisition
+        raise InputError(f"--curve {curve!r}: choose one of {', '.join(CURVE_CHOICES)}")
     zstack_options = {"--z-um": z_um, "--z-step-um": z_step_um, "--focus-z-um": focus_z_um, "--sim": sim or None,
                       "--mm-config": mm_config, "--camera": camera, "--sample": sample, "--size": size,
                       "--range-um": range_um, "--step-um": step_um, "--settle-ms": settle_ms}

@@ -14,8 +14,6 @@ from livepsf import depth as D
 from livepsf.errors import InputError
 from synthetic_depth import UM_PER_WAVE, synthetic_map, textured_frame
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def s_shaped_metric(height_um: np.ndarray) -> np.ndarray:
     """Monotone, S-shaped like the measured metric: flat near focus and far out, steep near the line foci.
@@ -59,13 +57,13 @@ def test_curve_is_monotone_and_continues_as_a_line_beyond_its_knots():
         assert (sign * np.diff(y) > 0).all()
         assert (sign * slope > 0).all()
         np.testing.assert_allclose(curve.height_um(m), heights, rtol=1e-6, atol=1e-4)  # through the knots
-        # Beyond the knots: straight, with the end segment's slope (never flat: depth is not clipped).
-        end_slope = (heights[-1] - heights[-2]) / (m[-1] - m[-2])
+        # Beyond the knots: straight, with the mean slope of the calibrated range (never flat: depth is
+        # not clipped; not the end segment's, which amplifies the noise of a saturating metric).
+        mean_slope = (heights[-1] - heights[0]) / (m[-1] - m[0])
         far = np.array([m[-1] + 1.0, m[-1] + 2.0])
-        np.testing.assert_allclose(curve.height_um(far), heights[-1] + end_slope * (far - m[-1]), rtol=1e-5)
-        np.testing.assert_allclose(curve.height_per_metric_um(far), end_slope, rtol=1e-5)
-        start_slope = (heights[1] - heights[0]) / (m[1] - m[0])
-        np.testing.assert_allclose(curve.height_um(m[0] - 1.5), heights[0] - 1.5 * start_slope, rtol=1e-5)
+        np.testing.assert_allclose(curve.height_um(far), heights[-1] + mean_slope * (far - m[-1]), rtol=1e-5)
+        np.testing.assert_allclose(curve.height_per_metric_um(far), mean_slope, rtol=1e-5)
+        np.testing.assert_allclose(curve.height_um(m[0] - 1.5), heights[0] - 1.5 * mean_slope, rtol=1e-5)
     assert np.isnan(curve.height_um(np.array([np.nan])))[0]
 
 
@@ -168,7 +166,8 @@ def test_calibration_carries_the_curve_and_the_line():
 
 
 def test_format_1_files_load_and_use_their_line(tmp_path):
-    path = REPO / "calibration" / "sim-default.json"
+    # The simulator's calibration as shipped before format 2 (livepsf 0.x, default model b27ce7ea5081).
+    path = Path(__file__).parent / "data" / "calibration-format1.json"
     raw = json.loads(path.read_text())
     assert raw["format_version"] == 1 and "curve" not in raw
     cal = D.Calibration.load(path)
@@ -287,9 +286,13 @@ def test_cli_calibrate_curve_option_and_printed_errors(tmp_path, monkeypatch, ca
 def test_a_line_that_predicts_held_out_frames_better_is_named():
     # A linear relation under heavy metric noise: the curve's knots follow the noise, the line does not.
     maps = [synthetic_map(t, f, seed=i, noise=0.1)[0] for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
-    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=[500, 530, 470], metric="signed")
+    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=[500, 530, 470], metric="signed",
+                               curve="monotone")
     signed = next(s for s in cal.metrics if s.metric == "signed")
     assert signed.line_lofo_mean_abs_error_um < signed.lofo_mean_abs_error_um
     assert "the line predicts held-out frames better" in cal.notes and cal.curve.kind == "monotone"
+    # The default ("auto") takes the line then, without a warning.
+    auto = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65, in_focus_px=[500, 530, 470], metric="signed")
+    assert auto.curve.kind == "linear" and "line predicts" not in auto.notes
     assert "line predicts" not in _calibration().notes  # low noise: no note
     assert all(s.line_lofo_mean_abs_error_um is None for s in _calibration("linear").metrics)

@@ -40,7 +40,7 @@ def stack(focus_z_um: float = 3.0, **kwargs) -> list[PSFMap]:
 
 
 def test_zstack_recovers_the_slope_and_the_in_focus_position():
-    cal = D.calibrate_zstack(stack(3.0), Z_UM, 0.65)
+    cal = D.calibrate_zstack(stack(3.0), Z_UM, 0.65, curve="monotone")
     assert cal.source == "z-stack" and cal.tilt_axis is None and cal.per_tilt == []
     assert cal.metric == "signed" and cal.curve.kind == "monotone"
     assert cal.slope_um_per_unit == pytest.approx(UM_PER_WAVE, rel=0.01)
@@ -66,9 +66,10 @@ def test_zstack_with_a_known_in_focus_position_and_every_window_a_point():
 
 def test_s_shaped_response_is_fitted_by_the_curve_not_by_the_line():
     maps = stack(0.0, saturate_waves=0.6)
-    curve = D.calibrate_zstack(maps, Z_UM, 0.65, metric="signed")
+    curve = D.calibrate_zstack(maps, Z_UM, 0.65, metric="signed", curve="monotone")
     line = D.calibrate_zstack(maps, Z_UM, 0.65, metric="signed", curve="linear")
-    assert curve.mean_abs_error_um < 0.5 and line.mean_abs_error_um > 2.0
+    # (the points beyond the end knots follow the curve's mean slope, not the saturated end's: ~0.5 µm)
+    assert curve.mean_abs_error_um < 0.6 and line.mean_abs_error_um > 2.0
     assert curve.lofo_mean_abs_error_um < line.lofo_mean_abs_error_um / 2
     by_metric = {s.metric: s for s in curve.metrics}
     assert by_metric["signed"].mean_abs_error_um == pytest.approx(line.mean_abs_error_um, rel=1e-6)

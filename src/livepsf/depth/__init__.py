@@ -60,6 +60,7 @@ from livepsf.depth.calibration import (
     calibrate_tilted_grid,
 )
 from livepsf.depth.curve import (
+    CURVE_CHOICES,
     CURVES,
     CalibrationCurve,
     CurveFit,
@@ -96,6 +97,7 @@ from livepsf.depth.zstack import calibrate_zstack
 
 __all__ = [
     "CURVES",
+    "CURVE_CHOICES",
     "FORMAT",
     "LOFO_WARN_MARGIN_UM",
     "LOFO_WARN_RATIO",

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from livepsf.depth.curve import (
-    CURVES,
+    CURVE_CHOICES,
     MIN_POINTS_PER_KNOT,
     CalibrationCurve,
     CurveFit,
@@ -373,7 +373,7 @@ def calibrate_psf_maps(
     frames: Sequence[np.ndarray] | None = None,
     max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
     aggregate: str = "median",
-    curve: str = "monotone",
+    curve: str = "auto",
 ) -> Calibration:
     """Tilted-grid calibration from PSF maps already computed (one per frame).
 
@@ -403,7 +403,8 @@ def calibrate_psf_maps(
         ``"median"`` (one point per column/row, the paper's projection) or ``"window"`` (every reliable
         window a point of the robust fit); see :func:`profile_along_axis`.
     curve
-        ``"monotone"`` (default; :mod:`livepsf.depth.curve`) or ``"linear"`` (the robust line). The
+        ``"auto"`` (default: the monotone curve of :mod:`livepsf.depth.curve`, unless the robust line
+        predicts held-out frames better), ``"monotone"`` or ``"linear"`` (the robust line). The
         line's figures are kept in the calibration either way. Every metric's curve is also fitted
         leaving out each frame in turn; the metric whose curve predicts the held-out frames best is
         used, and the calibration warns when held-out frames are predicted much worse than the
@@ -493,7 +494,7 @@ def calibrate_tilted_grid(
     in_focus_px: Sequence[float | None] | float | None = None,
     metric: str | None = None,
     max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
-    curve: str = "monotone",
+    curve: str = "auto",
 ) -> Calibration:
     """Calibrate depth from frames of a printed grid tilted by known angles (paper Section III-E).
 
@@ -518,7 +519,7 @@ def calibrate_tilted_grid(
     max_texture_coherence
         Leave out windows of one-directional texture (see the module notes); ``None``: keep them.
     curve
-        ``"monotone"`` or ``"linear"`` (see :func:`calibrate_psf_maps`).
+        ``"auto"``, ``"monotone"`` or ``"linear"`` (see :func:`calibrate_psf_maps`).
 
     Returns
     -------
@@ -620,8 +621,8 @@ def fit_metrics(points_for: Callable[[tuple[float, float]], dict[str, Calibratio
     (cosmetic: positive slopes). Returns the (oriented) lens direction and the results per metric.
     """
     options = {"min_points_per_knot": min_points_per_knot}
-    if curve not in CURVES:
-        raise InputError(f"unknown calibration curve {curve!r}; choose one of {', '.join(CURVES)}")
+    if curve not in CURVE_CHOICES:
+        raise InputError(f"unknown calibration curve {curve!r}; choose one of {', '.join(CURVE_CHOICES)}")
     points = points_for(u)
     if orient:
         try:
@@ -634,22 +635,31 @@ def fit_metrics(points_for: Callable[[tuple[float, float]], dict[str, Calibratio
     results, failures = {}, {}
     for name in METRICS:
         try:
-            results[name] = _fit_metric(name, points[name], curve, options)
+            results[name] = _fit_metric_curve(name, points[name], curve, options)
         except InputError as exc:
             failures[name] = str(exc)
-            if curve == "linear":
-                continue
-            # The metric's relation to height is too noisy for a monotone curve: the line may still hold.
-            try:
-                result = _fit_metric(name, points[name], "linear", {})
-            except InputError:
-                continue
-            result.note = f"no monotone curve for the {name} metric ({exc}); the line is used"
-            results[name] = result
     if not results:
         raise InputError("no depth metric could be calibrated: "
                          + "; ".join(f"{name}: {reason}" for name, reason in failures.items()))
     return u, results
+
+
+def _fit_metric_curve(name: str, points: CalibrationPoints, curve: str, options: dict[str, Any]) -> MetricResult:
+    """One metric's fit of the requested curve; ``"auto"``: the monotone curve unless the line predicts
+    held-out frames better. A monotone curve that cannot be fitted falls back to the line (noted)."""
+    if curve == "linear":
+        return _fit_metric(name, points, "linear", {})
+    try:
+        result = _fit_metric(name, points, "monotone", options)
+    except InputError as exc:
+        # The metric's relation to height is too noisy for a monotone curve: the line may still hold.
+        line = _fit_metric(name, points, "linear", {})
+        line.note = f"no monotone curve for the {name} metric ({exc}); the line is used"
+        return line
+    curve_lofo, line_lofo = result.lofo_mean_abs_error_um(), result.line_lofo_mean_abs_error_um()
+    if curve == "auto" and curve_lofo is not None and line_lofo is not None and line_lofo < curve_lofo:
+        return _fit_metric(name, points, "linear", {})  # the choice shows in the curve's kind, no warning
+    return result
 
 
 def _fit_metric(name: str, points: CalibrationPoints, curve: str, options: dict[str, Any]) -> MetricResult:

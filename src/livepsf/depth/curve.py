@@ -24,9 +24,10 @@ a property of the optics; so the curve is fitted without a shape assumption beyo
    invertible.
 4. **Monotone cubic Hermite interpolation** of height over metric through the knots: the PCHIP
    (Fritsch-Butland) derivatives inside, the secant slopes at the two end knots. Both keep every
-   segment in the Fritsch-Carlson monotone region, so the curve is monotone and C1.
-5. **Beyond the knots** the curve continues as a straight line with the end secant slope: never flat,
-   which would silently clip every depth beyond the calibrated range to its end.
+   segment in the Fritsch-Carlson monotone region, so the curve is monotone and C1 between its end knots.
+5. **Beyond the knots** the curve continues as a straight line with the mean slope of the calibrated
+   range (first to last knot; the end intervals' slopes would amplify noise where the metric
+   saturates): never flat, which would silently clip every depth beyond the calibrated range to its end.
 
 Per-group unknown height offsets (the in-focus position of a tilted frame, the in-focus stage position
 of a z-stack) are solved by alternating: the robust line gives the starting offsets, then the curve is
@@ -51,6 +52,9 @@ from livepsf.errors import InputError
 
 CurveKind = Literal["linear", "monotone"]
 CURVES: tuple[str, ...] = ("linear", "monotone")
+#: What a calibration may ask for: a curve kind, or "auto" (monotone unless the line predicts held-out
+#: frames better).
+CURVE_CHOICES: tuple[str, ...] = ("auto", *CURVES)
 #: Fewest points behind one knot of the monotone curve (the bin median needs a few to be robust).
 MIN_POINTS_PER_KNOT = 5
 #: Most knots of the monotone curve.
@@ -143,9 +147,12 @@ def _hermite(xk: list[float], yk: list[float], metric: np.ndarray) -> tuple[np.n
              + (-2 * t3 + 3 * t2) * y[k + 1] + (t3 - t2) * h[k] * d[k + 1])
     slope = ((6 * t2 - 6 * t) * y[k] + (3 * t2 - 4 * t + 1) * h[k] * d[k]
              + (-6 * t2 + 6 * t) * y[k + 1] + (3 * t2 - 2 * t) * h[k] * d[k + 1]) / h[k]
+    # Beyond the knots: the mean slope of the calibrated range. The end intervals' own slopes would
+    # amplify the metric's noise where it saturates (far from focus the network's focus flattens).
+    overall = (y[-1] - y[0]) / (x[-1] - x[0])
     below, above = m < x[0], m > x[-1]
-    value = np.where(below, y[0] + d[0] * (m - x[0]), np.where(above, y[-1] + d[-1] * (m - x[-1]), value))
-    slope = np.where(below, d[0], np.where(above, d[-1], slope))
+    value = np.where(below, y[0] + overall * (m - x[0]), np.where(above, y[-1] + overall * (m - x[-1]), value))
+    slope = np.where(below | above, overall, slope)
     return value, slope
 
 
