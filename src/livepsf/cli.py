@@ -78,9 +78,9 @@ def calibrate(
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
     metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed, projected "
                                "or eq14 (default: the best fit)."),
-    curve: str = typer.Option("auto", "--curve", help="Metric-to-depth curve: auto (default: monotone, unless "
-                              "the line predicts held-out frames better), monotone (the measured relation is "
-                              "S-shaped) or linear (the robust line, for comparison)."),
+    curve: str = typer.Option("monotone", "--curve", help="Metric-to-depth curve: monotone (default; the "
+                              "measured relation is S-shaped), linear (the robust line, for comparison) or auto "
+                              "(per metric, monotone unless the line predicts held-out frames better)."),
     out: Path = typer.Option(None, "--out", help="Calibration JSON to write (never overwritten); default "
                              "beside the first image."),
     zstack: bool = typer.Option(False, "--zstack", help="Calibrate from a z-stack instead: a saved stack "

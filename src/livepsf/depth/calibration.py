@@ -373,7 +373,7 @@ def calibrate_psf_maps(
     frames: Sequence[np.ndarray] | None = None,
     max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
     aggregate: str = "median",
-    curve: str = "auto",
+    curve: str = "monotone",
 ) -> Calibration:
     """Tilted-grid calibration from PSF maps already computed (one per frame).
 
@@ -403,8 +403,9 @@ def calibrate_psf_maps(
         ``"median"`` (one point per column/row, the paper's projection) or ``"window"`` (every reliable
         window a point of the robust fit); see :func:`profile_along_axis`.
     curve
-        ``"auto"`` (default: the monotone curve of :mod:`livepsf.depth.curve`, unless the robust line
-        predicts held-out frames better), ``"monotone"`` or ``"linear"`` (the robust line). The
+        ``"monotone"`` (default; :mod:`livepsf.depth.curve`), ``"linear"`` (the robust line) or
+        ``"auto"`` (per metric, the monotone curve unless the line predicts held-out frames better; on
+        the simulator this picked lines that extrapolate badly beyond the calibrated depths). The
         line's figures are kept in the calibration either way. Every metric's curve is also fitted
         leaving out each frame in turn; the metric whose curve predicts the held-out frames best is
         used, and the calibration warns when held-out frames are predicted much worse than the
@@ -494,7 +495,7 @@ def calibrate_tilted_grid(
     in_focus_px: Sequence[float | None] | float | None = None,
     metric: str | None = None,
     max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
-    curve: str = "auto",
+    curve: str = "monotone",
 ) -> Calibration:
     """Calibrate depth from frames of a printed grid tilted by known angles (paper Section III-E).
 

@@ -54,7 +54,7 @@ def calibrate_zstack(
     frames: Sequence[np.ndarray] | None = None,
     focus_z_um: float | None = None,
     metric: str | None = None,
-    curve: str = "auto",
+    curve: str = "monotone",
     max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
     lens_direction: Sequence[float] | None = None,
     aggregate: str = "median",
