@@ -398,3 +398,23 @@ def test_result_recorder_drops_instead_of_queueing_when_the_disk_is_slow(mapper)
     assert rec.written + rec.dropped == 30 and rec.dropped > 10
     assert disk.frames[0] == (0, True, 5.0)
     assert [n for n, _, _ in disk.frames] == sorted(n for n, _, _ in disk.frames)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_core_events_queued_for_a_stopped_loop_are_harmless(qapp, mapper):
+    """With a QApplication the core's events are Qt signals, queued to the main thread when the camera
+    thread emits them. Calls still queued when a stopped loop has been collected must not reach freed
+    memory (they did: a segfault in the next test that processed Qt events)."""
+    import gc
+
+    for fail_at in (None, 5, None):  # a plain run, a camera error with a restart, a plain run
+        core = make_core(PatternCamera() if fail_at is None else PatternCamera(fail_at=fail_at))
+        loop = LiveLoop(core, mapper, restart_attempts=1)
+        assert len(collect(loop, 6)) >= 6
+        loop.stop()
+        core.setExposure(core.getExposure())  # more events from this thread for the stopped loop
+        del loop
+        gc.collect()
+        for _ in range(10):  # deliver whatever the camera thread queued
+            qapp.processEvents()
+            time.sleep(0.01)

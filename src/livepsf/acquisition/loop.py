@@ -33,6 +33,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -223,6 +224,33 @@ def _thread_error_since(t0: float) -> str | None:
         if t >= t0:
             return message
     return None
+
+
+#: (core event, LiveLoop method) pairs the loop listens to.
+_CORE_EVENTS = (("sequenceAcquisitionStopped", "_on_acquisition_stopped"),
+                ("continuousSequenceAcquisitionStarting", "_on_acquisition_starting"),
+                ("continuousSequenceAcquisitionStarted", "_on_acquisition_started"),
+                ("stagePositionChanged", "_on_stage_moved"))
+
+
+class _EventRelay:
+    """A core-event slot that forwards to a LiveLoop method while the loop exists (see _connect_events)."""
+
+    __slots__ = ("_loop", "_method")
+
+    def __init__(self, loop: LiveLoop, method: str) -> None:
+        self._loop = weakref.ref(loop)
+        self._method = method
+
+    def __call__(self, *args: Any) -> None:
+        loop = self._loop()
+        if loop is not None:
+            getattr(loop, self._method)(*args)
+
+
+#: Relays of stopped loops, kept so that a call queued before the disconnect finds a live object (a few
+#: dozen bytes per stopped loop; at most the last 256 are kept, far more than any queue holds).
+_RETIRED_RELAYS: deque[_EventRelay] = deque(maxlen=256)
 
 
 class LiveLoop:
@@ -472,22 +500,24 @@ class LiveLoop:
 
     # -- core events -------------------------------------------------------------------------------
     def _connect_events(self) -> None:
-        ev = self.core.events
-        ev.sequenceAcquisitionStopped.connect(self._on_acquisition_stopped)
-        ev.continuousSequenceAcquisitionStarting.connect(self._on_acquisition_starting)
-        ev.continuousSequenceAcquisitionStarted.connect(self._on_acquisition_started)
-        ev.stagePositionChanged.connect(self._on_stage_moved)
+        # The core's events are Qt signals when a QApplication exists (pymmcore-plus's Qt signaler), and
+        # those emitted by the acquisition thread are queued to the main thread. PySide resolves a bound
+        # method's instance only when the queued call is delivered, so a call queued before
+        # _disconnect_events and delivered after this loop was collected read freed memory (a segfault
+        # after a camera error and restart). The slots are therefore relays that hold the loop weakly.
+        self._event_slots = [(getattr(self.core.events, signal), _EventRelay(self, method))
+                             for signal, method in _CORE_EVENTS]
+        for signal, relay in self._event_slots:
+            signal.connect(relay)
 
     def _disconnect_events(self) -> None:
-        ev = self.core.events
-        for signal, slot in ((ev.sequenceAcquisitionStopped, self._on_acquisition_stopped),
-                             (ev.continuousSequenceAcquisitionStarting, self._on_acquisition_starting),
-                             (ev.continuousSequenceAcquisitionStarted, self._on_acquisition_started),
-                             (ev.stagePositionChanged, self._on_stage_moved)):
+        for signal, relay in getattr(self, "_event_slots", []):
             try:
-                signal.disconnect(slot)
+                signal.disconnect(relay)
             except (TypeError, ValueError, RuntimeError):
                 pass  # already disconnected
+            _RETIRED_RELAYS.append(relay)  # a call may still be queued for it: keep it alive
+        self._event_slots = []
 
     def _on_acquisition_stopped(self, camera_label: str = "") -> None:
         if not self._stop_requested.is_set():
