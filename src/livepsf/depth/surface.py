@@ -402,22 +402,25 @@ def live_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: s
 
 
 def _decimated_gate(frame: np.ndarray, pmap: PSFMap, max_coherence: float) -> np.ndarray:
-    """:func:`~livepsf.depth.texture.reliable_windows` on every :data:`LIVE_GATE_STEP`-th pixel.
+    """The texture gate's coherence test on every :data:`LIVE_GATE_STEP`-th pixel.
 
     Smoothed by 0.75 decimated pixels (the full gate smooths by 1.5 frame pixels: pixel noise must not
     look like texture; here the decimation already averages less, and more smoothing blurs the lines).
     """
     import dataclasses
 
-    from livepsf.depth.texture import MIN_TEXTURE_SNR, window_texture
+    from livepsf.depth.texture import window_texture
 
     step = LIVE_GATE_STEP
     small = np.asarray(frame)[::step, ::step]
     geometry = dataclasses.replace(pmap, centers_y=(np.asarray(pmap.centers_y) + 0.5) / step - 0.5,
                                    centers_x=(np.asarray(pmap.centers_x) + 0.5) / step - 0.5,
                                    window_px=max(pmap.window_px // step, 4), frame_shape=small.shape)
-    texture = window_texture(small, geometry, smooth_px=0.75)
-    return ~pmap.invalid_mask & (texture.coherence <= max_coherence) & (texture.snr >= MIN_TEXTURE_SNR)
+    # Coherence only: the full gate's noise test does not survive the decimation (texture finer than
+    # 2 x LIVE_GATE_STEP px aliases into what looks like pixel noise, so a 12-px checkerboard or
+    # filaments would read "no texture"); blank windows live are left to the network's validity flag
+    # and the surface fit's robust weights.
+    return ~pmap.invalid_mask & (window_texture(small, geometry, smooth_px=0.75).coherence <= max_coherence)
 
 
 # -- fits ------------------------------------------------------------------------------------------
