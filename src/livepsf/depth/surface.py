@@ -409,7 +409,7 @@ def _decimated_gate(frame: np.ndarray, pmap: PSFMap, max_coherence: float) -> np
     """
     import dataclasses
 
-    from livepsf.depth.texture import window_texture
+    from livepsf.depth.texture import window_coherence
 
     step = LIVE_GATE_STEP
     small = np.asarray(frame)[::step, ::step]
@@ -420,7 +420,7 @@ def _decimated_gate(frame: np.ndarray, pmap: PSFMap, max_coherence: float) -> np
     # 2 x LIVE_GATE_STEP px aliases into what looks like pixel noise, so a 12-px checkerboard or
     # filaments would read "no texture"); blank windows live are left to the network's validity flag
     # and the surface fit's robust weights.
-    return ~pmap.invalid_mask & (window_texture(small, geometry, smooth_px=0.75).coherence <= max_coherence)
+    return ~pmap.invalid_mask & (window_coherence(small, geometry, smooth_px=0.75) <= max_coherence)
 
 
 # -- fits ------------------------------------------------------------------------------------------

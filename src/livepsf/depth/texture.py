@@ -48,7 +48,7 @@ class WindowTexture:
     snr: np.ndarray
 
 
-def window_texture(frame: np.ndarray, pmap: PSFMap, smooth_px: float = 1.5) -> WindowTexture:
+def window_texture(frame: np.ndarray, pmap: PSFMap, smooth_px: float = 1.5, *, snr: bool = True) -> WindowTexture:
     """Coherence and texture SNR of each window of a PSF map (see :class:`WindowTexture`).
 
     ``J`` (the gradient outer products of the frame after a Gaussian smoothing of ``smooth_px``, which
@@ -59,7 +59,8 @@ def window_texture(frame: np.ndarray, pmap: PSFMap, smooth_px: float = 1.5) -> W
     reach the high-pass, so the noise is overestimated in textured windows: the SNR errs low there,
     never high on blank ones (limit: noise-free point sources sharper than about 1 px read as noise,
 SNR about 1; any camera noise or a PSF of 1 px or more lifts them above 10). Windows are the mapper's: side ``pmap.window_px`` centred on
-    ``pmap.centers_y/x``, clipped to the frame.
+    ``pmap.centers_y/x``, clipped to the frame. ``snr=False`` skips the noise measure (its sums cost as
+    much again) and leaves :attr:`WindowTexture.snr` NaN.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -71,7 +72,6 @@ SNR about 1; any camera noise or a PSF of 1 px or more lifts them above 10). Win
         raise InputError(f"the texture gate needs a positive smoothing, got {smooth_px} px")
     smooth = gaussian_filter(frame, smooth_px)
     gy, gx = np.gradient(smooth)
-    residual = frame - smooth
     half = (pmap.window_px - 1) / 2.0
     y0 = np.clip(np.round(np.asarray(pmap.centers_y) - half).astype(int), 0, frame.shape[0])
     x0 = np.clip(np.round(np.asarray(pmap.centers_x) - half).astype(int), 0, frame.shape[1])
@@ -88,18 +88,22 @@ SNR about 1; any camera noise or a PSF of 1 px or more lifts them above 10). Win
     jxx, jyy, jxy = window_sums(gx * gx), window_sums(gy * gy), window_sums(gx * gy)
     total = jxx + jyy
     coherence = np.where(total > 0, np.sqrt((jxx - jyy) ** 2 + 4.0 * jxy**2) / np.where(total > 0, total, 1.0), 0.0)
+    if not snr:
+        nan = np.full(coherence.shape, np.nan, dtype=np.float32)
+        return WindowTexture(coherence=coherence.astype(np.float32), snr=nan)
+    residual = frame - smooth
     residual_var = window_sums(residual * residual) / n_px - (window_sums(residual) / n_px) ** 2
     high_pass_gain, gradient_gain = _white_noise_gains(float(smooth_px))
     noise_energy = np.maximum(residual_var, 0.0) / high_pass_gain * gradient_gain * n_px
     with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(noise_energy > 0, total / np.where(noise_energy > 0, noise_energy, 1.0) - 1.0,
-                       np.where(total > 0, np.inf, 0.0))
-    return WindowTexture(coherence=coherence.astype(np.float32), snr=snr.astype(np.float32))
+        ratio = np.where(noise_energy > 0, total / np.where(noise_energy > 0, noise_energy, 1.0) - 1.0,
+                         np.where(total > 0, np.inf, 0.0))
+    return WindowTexture(coherence=coherence.astype(np.float32), snr=ratio.astype(np.float32))
 
 
 def window_coherence(frame: np.ndarray, pmap: PSFMap, smooth_px: float = 1.5) -> np.ndarray:
     """Structure-tensor coherence of the texture in each window, ``(gy, gx)`` float32 (:func:`window_texture`)."""
-    return window_texture(frame, pmap, smooth_px).coherence
+    return window_texture(frame, pmap, smooth_px, snr=False).coherence
 
 
 @lru_cache(maxsize=8)
