@@ -33,31 +33,35 @@ metric = a * height + b, inverted to height = slope * metric + offset) and a mon
 leave-one-frame-out errors, and keeps every metric's figures; the one whose curve predicts held-out
 frames best is used. :class:`Calibration` is a pydantic model stored as JSON.
 
-Modules: :mod:`~livepsf.depth.metrics` (the metrics, lens direction and strength),
-:mod:`~livepsf.depth.texture` (the texture gate), :mod:`~livepsf.depth.robust` (robust fits),
-:mod:`~livepsf.depth.profiles` (calibration points, the line fit, tilted-grid profiles),
-:mod:`~livepsf.depth.curve` (the monotone calibration curve, leave-one-frame-out),
-:mod:`~livepsf.depth.calibration` (:class:`Calibration`, the calibration fits),
-:mod:`~livepsf.depth.zstack` (the z-stack calibration), :mod:`~livepsf.depth.uncertainty` (depth σ per
-window), :mod:`~livepsf.depth.surface` (windows fused into one surface), :mod:`~livepsf.depth.outputs`
-(depth-map files),
-:mod:`~livepsf.depth.plot` (the calibration plot).
+Layout (one job per module; each imports only from modules above it):
+
+- :mod:`~livepsf.depth.metrics`: the depth metrics, lens direction and strength.
+- :mod:`~livepsf.depth.texture`: the texture gate (:func:`~livepsf.depth.texture.window_texture`, :func:`reliable_windows`).
+- :mod:`~livepsf.depth.robust`: robust line fits.
+- :mod:`~livepsf.depth.profiles`: calibration points, the line fit, tilted-grid profiles.
+- :mod:`~livepsf.depth.curve`: the monotone calibration curve, leave-one-frame-out residuals.
+- :mod:`~livepsf.depth.uncertainty`: depth σ per window.
+- :mod:`~livepsf.depth.fit`: the fit every calibration shares (checks, lens, each metric's curve with
+  its fallback to the line, the choice of metric, the warnings).
+- :mod:`~livepsf.depth.calibration`: the calibration file model (:class:`Calibration`: JSON of format
+  1 and 2, validation, depth and σ per window, built from a fit).
+- :mod:`~livepsf.depth.tilted_grid`: the tilted-grid calibration (:func:`calibrate_tilted_grid`,
+  :func:`calibrate_psf_maps`).
+- :mod:`~livepsf.depth.zstack`: the z-stack calibration (:func:`calibrate_zstack`).
+- :mod:`~livepsf.depth.surface`: windows fused into one surface, and the live depth step.
+- :mod:`~livepsf.depth.outputs`: depth-map files.
+- :mod:`~livepsf.depth.plot`: the calibration plot.
 """
 
 from __future__ import annotations
 
 from livepsf.depth.calibration import (
     FORMAT,
-    LOFO_WARN_MARGIN_UM,
-    LOFO_WARN_RATIO,
-    POOR_FIT_R2,
     Calibration,
     CalibrationPoint,
     MetricSummary,
     TiltResidual,
     ZStackResidual,
-    calibrate_psf_maps,
-    calibrate_tilted_grid,
 )
 from livepsf.depth.curve import (
     CURVE_CHOICES,
@@ -68,6 +72,7 @@ from livepsf.depth.curve import (
     fit_monotone_curve,
     held_out_residuals,
 )
+from livepsf.depth.fit import LOFO_WARN_MARGIN_UM, LOFO_WARN_RATIO, POOR_FIT_R2
 from livepsf.depth.metrics import (
     METRICS,
     Metric,
@@ -92,6 +97,7 @@ from livepsf.depth.profiles import (
 from livepsf.depth.robust import robust_line_fit
 from livepsf.depth.surface import PRIORS, DepthSurface, fit_surface, surface_depth
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows, window_coherence
+from livepsf.depth.tilted_grid import calibrate_psf_maps, calibrate_tilted_grid
 from livepsf.depth.uncertainty import DepthEstimate, DepthUncertainty, fit_depth_uncertainty, metric_sigma
 from livepsf.depth.zstack import calibrate_zstack
 

@@ -1,11 +1,18 @@
-"""The depth calibration (a pydantic model stored as JSON) and the tilted-grid calibration."""
+"""The depth calibration file: :class:`Calibration`, a pydantic model stored as JSON, and its use.
+
+Reading (format 2, and format 1 files without a curve) with a clear :class:`~livepsf.errors.InputError`
+for a missing, corrupt or invalid file or a calibration of another network; writing without ever
+replacing a file; depth (and its σ) per window of a PSF map; and building a calibration from the shared
+fit's results (:func:`assemble_calibration`, :func:`with_measured_uncertainty`). The fits themselves are
+in :mod:`~livepsf.depth.fit`, :mod:`~livepsf.depth.tilted_grid` and :mod:`~livepsf.depth.zstack`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -13,52 +20,55 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from livepsf.depth.curve import (
-    CURVE_CHOICES,
-    MIN_POINTS_PER_KNOT,
-    CalibrationCurve,
-    CurveFit,
-    fit_curve,
-    held_out_residuals,
+from livepsf.depth.curve import CalibrationCurve
+
+# The fit's names lived here before it got its own module: re-exported for code that imports them from here.
+from livepsf.depth.fit import (
+    LINE_BETTER_MARGIN_UM,
+    LOFO_WARN_MARGIN_UM,
+    LOFO_WARN_RATIO,
+    POOR_FIT_R2,
+    MetricResult,
+    check_calibration_maps,
+    choose_metric,
+    fit_metrics,
+    fit_notes,
+    lens_from_maps,
 )
-from livepsf.depth.metrics import (
-    METRICS,
-    Metric,
-    depth_metric,
-    estimate_lens_direction,
-    estimate_lens_strength,
-    require_astigmatic,
-    unit_vector,
-)
-from livepsf.depth.profiles import (
-    CalibrationPoints,
-    TiltProfile,
-    check_tilt_axis,
-    fit_points_line,
-    in_focus_from_offset,
-    points_from_profiles,
-    profile_along_axis,
-    profile_points_ok,
-)
+from livepsf.depth.metrics import METRICS, Metric, depth_metric
 from livepsf.depth.robust import r_squared
-from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows
+from livepsf.depth.texture import reliable_windows
 from livepsf.depth.uncertainty import DepthEstimate, DepthUncertainty, fit_depth_uncertainty, metric_sigma
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
+__all__ = [
+    "FORMAT",
+    "LINE_BETTER_MARGIN_UM",
+    "LOFO_WARN_MARGIN_UM",
+    "LOFO_WARN_RATIO",
+    "POOR_FIT_R2",
+    "Calibration",
+    "CalibrationPoint",
+    "MetricResult",
+    "MetricSummary",
+    "Source",
+    "TiltAxis",
+    "TiltResidual",
+    "ZStackResidual",
+    "assemble_calibration",
+    "check_calibration_maps",
+    "choose_metric",
+    "fit_metrics",
+    "fit_notes",
+    "lens_from_maps",
+    "package_version",
+    "with_measured_uncertainty",
+]
+
 TiltAxis = Literal["x", "y"]
 Source = Literal["tilted-grid", "z-stack"]
 FORMAT = "livepsf-depth-calibration"
-#: Below this R² of the depth fit a calibration carries a warning in :attr:`Calibration.notes`.
-POOR_FIT_R2 = 0.9
-#: A calibration warns when its leave-one-frame-out mean |error| exceeds both this many times the
-#: in-sample mean |error| and the in-sample error plus :data:`LOFO_WARN_MARGIN_UM`: the curve then
-#: follows the calibration frames rather than the microscope (too few frames, or frames that disagree).
-LOFO_WARN_RATIO = 1.5
-LOFO_WARN_MARGIN_UM = 1.0
-#: A monotone calibration says so when the line's leave-one-frame-out error is lower than the curve's by
-#: more than this and more than 10 % (the data may not support an S shape; the curve is still used).
-LINE_BETTER_MARGIN_UM = 0.5
 
 
 class TiltResidual(BaseModel):
@@ -359,107 +369,6 @@ class Calibration(BaseModel):
                 f"mean |error| {self.mean_abs_error_um:.2f} ± {self.sd_abs_error_um:.2f} µm{lofo}")
 
 
-# -- calibration from PSF maps and frames ----------------------------------------------------------
-
-
-def calibrate_psf_maps(
-    pmaps: Sequence[PSFMap],
-    tilt_deg: Sequence[float] | float,
-    pixel_size_um: float,
-    tilt_axis: str = "x",
-    in_focus_px: Sequence[float | None] | float | None = None,
-    metric: str | None = None,
-    lens_direction: Sequence[float] | None = None,
-    frames: Sequence[np.ndarray] | None = None,
-    max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
-    aggregate: str = "median",
-    curve: str = "monotone",
-) -> Calibration:
-    """Tilted-grid calibration from PSF maps already computed (one per frame).
-
-    Parameters
-    ----------
-    pmaps
-        PSF maps of an astigmatic Zernike model (Z-3), all from the same network.
-    tilt_deg
-        Tilt of each frame (one value for all, or one per map). Positive raises the surface towards
-        higher indices along ``tilt_axis``.
-    pixel_size_um
-        Pixel size in the sample plane.
-    tilt_axis
-        ``"x"`` (height grows along columns) or ``"y"`` (along rows).
-    in_focus_px
-        Position along the tilt axis that is in focus, per frame (or one value); ``None`` estimates
-        it as the zero crossing of the metric.
-    metric
-        Force a metric; by default all are fitted and the one with the smaller mean |error| is used.
-    lens_direction
-        Force the lens direction; by default estimated from the valid windows.
-    frames
-        The frames the maps were made from; enables the texture gate (see the module notes).
-    max_texture_coherence
-        Gate threshold (:func:`reliable_windows`); ``None`` turns the gate off.
-    aggregate
-        ``"median"`` (one point per column/row, the paper's projection) or ``"window"`` (every reliable
-        window a point of the robust fit); see :func:`profile_along_axis`.
-    curve
-        ``"monotone"`` (default; :mod:`livepsf.depth.curve`), ``"linear"`` (the robust line) or
-        ``"auto"`` (per metric, the monotone curve unless the line predicts held-out frames better; on
-        the simulator this picked lines that extrapolate badly beyond the calibrated depths). The
-        line's figures are kept in the calibration either way. Every metric's curve is also fitted
-        leaving out each frame in turn; the metric whose curve predicts the held-out frames best is
-        used, and the calibration warns when held-out frames are predicted much worse than the
-        calibration frames (:data:`LOFO_WARN_RATIO`, :data:`LOFO_WARN_MARGIN_UM`).
-    """
-    if not pmaps:
-        raise InputError("no frames to calibrate")
-    tilt_axis = check_tilt_axis(tilt_axis)
-    tilts = _per_frame(tilt_deg, len(pmaps), "tilt_deg")
-    foci = _per_frame(in_focus_px, len(pmaps), "in_focus_px")
-    frame_list, gate, valid = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
-    u, strength = lens_from_maps(pmaps, valid, lens_direction)
-
-    def profiles_for(direction: tuple[float, float]) -> list[TiltProfile]:
-        out = []
-        for p, v, t, f in zip(pmaps, valid, tilts, foci):
-            maps = {name: depth_metric(p, name, direction, strength) for name in METRICS}
-            centers = p.centers_x if tilt_axis == "x" else p.centers_y
-            extent = p.frame_shape[1] if tilt_axis == "x" else p.frame_shape[0]
-            out.append(profile_along_axis(maps, centers, tilt_axis, v, t, f, extent, aggregate))
-        return out
-
-    def points_for(direction: tuple[float, float]) -> dict[str, CalibrationPoints]:
-        profiles = profiles_for(direction)
-        return {name: points_from_profiles(profiles, name, pixel_size_um) for name in METRICS}
-
-    u, results = fit_metrics(points_for, u, lens_direction is None, curve)
-    chosen = choose_metric(results, metric)
-    profiles = profiles_for(u)
-    result = results[chosen]
-    positions = [prof.position_px[profile_points_ok(prof, chosen)] for prof in profiles]
-    points = [CalibrationPoint(frame=int(i), tilt_deg=profiles[i].tilt_deg, position_px=float(x),
-                               height_um=float(h), metric=float(m))
-              for i, x, h, m in zip(result.points.frame, np.concatenate(positions), result.fit.heights_um,
-                                    result.points.metric)]
-    cal = assemble_calibration(
-        pmaps, results, chosen, u, strength, pixel_size_um, gate, source="tilted-grid", tilt_axis=tilt_axis,
-        per_tilt=_per_tilt(result, profiles, pixel_size_um), points=points)
-    return with_measured_uncertainty(cal, [
-        (p, f, window_heights_um(p, r.tilt_deg, r.in_focus_px, pixel_size_um, tilt_axis))
-        for p, f, r in zip(pmaps, frame_list, cal.per_tilt)])
-
-
-def window_heights_um(pmap: PSFMap, tilt_deg: float, in_focus_px: float, pixel_size_um: float,
-                      tilt_axis: str) -> np.ndarray:
-    """Known height (µm, relative to the focal plane) of each window of a tilted-grid frame, ``(gy, gx)``."""
-    gradient = pixel_size_um * math.tan(math.radians(tilt_deg))
-    if check_tilt_axis(tilt_axis) == "x":
-        heights = (np.asarray(pmap.centers_x, dtype=np.float64) - in_focus_px) * gradient
-        return np.broadcast_to(heights[None, :], pmap.invalid.shape).copy()
-    heights = (np.asarray(pmap.centers_y, dtype=np.float64) - in_focus_px) * gradient
-    return np.broadcast_to(heights[:, None], pmap.invalid.shape).copy()
-
-
 def with_measured_uncertainty(cal: Calibration,
                               windows: Sequence[tuple[PSFMap, np.ndarray | None, np.ndarray]]) -> Calibration:
     """``cal`` with its per-window σ model measured on calibration frames of known height.
@@ -484,234 +393,6 @@ def with_measured_uncertainty(cal: Calibration,
         note = f"no per-window σ measured ({exc}); σ = 1.25 x mean |error|"
         return cal.model_copy(update={"notes": "; ".join(n for n in (cal.notes, note) if n)})
     return cal.model_copy(update={"uncertainty": model})
-
-
-def calibrate_tilted_grid(
-    frames: Sequence[np.ndarray],
-    tilt_deg: Sequence[float] | float,
-    pixel_size_um: float = 0.65,
-    mapper: Callable[[np.ndarray], PSFMap] | None = None,
-    tilt_axis: str = "x",
-    in_focus_px: Sequence[float | None] | float | None = None,
-    metric: str | None = None,
-    max_texture_coherence: float | None = MAX_TEXTURE_COHERENCE,
-    curve: str = "monotone",
-) -> Calibration:
-    """Calibrate depth from frames of a printed grid tilted by known angles (paper Section III-E).
-
-    Each frame is mapped to a PSF map; the rest is :func:`calibrate_psf_maps`.
-
-    Parameters
-    ----------
-    frames
-        2D frames of the tilted grid (any real dtype).
-    tilt_deg
-        One tilt for all frames or one per frame, in degrees.
-    pixel_size_um
-        Pixel size in the sample plane.
-    mapper
-        ``frame -> PSFMap`` (a :class:`livepsf.PSFMapper` around an astigmatic Z-3 network).
-    tilt_axis
-        Array axis along which the height grows: ``"x"`` (columns) or ``"y"`` (rows).
-    in_focus_px
-        Known in-focus column (``"x"``) or row (``"y"``), per frame or one for all; estimated when ``None``.
-    metric
-        Force ``"signed"``, ``"projected"`` or ``"eq14"``; by default the best of them.
-    max_texture_coherence
-        Leave out windows of one-directional texture (see the module notes); ``None``: keep them.
-    curve
-        ``"auto"``, ``"monotone"`` or ``"linear"`` (see :func:`calibrate_psf_maps`).
-
-    Returns
-    -------
-    Calibration
-    """
-    if mapper is None:
-        raise InputError("calibrate_tilted_grid needs a mapper (livepsf.PSFMapper around a Z-3 model)")
-    if len(frames) == 0:
-        raise InputError("no frames to calibrate")
-    pmaps = [mapper(np.asarray(f)) for f in frames]
-    return calibrate_psf_maps(pmaps, tilt_deg, pixel_size_um, tilt_axis, in_focus_px, metric,
-                              frames=[np.asarray(f) for f in frames],
-                              max_texture_coherence=max_texture_coherence, curve=curve)
-
-
-# -- helpers ----------------------------------------------------------------------------------------
-
-
-def check_calibration_maps(pmaps: Sequence[PSFMap], metric: str | None, frames: Sequence[np.ndarray] | None,
-                           max_texture_coherence: float | None) -> tuple[list, float | None, list[np.ndarray]]:
-    """Checks shared by every calibration; returns ``(frames or Nones, gate used, reliable windows per map)``.
-
-    Raises
-    ------
-    InputError
-        Maps of different networks or not of a Z-3 model, an unknown metric, a frame count that does not
-        match, or (almost) no reliable window.
-    """
-    identities = {(p.model_name, p.model_sha256) for p in pmaps}
-    if len(identities) > 1:
-        raise InputError(f"calibration frames were mapped by different models: {sorted(identities)}")
-    for p in pmaps:
-        require_astigmatic(p)
-    if metric is not None and metric not in METRICS:
-        raise InputError(f"unknown depth metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if frames is not None and len(frames) != len(pmaps):
-        raise InputError(f"{len(frames)} frames for {len(pmaps)} PSF maps")
-    gate = max_texture_coherence if frames is not None else None
-    frame_list = list(frames) if frames is not None else [None] * len(pmaps)
-    valid = [reliable_windows(p, f, gate) for p, f in zip(pmaps, frame_list)]
-    if sum(int(v.sum()) for v in valid) < 4:
-        raise InputError("(almost) every window is invalid or has one-directional texture: "
-                         "nothing to calibrate on")
-    return frame_list, gate, valid
-
-
-def lens_from_maps(pmaps: Sequence[PSFMap], valid: Sequence[np.ndarray],
-                   lens_direction: Sequence[float] | None) -> tuple[tuple[float, float], float]:
-    """Lens direction (estimated unless given; sign still arbitrary) and strength from the reliable windows."""
-    keep = np.concatenate([v.ravel() for v in valid])
-    if lens_direction is None:
-        u = estimate_lens_direction(np.concatenate([p.values("astig_0").ravel() for p in pmaps]),
-                                    np.concatenate([p.values("astig_45").ravel() for p in pmaps]), keep)
-    else:
-        u = unit_vector(lens_direction)
-    strength = estimate_lens_strength(*(np.concatenate([p.values(n).ravel() for p in pmaps])
-                                        for n in ("focus", "astig_0", "astig_45")), u, keep)
-    return u, strength
-
-
-@dataclasses.dataclass
-class MetricResult:
-    """One metric's calibration points, its curve fit and its leave-one-frame-out residuals."""
-
-    name: str
-    points: CalibrationPoints
-    fit: CurveFit
-    held_out_um: np.ndarray | None  # per point; None with a single frame
-    line_held_out_um: np.ndarray | None = None  # the line's, when the curve is not the line
-    note: str = ""  # why the fit is not the one asked for (a monotone curve that could not be fitted)
-
-    @property
-    def r2(self) -> float:
-        return r_squared(self.fit.heights_um, self.fit.heights_um + self.fit.residuals_um)
-
-    def lofo_mean_abs_error_um(self, select: np.ndarray | None = None) -> float | None:
-        """Mean |held-out error| (of the selected points); None when no held-out fit was possible."""
-        return _mean_abs(self.held_out_um, select)
-
-    def line_lofo_mean_abs_error_um(self) -> float | None:
-        """Mean |held-out error| of the line (None unless the calibration's curve is monotone)."""
-        return _mean_abs(self.line_held_out_um)
-
-
-def _mean_abs(residuals: np.ndarray | None, select: np.ndarray | None = None) -> float | None:
-    if residuals is None:
-        return None
-    res = residuals if select is None else residuals[select]
-    res = res[np.isfinite(res)]
-    return float(np.mean(np.abs(res))) if len(res) else None
-
-
-def fit_metrics(points_for: Callable[[tuple[float, float]], dict[str, CalibrationPoints]],
-                u: tuple[float, float], orient: bool, curve: str,
-                min_points_per_knot: int = MIN_POINTS_PER_KNOT) -> tuple[tuple[float, float], dict[str, MetricResult]]:
-    """Fit the calibration curve of every metric, with leave-one-frame-out residuals.
-
-    With ``orient`` the lens direction is flipped first when the signed metric falls with height
-    (cosmetic: positive slopes). Returns the (oriented) lens direction and the results per metric.
-    """
-    options = {"min_points_per_knot": min_points_per_knot}
-    if curve not in CURVE_CHOICES:
-        raise InputError(f"unknown calibration curve {curve!r}; choose one of {', '.join(CURVE_CHOICES)}")
-    points = points_for(u)
-    if orient:
-        try:
-            falls = fit_points_line(points["signed"], what="signed metric").a < 0
-        except InputError:
-            falls = False  # no line through the signed metric: keep the direction as estimated
-        if falls:
-            u = (-u[0], -u[1])
-            points = points_for(u)
-    results, failures = {}, {}
-    for name in METRICS:
-        try:
-            results[name] = _fit_metric_curve(name, points[name], curve, options)
-        except InputError as exc:
-            failures[name] = str(exc)
-    if not results:
-        raise InputError("no depth metric could be calibrated: "
-                         + "; ".join(f"{name}: {reason}" for name, reason in failures.items()))
-    return u, results
-
-
-def _fit_metric_curve(name: str, points: CalibrationPoints, curve: str, options: dict[str, Any]) -> MetricResult:
-    """One metric's fit of the requested curve; ``"auto"``: the monotone curve unless the line predicts
-    held-out frames better. A monotone curve that cannot be fitted falls back to the line (noted)."""
-    if curve == "linear":
-        return _fit_metric(name, points, "linear", {})
-    try:
-        result = _fit_metric(name, points, "monotone", options)
-    except InputError as exc:
-        # The metric's relation to height is too noisy for a monotone curve: the line may still hold.
-        line = _fit_metric(name, points, "linear", {})
-        line.note = f"no monotone curve for the {name} metric ({exc}); the line is used"
-        return line
-    curve_lofo, line_lofo = result.lofo_mean_abs_error_um(), result.line_lofo_mean_abs_error_um()
-    if curve == "auto" and curve_lofo is not None and line_lofo is not None and line_lofo < curve_lofo:
-        return _fit_metric(name, points, "linear", {})  # the choice shows in the curve's kind, no warning
-    return result
-
-
-def _fit_metric(name: str, points: CalibrationPoints, curve: str, options: dict[str, Any]) -> MetricResult:
-    what = f"{name} metric"
-    fit = fit_curve(points, curve, what=what, **options)
-    several = len(np.unique(points.frame)) > 1
-    held = held_out_residuals(points, curve, what=what, **options) if several else None
-    line_held = held_out_residuals(points, "linear", what=what) if several and curve != "linear" else None
-    return MetricResult(name, points, fit, held, line_held)
-
-
-def choose_metric(results: dict[str, MetricResult], metric: str | None) -> str:
-    """The forced metric, or the one whose curve predicts held-out frames best (in-sample with one frame)."""
-    if metric is not None:
-        if metric not in results:
-            raise InputError(f"the {metric} metric could not be calibrated on these frames; "
-                             f"leave the metric to be chosen, or choose one of {', '.join(results)}")
-        return metric
-
-    def score(name: str) -> tuple[float, int]:
-        lofo = results[name].lofo_mean_abs_error_um()
-        return (lofo if lofo is not None else results[name].fit.mean_abs_error_um, METRICS.index(name))
-
-    return min(results, key=score)
-
-
-def fit_notes(result: MetricResult) -> str:
-    """Warnings of a calibration: a poor fit, held-out frames much worse than in-sample, or no LOFO."""
-    notes = [result.note] if result.note else []
-    r2 = result.r2
-    if not r2 >= POOR_FIT_R2:
-        notes.append(f"poor fit (R² {r2:.3f} < {POOR_FIT_R2}): the network does not read depth from "
-                     "these frames reliably; check the lens is in, the tilt values and the texture of the frames")
-    in_sample = result.fit.mean_abs_error_um
-    lofo = result.lofo_mean_abs_error_um()
-    if result.held_out_um is None:
-        notes.append("one frame only: leave-one-frame-out error not available (calibrate on two or more "
-                     "frames to see how the curve does on frames it was not fitted on)")
-    elif lofo is None:
-        notes.append("leave-one-frame-out not possible: too few points without each frame")
-    elif lofo > LOFO_WARN_RATIO * in_sample and lofo > in_sample + LOFO_WARN_MARGIN_UM:
-        notes.append(f"held-out frames are predicted much worse than the calibration frames "
-                     f"(leave-one-frame-out {lofo:.2f} µm vs in-sample {in_sample:.2f} µm): the "
-                     f"{result.fit.curve.kind} curve follows these frames, not the microscope; "
-                     "calibrate on more frames, or use --curve linear")
-    line_lofo = result.line_lofo_mean_abs_error_um()
-    if lofo is not None and line_lofo is not None and line_lofo < lofo - max(LINE_BETTER_MARGIN_UM,
-                                                                            0.1 * lofo):
-        notes.append(f"the line predicts held-out frames better than the monotone curve "
-                     f"({line_lofo:.2f} vs {lofo:.2f} µm): consider --curve linear")
-    return "; ".join(notes)
 
 
 def assemble_calibration(pmaps: Sequence[PSFMap], results: dict[str, MetricResult], chosen: str,
@@ -746,30 +427,6 @@ def assemble_calibration(pmaps: Sequence[PSFMap], results: dict[str, MetricResul
     )
 
 
-def _per_tilt(result: MetricResult, profiles: Sequence[TiltProfile], pixel_size_um: float) -> list[TiltResidual]:
-    out = []
-    for i, prof in enumerate(profiles):
-        sel = result.points.frame == i
-        res = np.abs(result.fit.residuals_um[sel])
-        heights = result.fit.heights_um[sel]
-        extent = prof.extent_px if prof.extent_px else float(np.ptp(prof.position_px)) or 1.0
-        depth_range = abs(extent * pixel_size_um * math.tan(math.radians(prof.tilt_deg)))
-        mae = float(res.mean()) if len(res) else float("nan")
-        out.append(TiltResidual(
-            tilt_deg=prof.tilt_deg,
-            in_focus_px=in_focus_from_offset(prof, result.fit.offsets_um.get(i), pixel_size_um),
-            in_focus_estimated=prof.in_focus_px is None,
-            depth_range_um=depth_range,
-            n_points=len(res),
-            r2=r_squared(heights, heights + result.fit.residuals_um[sel]),
-            mean_abs_error_um=mae,
-            sd_abs_error_um=float(res.std()) if len(res) else float("nan"),
-            relative_error_pct=100.0 * mae / depth_range if depth_range > 0 else float("nan"),
-            lofo_mean_abs_error_um=result.lofo_mean_abs_error_um(sel),
-        ))
-    return out
-
-
 def _summary(result: MetricResult) -> MetricSummary:
     line = result.fit.line
     res = np.abs(line.residuals_um)
@@ -790,18 +447,6 @@ def _masked_median(grid: np.ndarray, ok: np.ndarray, size: int) -> np.ndarray:
         sl = (slice(max(0, i - r), min(gy, i + r + 1)), slice(max(0, j - r), min(gx, j + r + 1)))
         out[i, j] = np.median(grid[sl][ok[sl]])
     return out
-
-
-def _per_frame(value: Any, n: int, name: str) -> list:
-    if value is None or isinstance(value, (int, float)):
-        return [None if value is None else float(value)] * n
-    values = list(value)
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n:
-        raise InputError(f"{name}: got {len(values)} values for {n} frames; "
-                         "give one per frame or one for all")
-    return [None if v is None else float(v) for v in values]
 
 
 def _model_identity(model: Any) -> tuple[str, str]:

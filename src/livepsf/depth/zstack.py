@@ -30,12 +30,9 @@ from livepsf.depth.calibration import (
     CalibrationPoint,
     ZStackResidual,
     assemble_calibration,
-    check_calibration_maps,
-    choose_metric,
-    fit_metrics,
-    lens_from_maps,
     with_measured_uncertainty,
 )
+from livepsf.depth.fit import check_calibration_maps, choose_metric, fit_metrics, lens_from_maps
 from livepsf.depth.metrics import METRICS, depth_metric
 from livepsf.depth.profiles import CalibrationPoints
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE
