@@ -92,3 +92,29 @@ def test_write_depth_outputs_surface_matches_surface_depth(tmp_path):
     # A second run never overwrites: new names for both.
     _, js2, _ = D.write_depth_outputs(src, [pmap], cal, surface="smooth")
     assert js2.name == "scan_depth-1.json" and (tmp_path / "scan_surface-1.ome.tif").is_file()
+
+
+def test_write_depth_outputs_measures_each_frames_texture_once(tmp_path, monkeypatch):
+    # The gate's texture measure (~130 ms per 1024² frame) is the offline depth path's largest cost after
+    # mapping: depth, σ, surface and summary share one measurement per frame, with the same results.
+    from livepsf.depth import texture
+    from synthetic_depth import standard_calibration, synthetic_map, textured_frame
+
+    cal = standard_calibration(frames=[textured_frame()] * 3)
+    maps = [synthetic_map(t, 500, seed=30 + t)[0] for t in (4, 8)]
+    frames = [textured_frame(stripes_below_x=x) for x in (0, 512)]
+    src = tmp_path / "scan.tif"
+    src.write_bytes(b"placeholder")  # only its name matters here
+    measured, original = [], texture.window_texture
+
+    def counted(frame, pmap, *args, **kwargs):
+        measured.append(pmap)
+        return original(frame, pmap, *args, **kwargs)
+
+    monkeypatch.setattr(texture, "window_texture", counted)
+    _, _, stats = D.write_depth_outputs(src, maps, cal, frames=frames, surface="plane")
+    assert len(measured) == len(frames)
+    for s, pmap, frame in zip(stats, maps, frames):
+        assert s["grid_reliable"] == D.reliable_windows(pmap, frame, cal.max_texture_coherence).tolist()
+        assert s["surface"] == D.surface_depth(cal, pmap, frame, "plane").figures()
+    assert not all(stats[1]["grid_reliable"][0])  # the second frame's line-only windows are gated out

@@ -37,7 +37,7 @@ from livepsf.depth.fit import (
 )
 from livepsf.depth.metrics import METRICS, Metric, depth_metric
 from livepsf.depth.robust import r_squared
-from livepsf.depth.texture import reliable_windows
+from livepsf.depth.texture import WindowTexture, reliable_windows
 from livepsf.depth.uncertainty import DepthEstimate, DepthUncertainty, fit_depth_uncertainty, metric_sigma
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
@@ -301,13 +301,15 @@ class Calibration(BaseModel):
         m = np.asarray(metric, dtype=np.float64)
         return np.where(np.isnan(m), np.nan, self.slope_um_per_unit).astype(np.float32)
 
-    def depth_um(self, pmap: PSFMap, frame: np.ndarray | None = None, median_windows: int = 1) -> np.ndarray:
+    def depth_um(self, pmap: PSFMap, frame: np.ndarray | None = None, median_windows: int = 1, *,
+                 texture: WindowTexture | None = None) -> np.ndarray:
         """Depth (height relative to the focal plane) in µm on the window grid, ``(gy, gx)`` float32.
 
         Invalid windows hold the depth of the values the mapper filled in from their neighbours; use
         ``pmap.invalid_mask`` to hide them. With ``frame`` (the image the map was made from) and a
         calibration made with the texture gate, windows of one-directional texture are also filled from
-        their reliable neighbours (:func:`reliable_windows`).
+        their reliable neighbours (:func:`reliable_windows`). ``texture``: the frame's texture measured
+        once by the caller (:func:`~livepsf.depth.texture.gate_texture`), standing in for ``frame``.
 
         ``median_windows`` > 1 replaces each reliable window's depth by the median of the reliable
         windows in a ``median_windows``-wide square around it, for smooth surfaces: it removes isolated
@@ -319,28 +321,28 @@ class Calibration(BaseModel):
         if int(median_windows) != median_windows or median_windows < 1:
             raise InputError(f"median_windows must be a positive integer, got {median_windows}")
         depth = self.metric_to_depth_um(self.metric_map(pmap))
-        gated = frame is not None and self.max_texture_coherence is not None
-        ok = reliable_windows(pmap, frame if gated else None, self.max_texture_coherence)
+        gated = (frame is not None or texture is not None) and self.max_texture_coherence is not None
+        ok = reliable_windows(pmap, frame, self.max_texture_coherence, texture=texture)
         if median_windows > 1 and ok.any():
             depth = _masked_median(depth, ok, int(median_windows))
         if gated and ok.any():
             depth = fill_invalid(depth, ~ok)
         return depth
 
-    def depth_estimate(self, pmap: PSFMap, frame: np.ndarray | None = None) -> DepthEstimate:
+    def depth_estimate(self, pmap: PSFMap, frame: np.ndarray | None = None, *,
+                       texture: WindowTexture | None = None) -> DepthEstimate:
         """Each window's own depth with its σ (µm): see :mod:`livepsf.depth.uncertainty`.
 
-        Windows flagged invalid, and, when ``frame`` is given and the calibration used the texture gate,
-        windows of one-directional texture, get σ = inf; their depth is the window's own value, not
-        filled from neighbours (:meth:`depth_um` fills them). Calibrations without a measured σ model
-        (files written before it existed) use their mean |error| x 1.25 (the σ of a normal error with
-        that mean |error|) for every reliable window.
+        Windows flagged invalid, and, when ``frame`` (or its ``texture``, as for :meth:`depth_um`) is
+        given and the calibration used the texture gate, windows of one-directional texture, get
+        σ = inf; their depth is the window's own value, not filled from neighbours (:meth:`depth_um`
+        fills them). Calibrations without a measured σ model (files written before it existed) use their
+        mean |error| x 1.25 (the σ of a normal error with that mean |error|) for every reliable window.
         """
         self.check_model(pmap)
         metric = self.metric_map(pmap)
         depth = self.metric_to_depth_um(metric)
-        gated = frame is not None and self.max_texture_coherence is not None
-        ok = reliable_windows(pmap, frame if gated else None, self.max_texture_coherence)
+        ok = reliable_windows(pmap, frame, self.max_texture_coherence, texture=texture)
         if self.uncertainty is not None:
             net = metric_sigma(pmap, self.metric, self.lens_direction, self.lens_strength_waves)
             sigma = self.uncertainty.sigma_um(depth, net)
@@ -350,9 +352,10 @@ class Calibration(BaseModel):
         return DepthEstimate(depth_um=depth.astype(np.float32), sigma_um=sigma)
 
     def depth_um_full(self, pmap: PSFMap, shape: tuple[int, int] | None = None,
-                      frame: np.ndarray | None = None, median_windows: int = 1) -> np.ndarray:
+                      frame: np.ndarray | None = None, median_windows: int = 1, *,
+                      texture: WindowTexture | None = None) -> np.ndarray:
         """Full-frame depth map in µm (bilinear between window centres, as :meth:`PSFMap.upsample`)."""
-        grid = self.depth_um(pmap, frame, median_windows)
+        grid = self.depth_um(pmap, frame, median_windows, texture=texture)
         # PSFMap.upsample interpolates named parameter grids; carry the depth grid in a one-parameter
         # map (G-1's "variance" slot) so the interpolation is exactly the mapper's.
         carrier = dataclasses.replace(pmap, params={"variance": grid}, psf_model="G-1", sigma={})
@@ -370,17 +373,20 @@ class Calibration(BaseModel):
 
 
 def with_measured_uncertainty(cal: Calibration,
-                              windows: Sequence[tuple[PSFMap, np.ndarray | None, np.ndarray]]) -> Calibration:
+                              windows: Sequence[tuple[PSFMap, np.ndarray | None, np.ndarray]], *,
+                              textures: Sequence[WindowTexture | None] | None = None) -> Calibration:
     """``cal`` with its per-window σ model measured on calibration frames of known height.
 
     ``windows`` holds, per calibration frame, its PSF map, the frame (for the texture gate, or ``None``)
     and the known height of every window (``(gy, gx)`` µm relative to the focal plane). Reliable windows
     only (the same gate as the calibration). With too few of them the calibration keeps no σ model and
-    says so in its notes.
+    says so in its notes. ``textures``: each frame's texture, already measured for the calibration's
+    gate (:func:`~livepsf.depth.texture.gate_texture`), so it is not measured again.
     """
     depths, heights, nets = [], [], []
-    for pmap, frame, height in windows:
-        est = cal.depth_estimate(pmap, frame)
+    textures = list(textures) if textures is not None else [None] * len(windows)
+    for (pmap, frame, height), texture in zip(windows, textures, strict=True):
+        est = cal.depth_estimate(pmap, frame, texture=texture)
         ok = est.reliable
         depths.append(est.depth_um[ok])
         heights.append(np.asarray(height, dtype=np.float64)[ok])

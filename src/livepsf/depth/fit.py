@@ -27,7 +27,7 @@ from livepsf.depth.metrics import (
 )
 from livepsf.depth.profiles import CalibrationPoints, fit_points_line
 from livepsf.depth.robust import r_squared
-from livepsf.depth.texture import reliable_windows
+from livepsf.depth.texture import WindowTexture, gate_texture, reliable_windows
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
@@ -43,9 +43,14 @@ LOFO_WARN_MARGIN_UM = 1.0
 LINE_BETTER_MARGIN_UM = 0.5
 
 
-def check_calibration_maps(pmaps: Sequence[PSFMap], metric: str | None, frames: Sequence[np.ndarray] | None,
-                           max_texture_coherence: float | None) -> tuple[list, float | None, list[np.ndarray]]:
-    """Checks shared by every calibration; returns ``(frames or Nones, gate used, reliable windows per map)``.
+def check_calibration_maps(
+    pmaps: Sequence[PSFMap], metric: str | None, frames: Sequence[np.ndarray] | None,
+    max_texture_coherence: float | None,
+) -> tuple[list, float | None, list[np.ndarray], list[WindowTexture | None]]:
+    """Checks shared by every calibration.
+
+    Returns ``(frames or Nones, gate used, reliable windows per map, texture per frame)``; the texture
+    (``None`` without the gate) is measured once here and passed on to the σ model's fit.
 
     Raises
     ------
@@ -64,11 +69,12 @@ def check_calibration_maps(pmaps: Sequence[PSFMap], metric: str | None, frames: 
         raise InputError(f"{len(frames)} frames for {len(pmaps)} PSF maps")
     gate = max_texture_coherence if frames is not None else None
     frame_list = list(frames) if frames is not None else [None] * len(pmaps)
-    valid = [reliable_windows(p, f, gate) for p, f in zip(pmaps, frame_list)]
+    textures = [gate_texture(f, p, gate) for p, f in zip(pmaps, frame_list)]
+    valid = [reliable_windows(p, f, gate, texture=t) for p, f, t in zip(pmaps, frame_list, textures)]
     if sum(int(v.sum()) for v in valid) < 4:
         raise InputError("(almost) every window is invalid or has one-directional texture: "
                          "nothing to calibrate on")
-    return frame_list, gate, valid
+    return frame_list, gate, valid, textures
 
 
 def lens_from_maps(pmaps: Sequence[PSFMap], valid: Sequence[np.ndarray],

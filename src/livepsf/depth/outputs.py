@@ -17,16 +17,19 @@ import numpy as np
 
 from livepsf.depth.calibration import Calibration, package_version
 from livepsf.depth.surface import DepthSurface, surface_depth
-from livepsf.depth.texture import reliable_windows
+from livepsf.depth.texture import WindowTexture, gate_texture, reliable_windows
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
 
 def depth_stats(cal: Calibration, pmap: PSFMap, frame: np.ndarray | None = None,
-                median_windows: int = 1) -> dict[str, Any]:
-    """Summary of one frame's depth: range over reliable windows, invalid fraction, the window grid."""
-    grid = cal.depth_um(pmap, frame, median_windows)
-    valid = reliable_windows(pmap, frame, cal.max_texture_coherence)
+                median_windows: int = 1, *, texture: WindowTexture | None = None) -> dict[str, Any]:
+    """Summary of one frame's depth: range over reliable windows, invalid fraction, the window grid.
+
+    ``texture``: the frame's texture for the calibration's gate when already measured (:func:`gate_texture`).
+    """
+    grid = cal.depth_um(pmap, frame, median_windows, texture=texture)
+    valid = reliable_windows(pmap, frame, cal.max_texture_coherence, texture=texture)
     vals = grid[valid] if valid.any() else np.array([np.nan])
     return {
         "min_um": float(np.min(vals)),
@@ -64,14 +67,16 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
         raise InputError(f"{source}: no frames to turn into depth maps")
     frames = list(frames) if frames is not None else [None] * len(pmaps)
     surfaces = None
-    if surface is not None:  # fitted first: a prior that cannot be fitted leaves no files behind
-        try:
-            surfaces = [surface_depth(cal, p, f, surface) for p, f in zip(pmaps, frames)]
-        except InputError as exc:
-            raise InputError(f"{source}: {exc}") from None
-    full = np.stack([cal.depth_um_full(p, frame=f, median_windows=median_windows)
-                     for p, f in zip(pmaps, frames)]).astype(np.float32)
-    stats = [depth_stats(cal, p, f, median_windows) for p, f in zip(pmaps, frames)]
+    try:
+        # The texture gate's measure of each frame, once: depth, σ, surface and summary all gate on it.
+        textures = [gate_texture(f, p, cal.max_texture_coherence) for p, f in zip(pmaps, frames)]
+        if surface is not None:  # fitted first: a prior that cannot be fitted leaves no files behind
+            surfaces = [surface_depth(cal, p, f, surface, texture=t) for p, f, t in zip(pmaps, frames, textures)]
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    full = np.stack([cal.depth_um_full(p, frame=f, median_windows=median_windows, texture=t)
+                     for p, f, t in zip(pmaps, frames, textures)]).astype(np.float32)
+    stats = [depth_stats(cal, p, f, median_windows, texture=t) for p, f, t in zip(pmaps, frames, textures)]
     tif_path = output_path(source, "_depth.ome.tif", out_dir)
     data = full[0] if len(full) == 1 else full
     metadata = {

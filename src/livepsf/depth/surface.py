@@ -42,13 +42,16 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.linalg
 
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap, linear_weights
+
+if TYPE_CHECKING:
+    from livepsf.depth.texture import WindowTexture
 
 __all__ = ["LIVE_GATE_STEP", "LIVE_PRIOR", "MIN_WINDOWS", "PRIORS", "SMOOTH_MODES", "DepthSurface", "Prior", "check_prior", "fit_surface",
            "live_depth", "surface_depth", "window_depth_and_sigma"]
@@ -334,31 +337,33 @@ def _bic(solver: Any, weights: np.ndarray, target: np.ndarray) -> float:
     return n * math.log(rss / n) + solver.effective_params * math.log(n)
 
 
-def window_depth_and_sigma(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def window_depth_and_sigma(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, *,
+                           texture: WindowTexture | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-window depth, its σ and the reliable mask: ``(depth_um, sigma_um, reliable)``, ``(gy, gx)``.
 
     From the calibration's :meth:`~livepsf.depth.Calibration.depth_estimate` when it has one; any other
     depth model (anything with ``depth_um(pmap)``) gives σ = inf on invalid windows and 1 µm elsewhere,
-    the fit's robust residual scale then setting the surface's σ.
+    the fit's robust residual scale then setting the surface's σ. ``texture``: the frame's texture
+    measured once by the caller (:func:`~livepsf.depth.texture.gate_texture`), passed on so it is not
+    measured again.
     """
     estimate = getattr(cal, "depth_estimate", None)
     if estimate is not None:
-        est = estimate(pmap, frame)
+        est = estimate(pmap, frame) if texture is None else estimate(pmap, frame, texture=texture)
         return (np.asarray(est.depth_um, np.float32), np.asarray(est.sigma_um, np.float32),
                 np.asarray(est.reliable, bool))
     depth = np.asarray(cal.depth_um(pmap) if frame is None else cal.depth_um(pmap, frame), np.float32)
     if frame is not None and getattr(cal, "max_texture_coherence", None) is not None:
         from livepsf.depth.texture import reliable_windows
 
-        reliable = reliable_windows(pmap, frame, cal.max_texture_coherence)
+        reliable = reliable_windows(pmap, frame, cal.max_texture_coherence, texture=texture)
     else:
         reliable = ~pmap.invalid_mask
     return depth, np.where(reliable, 1.0, np.inf).astype(np.float32), reliable
 
 
-def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: str = "plane",
-                  **options: Any) -> DepthSurface:
+def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: str = "plane", *,
+                  texture: WindowTexture | None = None, **options: Any) -> DepthSurface:
     """The fused depth surface of one PSF map with a calibration (:func:`fit_surface` on its windows).
 
     Parameters
@@ -372,10 +377,13 @@ def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior
         carry no information).
     prior
         ``"plane"``, ``"poly2"`` or ``"smooth"``.
+    texture
+        The frame's texture, when the caller measured it already for the same gate
+        (:func:`~livepsf.depth.texture.gate_texture`): the gate then does not measure the frame again.
     options
         Passed to :func:`fit_surface` (``smoothness``, ``robust``, ``iterations``).
     """
-    depth, sigma, _ = window_depth_and_sigma(cal, pmap, frame)
+    depth, sigma, _ = window_depth_and_sigma(cal, pmap, frame, texture=texture)
     return fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, prior, frame_shape=tuple(pmap.frame_shape),
                        pixel_size_um=getattr(cal, "pixel_size_um", None) or pmap.optics.pixel_size_um, **options)
 

@@ -122,17 +122,36 @@ def _white_noise_gains(smooth_px: float) -> tuple[float, float]:
     return float(np.var((noise - smooth)[inner])), float(np.mean((gx * gx + gy * gy)[inner]))
 
 
+def gate_texture(frame: np.ndarray | None, pmap: PSFMap,
+                 max_coherence: float | None) -> WindowTexture | None:
+    """The frame's :func:`window_texture` when the texture gate applies (a frame and a threshold), else None.
+
+    For callers that gate one frame several times (depth, σ, surface, summary): compute it once and pass
+    it as ``texture=`` (:func:`reliable_windows`, :meth:`~livepsf.depth.Calibration.depth_um`, ...).
+    """
+    if frame is None or max_coherence is None:
+        return None
+    return window_texture(frame, pmap)
+
+
 def reliable_windows(pmap: PSFMap, frame: np.ndarray | None = None,
                      max_coherence: float | None = MAX_TEXTURE_COHERENCE,
-                     min_texture_snr: float = MIN_TEXTURE_SNR) -> np.ndarray:
+                     min_texture_snr: float = MIN_TEXTURE_SNR, *,
+                     texture: WindowTexture | None = None) -> np.ndarray:
     """``(gy, gx) bool``: windows whose depth can be trusted.
 
-    Valid (not flagged invalid by the network) and, when the frame is given and ``max_coherence`` is set,
-    passing the texture gate: texture in more than one direction (coherence at most ``max_coherence``)
-    and above the noise (texture SNR at least ``min_texture_snr``); see :func:`window_texture`.
+    Valid (not flagged invalid by the network) and, when the frame (or its ``texture``) is given and
+    ``max_coherence`` is set, passing the texture gate: texture in more than one direction (coherence at
+    most ``max_coherence``) and above the noise (texture SNR at least ``min_texture_snr``); see
+    :func:`window_texture`. ``texture``, the frame's :func:`window_texture` computed once by the caller
+    (:func:`gate_texture`), stands in for the frame: same result, without measuring the frame again.
     """
     ok = ~pmap.invalid_mask
-    if frame is not None and max_coherence is not None:
+    if max_coherence is None or (frame is None and texture is None):
+        return ok
+    if texture is None:
         texture = window_texture(frame, pmap)
-        ok = ok & (texture.coherence <= max_coherence) & (texture.snr >= min_texture_snr)
-    return ok
+    elif texture.coherence.shape != ok.shape or texture.snr.shape != ok.shape:
+        raise InputError(f"window texture of shape {texture.coherence.shape} does not match the PSF map's "
+                         f"window grid {ok.shape}")
+    return ok & (texture.coherence <= max_coherence) & (texture.snr >= min_texture_snr)

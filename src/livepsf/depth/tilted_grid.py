@@ -94,7 +94,7 @@ def calibrate_psf_maps(
     tilt_axis = check_tilt_axis(tilt_axis)
     tilts = _per_frame(tilt_deg, len(pmaps), "tilt_deg")
     foci = _per_frame(in_focus_px, len(pmaps), "in_focus_px")
-    frame_list, gate, valid = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
+    frame_list, gate, valid, textures = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
     u, strength = lens_from_maps(pmaps, valid, lens_direction)
 
     def profiles_for(direction: tuple[float, float]) -> list[TiltProfile]:
@@ -124,7 +124,7 @@ def calibrate_psf_maps(
         per_tilt=_per_tilt(result, profiles, pixel_size_um), points=points)
     return with_measured_uncertainty(cal, [
         (p, f, window_heights_um(p, r.tilt_deg, r.in_focus_px, pixel_size_um, tilt_axis))
-        for p, f, r in zip(pmaps, frame_list, cal.per_tilt)])
+        for p, f, r in zip(pmaps, frame_list, cal.per_tilt)], textures=textures)
 
 
 def window_heights_um(pmap: PSFMap, tilt_deg: float, in_focus_px: float, pixel_size_um: float,

@@ -104,7 +104,7 @@ def calibrate_zstack(
         raise InputError(f"focus_z_um must be a finite number of µm, got {focus_z_um}")
     if aggregate not in ("median", "window"):
         raise InputError(f"aggregate must be 'median' or 'window', got {aggregate!r}")
-    frame_list, gate, valid = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
+    frame_list, gate, valid, textures = check_calibration_maps(pmaps, metric, frames, max_texture_coherence)
     u, strength = lens_from_maps(pmaps, valid, lens_direction)
     known = focus_z_um is not None
     base = float(focus_z_um) if known else 0.0
@@ -152,4 +152,4 @@ def calibrate_zstack(
                                tilt_axis=None, per_tilt=[], per_z=per_z, points=points)
     # Every window of a flat sample is at the frame's height: the per-window σ model is measured on them.
     return with_measured_uncertainty(cal, [(p, f, np.full(p.invalid.shape, focus_z - zi))
-                                           for p, f, zi in zip(pmaps, frame_list, z)])
+                                           for p, f, zi in zip(pmaps, frame_list, z)], textures=textures)
