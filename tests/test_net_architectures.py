@@ -28,6 +28,20 @@ def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.testing.assert_close(mapped, reference, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-deep"])
+@pytest.mark.parametrize("stride", [16, 32, 128])
+def test_map_frame_equals_per_window_forward_at_other_strides(arch: str, stride: int) -> None:
+    """Steps below, at and above the windows' block sizes: windows of several blocks, or of one partial block."""
+    torch.manual_seed(0)
+    net = build_network(arch, n_params=1).eval()
+    frame = torch.rand(1, 1, 128 + 2 * stride, 128 + stride) * 1000.0
+    with torch.no_grad():
+        mapped = net.map_frame(frame, stride)
+        reference = _unfolded_forward(net, frame, stride)
+    assert mapped.shape == (3, 3, 2)
+    torch.testing.assert_close(mapped, reference, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["shared-trunk", "resnet34-tiny"])
 def test_networks_without_uncertainty_keep_the_old_contract(arch: str) -> None:
     net = build_network(arch, n_params=3, uncertainty=False).eval()

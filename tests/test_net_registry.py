@@ -136,3 +136,53 @@ def test_shipped_models_load_with_their_cards(name: str, psf_model: str) -> None
     x = np.random.default_rng(1).random((2, 128, 128)) * 1000
     out = model.predict(x)
     assert out["invalid"].shape == (2,)
+
+
+# --- the frame pass of shared-trunk models -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated_frames() -> dict[str, np.ndarray]:
+    """1024² uint16 camera frames of the simulator: tilted printed grid (blank foil too) and cells."""
+    from livepsf.sim import create_core
+
+    frames = {}
+    for sample in ("printed-grid", "cells"):
+        core = create_core(sample=sample, tilt_deg=6.0, tilt_axis="x", lens=True, shape=(1024, 1024), seed=1)
+        core.snapImage()
+        frames[sample] = core.getImage().copy()
+    return frames
+
+
+@pytest.mark.parametrize("name", ["default", "focus", "gaussian"])
+def test_shipped_models_fast_frame_pass_gives_their_files_outputs(name: str, simulated_frames) -> None:
+    """Every output channel of a map agrees with the model file's own TorchScript within 1e-4 of its range."""
+    model = load_model(name)
+    assert model.fast_frame_pass  # otherwise both sides below run the same code
+    for sample, frame in simulated_frames.items():
+        x = torch.from_numpy(frame.astype(np.float32))[None, None]
+        with torch.inference_mode():
+            fast = model.decode(model.map_frame(x, 64), channel_dim=0)
+            reference = model.decode(model.module.map_frame(x, 64), channel_dim=0)
+        for channel in (*model.spec.names, "invalid", *model.sigma_names):
+            ref = reference[channel].numpy()
+            assert fast[channel].shape == ref.shape == (15, 15)
+            spread = float(ref.max() - ref.min())
+            error = float(np.abs(fast[channel].numpy() - ref).max())
+            assert error <= 1e-4 * spread + 1e-7, f"{name}, {sample}: {channel} differs by {error:.3g} (range {spread:.3g})"
+
+
+def test_a_file_whose_code_differs_from_the_architecture_keeps_its_own_frame_pass(tmp_path) -> None:
+    spec = get_psf_model("Z-1")
+    torch.manual_seed(5)
+    net = build_network("shared-trunk-tiny", spec.n_params).eval()
+    net.log_features = False  # exported code that the package's shared-trunk-tiny no longer computes
+    card = ModelCard.for_spec("changed", spec, Optics(), architecture="shared-trunk-tiny", input_normalisation="none")
+    model = load_model(export_model(net, card, tmp_path / "changed.pt"))
+    assert not model.fast_frame_pass
+    frame = torch.rand(1, 1, 256, 192) * 1000
+    with torch.inference_mode():
+        assert torch.equal(model.map_frame(frame, 64), net.map_frame(frame, 64))
+    # The unchanged architecture gets the package's frame pass.
+    net.log_features = True
+    assert load_model(export_model(net, card, tmp_path / "same.pt")).fast_frame_pass

@@ -321,7 +321,7 @@ class PSFMapper:
             source = self._as_tensor(frame)
             shape = (int(source.shape[0]), int(source.shape[1]))
             self._load(source, shape)
-            raw = self.model.module.map_frame(self._buffer, self.stride_px)
+            raw = self.model.map_frame(self._buffer, self.stride_px)
             grid = self.grid_shape(shape)
             if tuple(raw.shape) != (self.model.card.n_outputs, *grid):
                 raise RuntimeError(f"model {self.model.name} returned a map of shape {tuple(raw.shape)}, "
@@ -402,7 +402,7 @@ class PSFMapper:
         probe = torch.zeros((1, 1, side, side), dtype=torch.float32, device=self.device)
         try:
             with torch.inference_mode():
-                out = self.model.module.map_frame(probe, self.stride_px)
+                out = self.model.map_frame(probe, self.stride_px)
         except Exception as exc:  # TorchScript raises its own error types with long messages
             # TorchScript puts the original "builtins.ValueError: message" on the last line.
             lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

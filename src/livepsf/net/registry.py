@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from livepsf.errors import InputError
 from livepsf.net.card import ModelCard
@@ -36,11 +37,15 @@ class PSFNet:
     """A loaded PSF-parameter network with its card.
 
     Use :func:`load_model` to create one. :meth:`predict` takes windows and returns physical units;
-    the mapper uses :attr:`module` (``map_frame``) and :meth:`decode` directly.
+    the mapper uses :meth:`map_frame` and :meth:`decode` directly. :attr:`module` is the loaded
+    TorchScript module; for shared-trunk networks :meth:`map_frame` runs this package's own copy of
+    the architecture with the same weights instead (see :attr:`fast_frame_pass`).
     """
 
-    def __init__(self, module: torch.jit.ScriptModule, card: ModelCard, path: Path, device: torch.device) -> None:
+    def __init__(self, module: torch.jit.ScriptModule, card: ModelCard, path: Path, device: torch.device,
+                 frame_net: nn.Module | None = None) -> None:
         self.module = module
+        self._frame_net = frame_net
         self.card = card
         self.path = path
         self.device = device
@@ -53,6 +58,23 @@ class PSFNet:
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def fast_frame_pass(self) -> bool:
+        """True when :meth:`map_frame` runs the package's current shared-trunk code on this model's weights.
+
+        A TorchScript file keeps the ``map_frame`` code it was exported with, so models exported
+        before the frame pass was sped up would not get faster. :func:`load_model` rebuilds
+        shared-trunk networks from this package's architecture, copies the weights and keeps the
+        rebuilt network only when it gives the file's own outputs on a probe frame.
+        """
+        return self._frame_net is not None
+
+    def map_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
+        """Raw outputs ``(K, gy, gx)`` of every window of a ``(1, 1, H, W)`` frame on a ``stride`` grid."""
+        if self._frame_net is not None:
+            return self._frame_net.map_frame(frame, stride)
+        return self.module.map_frame(frame, stride)
 
     @property
     def has_sigma(self) -> bool:
@@ -123,6 +145,8 @@ class PSFNet:
         """Move the network to ``device`` (returns self)."""
         self.device = torch.device(device)
         self.module = self.module.to(self.device)
+        if self._frame_net is not None:
+            self._frame_net = self._frame_net.to(self.device)
         return self
 
     def __repr__(self) -> str:
@@ -147,8 +171,42 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
     except Exception as exc:  # torch raises RuntimeError subclasses with long messages
         raise InputError(f"{path}: not a loadable TorchScript model ({str(exc).splitlines()[0]})") from None
     module.eval()
-    net = PSFNet(module, card, path, dev)
+    net = PSFNet(module, card, path, dev, frame_net=_rebuilt_shared_trunk(module, card, dev))
     _check_outputs(net)
+    return net
+
+
+def _rebuilt_shared_trunk(module: torch.jit.ScriptModule, card: ModelCard, device: torch.device) -> nn.Module | None:
+    """The package's :class:`SharedTrunkNet` with ``module``'s weights, or None where it would differ.
+
+    Checked on a fixed pseudo-random probe of 3x2 windows: its frame pass must give the file's own
+    outputs within float rounding, or the file's code is kept.
+    """
+    from livepsf.net.architectures import ARCHITECTURES, SharedTrunkNet, build_network
+
+    if ARCHITECTURES.get(card.architecture, (None, None))[0] is not SharedTrunkNet:
+        return None
+    try:
+        net = build_network(card.architecture, card.spec.n_params, window_px=card.window_px,
+                            uncertainty=card.uncertainty)
+        # Files exported before the σ calibration shift existed have no such buffer: a zero shift.
+        missing, unexpected = net.load_state_dict(module.state_dict(), strict=False)
+        if unexpected or set(missing) - {"log_sigma_shift"}:
+            return None
+        net = net.to(device).eval().requires_grad_(False)  # inference only, like the TorchScript module
+        grid_px = net.patch_px * net.scales[-1]
+        stride = max(grid_px, card.window_px // 2 // grid_px * grid_px)
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.rand((1, 1, card.window_px + 2 * stride, card.window_px + stride), generator=generator)
+        with torch.inference_mode():
+            probe = (probe * 1000.0).to(device)
+            expected = module.map_frame(probe, stride)
+            got = net.map_frame(probe, stride)
+    except Exception:  # a shape or attribute mismatch: this file is not the current architecture
+        return None
+    tolerance = 1e-4 * max(1.0, float(expected.abs().max()))
+    if got.shape != expected.shape or float((got - expected).abs().max()) > tolerance:
+        return None
     return net
 
 
