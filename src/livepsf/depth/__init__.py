@@ -36,7 +36,8 @@ frames best is used. :class:`Calibration` is a pydantic model stored as JSON.
 Layout (one job per module; each imports only from modules above it):
 
 - :mod:`~livepsf.depth.metrics`: the depth metrics, lens direction and strength.
-- :mod:`~livepsf.depth.texture`: the texture gate (:func:`~livepsf.depth.texture.window_texture`, :func:`reliable_windows`).
+- :mod:`~livepsf.depth.texture`: the texture gate (:func:`~livepsf.depth.texture.window_texture`,
+  :func:`reliable_windows`; measured once per frame and passed down as ``texture=``).
 - :mod:`~livepsf.depth.robust`: robust line fits.
 - :mod:`~livepsf.depth.profiles`: calibration points, the line fit, tilted-grid profiles.
 - :mod:`~livepsf.depth.curve`: the monotone calibration curve, leave-one-frame-out residuals.
