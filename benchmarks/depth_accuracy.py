@@ -159,13 +159,15 @@ def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarra
             priors: tuple[str, ...], tilted: bool) -> FrameErrors:
     """Per-window, profile and fused-surface errors of calibrated depth against the truth."""
     from livepsf.depth import surface_depth
+    from livepsf.depth.texture import gate_texture
 
-    est = cal.depth_estimate(pmap, frame)
+    texture = gate_texture(frame, pmap, cal.max_texture_coherence)  # measured once, used by every call below
+    est = cal.depth_estimate(pmap, frame, texture=texture)
     truth = window_truth(pmap, height)
     ok = est.reliable
     err = est.depth_um - truth
-    filled = cal.depth_um(pmap, frame)
-    surfaces = {prior: surface_depth(cal, pmap, frame, prior=prior).depth_um for prior in priors}
+    filled = cal.depth_um(pmap, frame, texture=texture)
+    surfaces = {prior: surface_depth(cal, pmap, frame, prior=prior, texture=texture).depth_um for prior in priors}
     return FrameErrors(
         window_abs=np.abs(err[ok]), window_z=np.abs(err[ok]) / est.sigma_um[ok],
         filled_abs=np.abs(filled - truth)[~pmap.invalid_mask],
