@@ -278,7 +278,9 @@ def _zstack_core(net, *, sim: bool, mm_config: Path | None, camera: str | None, 
                  size: int | None):
     """The microscope to acquire a z-stack on: the simulator (a flat sample, lens in) or Micro-Manager."""
     if not sim:
-        return _micromanager_core(mm_config, camera)
+        from livepsf.acquisition.micromanager import load_micromanager_core
+
+        return load_micromanager_core(mm_config, camera)
     import logging
 
     from livepsf.sim import SAMPLES, create_core
@@ -749,8 +751,10 @@ def live(
     roi: str = typer.Option(None, "--roi", help="Focus-lock region x,y,width,height in pixels."),
 ) -> None:
     """Live PSF maps on a real microscope through Micro-Manager (pymmcore-plus)."""
+    from livepsf.acquisition.micromanager import load_micromanager_core
+
     _check_live_options(frames, None)
-    core = _micromanager_core(mm_config, camera)
+    core = load_micromanager_core(mm_config, camera)
     net = _live_model(model)
     cal, _ = _live_calibration(net, calibration)
     if focus_lock:
@@ -758,34 +762,6 @@ def live(
         return
     _run_live(core, net, cal, headless=headless, frames=frames, stride=stride, snapshot=snapshot,
               overlay=None, demo=False, label="live")
-
-
-def _micromanager_core(mm_config: Path, camera: str | None):
-    """A ``CMMCorePlus`` with ``mm_config`` loaded (and ``camera`` chosen); an InputError says why not."""
-    import logging
-
-    from pymmcore_plus import CMMCorePlus, find_micromanager
-
-    if not mm_config.is_file():
-        raise InputError(f"{mm_config}: no such Micro-Manager configuration file")
-    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)  # its discovery error, said better below
-    if not find_micromanager():
-        raise InputError(f"{mm_config}: no Micro-Manager installation (device adapters) found; install one "
-                         "with `mmcore install` or set MICROMANAGER_PATH")
-    core = CMMCorePlus()
-    try:
-        core.loadSystemConfiguration(str(mm_config))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{mm_config}: Micro-Manager could not load this configuration ({first})") from None
-    if camera is not None:
-        if camera not in core.getLoadedDevices():
-            loaded = ", ".join(core.getLoadedDevices())
-            raise InputError(f"{mm_config}: no device {camera!r}; loaded: {loaded}")
-        core.setCameraDevice(camera)
-    if not core.getCameraDevice():
-        raise InputError(f"{mm_config}: the configuration has no camera; name one with --camera")
-    return core
 
 
 # -- autofocus and focus lock (issue 15) ---------------------------------------------------------------
@@ -872,7 +848,9 @@ def autofocus_command(
                            z_um=start_um)
         lens_waves = LENS_ASTIG_0_WAVES if use_lens else None
     else:
-        core = _micromanager_core(mm_config, camera)
+        from livepsf.acquisition.micromanager import load_micromanager_core
+
+        core = load_micromanager_core(mm_config, camera)
     if cal_path is not None and use_lens:
         console.print(f"depth calibration: {cal_path}")
     if search:
