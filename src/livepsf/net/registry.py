@@ -193,7 +193,9 @@ def _rebuilt_shared_trunk(module: torch.jit.ScriptModule, card: ModelCard, devic
         missing, unexpected = net.load_state_dict(module.state_dict(), strict=False)
         if unexpected or set(missing) - {"log_sigma_shift"}:
             return None
-        net = net.to(device).eval().requires_grad_(False)  # inference only, like the TorchScript module
+        # Inference only, like the TorchScript module; weights channels-last like the frame pass's maps,
+        # which saves a copy of every weight per call.
+        net = net.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
         grid_px = net.patch_px * net.scales[-1]
         stride = max(grid_px, card.window_px // 2 // grid_px * grid_px)
         generator = torch.Generator().manual_seed(0)
