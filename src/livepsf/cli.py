@@ -113,7 +113,7 @@ def calibrate(
     """
     from rich.table import Table
 
-    from livepsf.depth import calibrate_psf_maps, plot_calibration
+    from livepsf.depth import calibrate_psf_maps, write_calibration_files
     from livepsf.imageio import output_path, read_frames
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
@@ -155,9 +155,8 @@ def calibrate(
     pmaps = [mapper(frame) for frame in all_frames]
     cal = calibrate_psf_maps(pmaps, frame_tilts, pixel_size_um, tilt_axis, frame_foci, metric, frames=all_frames,
                              curve=curve)
-    json_path = out if out is not None else output_path(images[0], "_calibration.json")
-    cal.save(json_path)
-    png_path = plot_calibration(cal, output_path(json_path, ".png"))
+    json_path, png_path = write_calibration_files(
+        cal, out if out is not None else output_path(images[0], "_calibration.json"))
 
     table = Table(title=f"Depth calibration ({cal.metric} metric, model {cal.model_name})")
     for col in ("tilt °", "in focus px", "range µm", "R²", "mean |err| µm", "sd µm", "rel. %", "held out µm"):
@@ -208,7 +207,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
         load_zstack,
         save_zstack,
     )
-    from livepsf.depth import plot_calibration
+    from livepsf.depth import write_calibration_files
     from livepsf.imageio import output_path
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
@@ -268,8 +267,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
             console.print("  Z positions are relative (no stage positions in the file): the in-focus position "
                           "is estimated", highlight=False)
     cal = calibrate_from_zstack(stack, mapper, focus_z_um=focus_z_um, metric=metric, curve=curve)
-    cal.save(json_path)
-    png_path = plot_calibration(cal, output_path(json_path, ".png"))
+    json_path, png_path = write_calibration_files(cal, json_path)
     _print_zstack_calibration(cal)
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
 

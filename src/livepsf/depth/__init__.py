@@ -51,7 +51,7 @@ Layout (one job per module; each imports only from modules above it):
 - :mod:`~livepsf.depth.zstack`: the z-stack calibration (:func:`calibrate_zstack`).
 - :mod:`~livepsf.depth.surface`: windows fused into one surface, and the live depth step.
 - :mod:`~livepsf.depth.outputs`: depth-map files.
-- :mod:`~livepsf.depth.plot`: the calibration plot.
+- :mod:`~livepsf.depth.plot`: the calibration plot; the calibration's files (JSON and plot).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ from livepsf.depth.metrics import (
     signed_metric,
 )
 from livepsf.depth.outputs import depth_stats, write_depth_outputs
-from livepsf.depth.plot import plot_calibration
+from livepsf.depth.plot import plot_calibration, write_calibration_files
 from livepsf.depth.profiles import (
     CalibrationPoints,
     LineFit,
@@ -151,5 +151,6 @@ __all__ = [
     "signed_metric",
     "surface_depth",
     "window_coherence",
+    "write_calibration_files",
     "write_depth_outputs",
 ]

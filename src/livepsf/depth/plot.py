@@ -85,6 +85,33 @@ def plot_calibration(cal: Calibration, path: str | Path, size: tuple[int, int] =
     return path
 
 
+def write_calibration_files(cal: Calibration, path: str | Path) -> tuple[Path, Path]:
+    """Save ``cal`` as JSON at ``path`` and its plot (:func:`plot_calibration`) as a PNG beside it.
+
+    Parameters
+    ----------
+    cal
+        The calibration to save.
+    path
+        The JSON file to write; an existing file is never replaced (:meth:`Calibration.save`).
+
+    Returns
+    -------
+    tuple of Path
+        The JSON and the PNG written. The PNG is ``<name>.png`` beside the JSON, or ``<name>-1.png``, ...
+        when that exists (:func:`livepsf.imageio.output_path`).
+
+    Raises
+    ------
+    InputError
+        ``path`` already exists.
+    """
+    from livepsf.imageio import output_path
+
+    json_path = cal.save(path)
+    return json_path, plot_calibration(cal, output_path(json_path, ".png"))
+
+
 def _point_series(cal: Calibration) -> list[tuple[str, list]]:
     """``(legend label, points)``: one series per tilt (tilted grid) or one of stage positions (z-stack)."""
     if cal.source == "z-stack":

@@ -15,7 +15,6 @@ fit run on a worker thread, with a progress bar and Cancel.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -411,10 +410,9 @@ class CalibrationDialog(QtWidgets.QDialog):
         if not path:
             return
         try:
-            from livepsf.depth import plot_calibration
+            from livepsf.depth import write_calibration_files
 
-            saved = self.calibration.save(path)
-            plot_calibration(self.calibration, Path(saved).with_suffix(".png"))
+            saved, _ = write_calibration_files(self.calibration, path)
             text = f"saved {saved}"
             if self.zstack is not None and getattr(self.calibration, "source", "") == "z-stack":
                 from livepsf.acquisition.zstack import save_zstack
