@@ -207,7 +207,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
         load_zstack,
         save_zstack,
     )
-    from livepsf.depth import write_calibration_files
+    from livepsf.depth import write_calibration_files, zstack_focus_z_um
     from livepsf.imageio import output_path
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
@@ -268,7 +268,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
                           "is estimated", highlight=False)
     cal = calibrate_from_zstack(stack, mapper, focus_z_um=focus_z_um, metric=metric, curve=curve)
     json_path, png_path = write_calibration_files(cal, json_path)
-    _print_zstack_calibration(cal)
+    _print_calibration_fit(cal, f", in focus at Z {zstack_focus_z_um(cal):+.2f} µm")
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
 
 
@@ -291,11 +291,6 @@ def _zstack_core(net, *, sim: bool, mm_config: Path | None, camera: str | None, 
         raise InputError(f"--size {size}: use 128 to 4096 px")
     logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
     return create_core(sample=sample, tilt_deg=0.0, lens=True, shape=(size, size), optics=net.optics)
-
-
-def _print_zstack_calibration(cal) -> None:
-    focus_z = cal.per_z[0].z_um + cal.per_z[0].height_um if cal.per_z else float("nan")
-    _print_calibration_fit(cal, f", in focus at Z {focus_z:+.2f} µm")
 
 
 def _per_image_values(values: list[float], per_image: list, images: list[Path], option: str,

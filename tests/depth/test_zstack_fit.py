@@ -87,6 +87,14 @@ def test_zstack_and_tilted_grid_calibrations_of_one_microscope_agree():
     np.testing.assert_allclose(zstack.metric_to_depth_um(m), tilted.metric_to_depth_um(m), atol=1.5)
 
 
+def test_in_focus_stage_position_is_read_back_from_the_calibration():
+    assert D.zstack_focus_z_um(D.calibrate_zstack(stack(-2.0), Z_UM, 0.65)) == pytest.approx(-2.0, abs=0.3)
+    known = D.calibrate_zstack(stack(5.0), Z_UM, 0.65, focus_z_um=5.0, curve="linear")
+    assert D.zstack_focus_z_um(known) == pytest.approx(5.0, abs=1e-9)
+    grid = [synthetic_map(t, 500, seed=i, shape=(256, 1024))[0] for i, t in enumerate([3, 6])]
+    assert np.isnan(D.zstack_focus_z_um(D.calibrate_psf_maps(grid, [3, 6], 0.65)))  # no stage positions
+
+
 def test_zstack_input_errors():
     maps = stack()
     with pytest.raises(InputError, match="stage positions for"):

@@ -153,3 +153,21 @@ def calibrate_zstack(
     # Every window of a flat sample is at the frame's height: the per-window σ model is measured on them.
     return with_measured_uncertainty(cal, [(p, f, np.full(p.invalid.shape, focus_z - zi))
                                            for p, f, zi in zip(pmaps, frame_list, z)], textures=textures)
+
+
+def zstack_focus_z_um(cal: Calibration) -> float:
+    """The focus-drive position (µm) at which a z-stack calibration found the sample in focus.
+
+    Given to :func:`calibrate_zstack` as ``focus_z_um`` or estimated by it; every stage position's
+    known height is ``focus_z_um - z_um``, so it is read back from the per-position figures.
+
+    Returns
+    -------
+    float
+        The in-focus stage position, in the stack's Z (relative when the stack's positions were); NaN
+        for a calibration without stage positions (a tilted grid).
+    """
+    if not cal.per_z:
+        return float("nan")
+    first = cal.per_z[0]
+    return float(first.z_um + first.height_um)
