@@ -14,6 +14,7 @@ from livepsf.acquisition.zstack import (
     ZStackInterrupted,
     acquire_zstack,
     load_zstack,
+    record_zstack,
     save_zstack,
     zstack_positions,
 )
@@ -117,6 +118,40 @@ def test_camera_failing_mid_stack_says_which_plane_and_keeps_the_rest(at_start, 
     assert len(partial) == 3 and partial.frames.shape == (3, 256, 256)
     np.testing.assert_allclose(partial.z_um, [-6, -4, -2], atol=1e-6)
     assert at_start.getZPosition() == pytest.approx(START_Z_UM)
+
+
+def test_recorded_stack_is_on_disk_before_use_and_never_replaces_a_file(at_start, tmp_path):
+    calibration = tmp_path / "scope.json"
+    stack, path = record_zstack(at_start, calibration, range_um=2.0, step_um=1.0, settle_ms=0.0)
+    assert path == tmp_path / "scope_zstack.ome.tif" and not calibration.exists()
+    saved = load_zstack(path)
+    np.testing.assert_array_equal(saved.frames, stack.frames)
+    np.testing.assert_allclose(saved.z_um, START_Z_UM + np.arange(-2.0, 2.1, 1.0), atol=1e-6)
+    _, again = record_zstack(at_start, calibration, range_um=1.0, step_um=1.0, settle_ms=0.0)
+    assert again == tmp_path / "scope_zstack-1.ome.tif" and len(load_zstack(path)) == 5
+    assert at_start.getZPosition() == pytest.approx(START_Z_UM)
+
+
+def test_recording_that_breaks_off_saves_the_planes_taken(at_start, tmp_path, monkeypatch):
+    snap, calls = at_start.snapImage, {"n": 0}
+
+    def failing_snap(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("Camera snap timed out")
+        return snap(*args)
+
+    monkeypatch.setattr(at_start, "snapImage", failing_snap)
+    with pytest.raises(ZStackInterrupted, match=r"camera failed at plane 3 of 5.*: saved to .*partial") as exc:
+        record_zstack(at_start, tmp_path / "scope.json", range_um=2.0, step_um=1.0, settle_ms=0.0)
+    kept = load_zstack(tmp_path / "scope_zstack-partial.ome.tif")
+    np.testing.assert_array_equal(kept.frames, exc.value.partial.frames)
+    np.testing.assert_allclose(kept.z_um, START_Z_UM + np.array([-2.0, -1.0]), atol=1e-6)
+    assert not (tmp_path / "scope_zstack.ome.tif").exists()
+    calls["n"] = 2  # the very first plane fails: nothing to keep, nothing written
+    with pytest.raises(ZStackInterrupted, match="plane 1 of 5") as exc:
+        record_zstack(at_start, tmp_path / "other.json", range_um=2.0, step_um=1.0, settle_ms=0.0)
+    assert "saved to" not in str(exc.value) and not list(tmp_path.glob("other*"))
 
 
 def test_microscope_without_focus_drive_or_with_live_view_is_refused(at_start, monkeypatch):

@@ -200,13 +200,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
                       sample: str | None, size: int | None, range_um: float | None, step_um: float | None,
                       settle_ms: float | None) -> None:
     """``livepsf calibrate --zstack``: a saved stack (one IMAGE) or one acquired now (--sim / --mm-config)."""
-    from livepsf.acquisition.zstack import (
-        ZStackInterrupted,
-        acquire_zstack,
-        calibrate_from_zstack,
-        load_zstack,
-        save_zstack,
-    )
+    from livepsf.acquisition.zstack import calibrate_from_zstack, load_zstack, record_zstack
     from livepsf.depth import write_calibration_files, zstack_focus_z_um
     from livepsf.imageio import output_path
     from livepsf.mapping import PSFMapper
@@ -246,17 +240,10 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
                       highlight=False)
         json_path = out if out is not None else output_path(Path.cwd() / ("sim-zstack" if sim else "zstack"),
                                                             "_calibration.json")
-        try:
-            stack = acquire_zstack(core, range_um=40.0 if range_um is None else range_um,
-                                   step_um=2.0 if step_um is None else step_um,
-                                   settle_ms=10.0 if settle_ms is None else settle_ms, pixel_size_um=pixel_size_um)
-        except ZStackInterrupted as exc:  # the camera or the stage failed: keep what was taken
-            if len(exc.partial):
-                kept = save_zstack(exc.partial, output_path(json_path, "_zstack-partial.ome.tif"))
-                raise InputError(f"{exc}: saved to {kept}") from None
-            raise
-        # The frames are written before the fit: a fit that fails loses no acquisition.
-        stack_path = save_zstack(stack, output_path(json_path, "_zstack.ome.tif"))
+        stack, stack_path = record_zstack(core, json_path, range_um=40.0 if range_um is None else range_um,
+                                          step_um=2.0 if step_um is None else step_um,
+                                          settle_ms=10.0 if settle_ms is None else settle_ms,
+                                          pixel_size_um=pixel_size_um)
         console.print(f"recorded {stack.summary()} to {stack_path}", highlight=False)
     else:
         positions = _split_numbers(z_um, "--z-um") or None

@@ -6,7 +6,8 @@ known height relative to the focal plane (up to the unknown in-focus position, w
 :func:`livepsf.depth.calibrate_zstack`). :func:`acquire_zstack` records the stack on a core (real or
 the simulator) and always puts the focus drive back where it was; :func:`save_zstack` writes it as an
 OME-TIFF with every plane's ``PositionZ``, :func:`load_zstack` reads such a file back, and
-:func:`calibrate_from_zstack` maps the frames and fits the calibration.
+:func:`calibrate_from_zstack` maps the frames and fits the calibration. :func:`record_zstack` acquires
+and saves at once, keeping the planes taken when the camera or the drive fails.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from livepsf.acquisition.focus_stage import FocusStage
 from livepsf.errors import InputError
 
 __all__ = ["MAX_PLANES", "ZStack", "ZStackInterrupted", "acquire_zstack", "calibrate_from_zstack", "load_zstack",
-           "save_zstack", "zstack_positions"]
+           "record_zstack", "save_zstack", "zstack_positions"]
 
 logger = logging.getLogger("livepsf.zstack")
 
@@ -309,6 +310,59 @@ def save_zstack(stack: ZStack, path: str | Path) -> Path:
         target.unlink(missing_ok=True)  # a half-written stack is worse than none
         raise
     return target
+
+
+def record_zstack(
+    core: Any,
+    name_from: str | Path,
+    *,
+    range_um: float,
+    step_um: float | None = None,
+    n_steps: int | None = None,
+    center_z_um: float | None = None,
+    settle_ms: float = 10.0,
+    pixel_size_um: float | None = None,
+    progress: Callable[[int, int, float], Any] | None = None,
+) -> tuple[ZStack, Path]:
+    """Acquire a z-stack (:func:`acquire_zstack`) and save it (:func:`save_zstack`) before it is used.
+
+    Saved first, so that a fit that fails afterwards loses no acquisition. The files are named from
+    ``name_from`` (e.g. the calibration the stack is for) by :func:`livepsf.imageio.output_path`:
+    ``<name>_zstack.ome.tif`` beside it, never replacing a file.
+
+    Parameters
+    ----------
+    core
+        A pymmcore-plus core with a camera and a focus drive, live view off.
+    name_from
+        The path the stack's file name is derived from.
+    range_um, step_um, n_steps, center_z_um, settle_ms, pixel_size_um, progress
+        As for :func:`acquire_zstack`.
+
+    Returns
+    -------
+    tuple of (ZStack, Path)
+        The stack and the file written.
+
+    Raises
+    ------
+    InputError
+        As :func:`acquire_zstack`.
+    ZStackInterrupted
+        The camera or the focus drive failed mid-stack. The planes taken before are saved as
+        ``<name>_zstack-partial.ome.tif`` and the message ends with ``: saved to <that file>``.
+    """
+    from livepsf.imageio import output_path
+
+    try:
+        stack = acquire_zstack(core, range_um=range_um, step_um=step_um, n_steps=n_steps, center_z_um=center_z_um,
+                               settle_ms=settle_ms, pixel_size_um=pixel_size_um, progress=progress)
+    except ZStackInterrupted as exc:
+        if not len(exc.partial):
+            raise
+        kept = save_zstack(exc.partial, output_path(name_from, "_zstack-partial.ome.tif"))
+        raise ZStackInterrupted(f"{exc}: saved to {kept}", exc.partial) from None
+    return stack, save_zstack(stack, output_path(name_from, "_zstack.ome.tif"))
 
 
 def load_zstack(path: str | Path, z_um: Sequence[float] | None = None, pixel_size_um: float | None = None,
