@@ -31,7 +31,7 @@ def test_map_frame_equals_per_window_forward(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-deep"])
 @pytest.mark.parametrize("stride", [16, 32, 128])
 def test_map_frame_equals_per_window_forward_at_other_strides(arch: str, stride: int) -> None:
-    """Steps below, at and above the windows' block sizes: windows of several blocks, or of one partial block."""
+    """Pooling steps of 2, 4 and 16 trunk cells: windows much longer than the step, and shorter than it."""
     torch.manual_seed(0)
     net = build_network(arch, n_params=1).eval()
     frame = torch.rand(1, 1, 128 + 2 * stride, 128 + stride) * 1000.0
