@@ -200,7 +200,14 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
                       sample: str | None, size: int | None, range_um: float | None, step_um: float | None,
                       settle_ms: float | None) -> None:
     """``livepsf calibrate --zstack``: a saved stack (one IMAGE) or one acquired now (--sim / --mm-config)."""
-    from livepsf.acquisition.zstack import calibrate_from_zstack, load_zstack, record_zstack
+    from livepsf.acquisition.zstack import (
+        DEFAULT_RANGE_UM,
+        DEFAULT_SETTLE_MS,
+        DEFAULT_STEP_UM,
+        calibrate_from_zstack,
+        load_zstack,
+        record_zstack,
+    )
     from livepsf.depth import write_calibration_files, zstack_focus_z_um
     from livepsf.imageio import output_path
     from livepsf.mapping import PSFMapper
@@ -235,15 +242,15 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
     mapper = PSFMapper(net, stride_px=stride)
     if acquire:
         core = _zstack_core(net, sim=bool(sim), mm_config=mm_config, camera=camera, sample=sample, size=size)
-        console.print(f"[bold]z-stack[/]: ±{range_um or 40.0:g} µm in {step_um or 2.0:g} µm steps around Z "
-                      f"{core.getZPosition():+.2f} µm on {'the simulated microscope' if sim else mm_config}",
-                      highlight=False)
+        console.print(f"[bold]z-stack[/]: ±{range_um or DEFAULT_RANGE_UM:g} µm in {step_um or DEFAULT_STEP_UM:g} "
+                      f"µm steps around Z {core.getZPosition():+.2f} µm on "
+                      f"{'the simulated microscope' if sim else mm_config}", highlight=False)
         json_path = out if out is not None else output_path(Path.cwd() / ("sim-zstack" if sim else "zstack"),
                                                             "_calibration.json")
-        stack, stack_path = record_zstack(core, json_path, range_um=40.0 if range_um is None else range_um,
-                                          step_um=2.0 if step_um is None else step_um,
-                                          settle_ms=10.0 if settle_ms is None else settle_ms,
-                                          pixel_size_um=pixel_size_um)
+        stack, stack_path = record_zstack(
+            core, json_path, range_um=DEFAULT_RANGE_UM if range_um is None else range_um,
+            step_um=DEFAULT_STEP_UM if step_um is None else step_um,
+            settle_ms=DEFAULT_SETTLE_MS if settle_ms is None else settle_ms, pixel_size_um=pixel_size_um)
         console.print(f"recorded {stack.summary()} to {stack_path}", highlight=False)
     else:
         positions = _split_numbers(z_um, "--z-um") or None

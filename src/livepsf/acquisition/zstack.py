@@ -25,13 +25,19 @@ import numpy as np
 from livepsf.acquisition.focus_stage import FocusStage
 from livepsf.errors import InputError
 
-__all__ = ["MAX_PLANES", "ZStack", "ZStackInterrupted", "acquire_zstack", "calibrate_from_zstack", "load_zstack",
-           "record_zstack", "save_zstack", "zstack_positions"]
+__all__ = ["DEFAULT_RANGE_UM", "DEFAULT_SETTLE_MS", "DEFAULT_STEP_UM", "MAX_PLANES", "ZStack", "ZStackInterrupted",
+           "acquire_zstack", "calibrate_from_zstack", "load_zstack", "record_zstack", "save_zstack",
+           "zstack_positions"]
 
 logger = logging.getLogger("livepsf.zstack")
 
 # More planes than this is a typo in range or step (a 2 µm step over ±40 µm is 41 planes).
 MAX_PLANES = 2001
+# Defaults of an acquired stack (CLI and GUI): ±40 µm in 2 µm steps covers the lens's useful range at
+# 10×/0.3 with 41 frames; 10 ms settling after each move.
+DEFAULT_RANGE_UM = 40.0
+DEFAULT_STEP_UM = 2.0
+DEFAULT_SETTLE_MS = 10.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ def acquire_zstack(
     step_um: float | None = None,
     n_steps: int | None = None,
     center_z_um: float | None = None,
-    settle_ms: float = 10.0,
+    settle_ms: float = DEFAULT_SETTLE_MS,
     pixel_size_um: float | None = None,
     progress: Callable[[int, int, float], Any] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -320,7 +326,7 @@ def record_zstack(
     step_um: float | None = None,
     n_steps: int | None = None,
     center_z_um: float | None = None,
-    settle_ms: float = 10.0,
+    settle_ms: float = DEFAULT_SETTLE_MS,
     pixel_size_um: float | None = None,
     progress: Callable[[int, int, float], Any] | None = None,
 ) -> tuple[ZStack, Path]:

@@ -21,15 +21,14 @@ import numpy as np
 import pyqtgraph as pg
 from qtpy import QtCore, QtWidgets
 
+from livepsf.acquisition.zstack import DEFAULT_RANGE_UM as ZSTACK_RANGE_UM
+from livepsf.acquisition.zstack import DEFAULT_SETTLE_MS as ZSTACK_SETTLE_MS
+from livepsf.acquisition.zstack import DEFAULT_STEP_UM as ZSTACK_STEP_UM
 from livepsf.mapping import PSFMapper
 
 __all__ = ["CalibrationDialog", "ZStackSettingsDialog"]
 
 _COLOURS = ["#4fc3f7", "#ef5350", "#66bb6a", "#ab47bc", "#ffa726", "#26c6da"]
-# Z-stack defaults: ±40 µm in 2 µm steps covers the lens's useful range at 10×/0.3 with 41 frames.
-ZSTACK_RANGE_UM = 40.0
-ZSTACK_STEP_UM = 2.0
-ZSTACK_SETTLE_MS = 10.0
 
 
 class ZStackSettingsDialog(QtWidgets.QDialog):
