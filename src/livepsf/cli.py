@@ -200,6 +200,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
                       sample: str | None, size: int | None, range_um: float | None, step_um: float | None,
                       settle_ms: float | None) -> None:
     """``livepsf calibrate --zstack``: a saved stack (one IMAGE) or one acquired now (--sim / --mm-config)."""
+    from livepsf.acquisition.micromanager import load_micromanager_core
     from livepsf.acquisition.zstack import (
         DEFAULT_RANGE_UM,
         DEFAULT_SETTLE_MS,
@@ -241,7 +242,9 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
     net = load_model(model)
     mapper = PSFMapper(net, stride_px=stride)
     if acquire:
-        core = _zstack_core(net, sim=bool(sim), mm_config=mm_config, camera=camera, sample=sample, size=size)
+        # The simulator's sample is flat for a z-stack, with the lens in.
+        core = (_simulator_core(net, sample or "printed-grid", 1024 if size is None else size, tilt_deg=0.0,
+                                lens=True) if sim else load_micromanager_core(mm_config, camera))
         console.print(f"[bold]z-stack[/]: ±{range_um or DEFAULT_RANGE_UM:g} µm in {step_um or DEFAULT_STEP_UM:g} "
                       f"µm steps around Z {core.getZPosition():+.2f} µm on "
                       f"{'the simulated microscope' if sim else mm_config}", highlight=False)
@@ -264,27 +267,6 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
     json_path, png_path = write_calibration_files(cal, json_path)
     _print_calibration_fit(cal, f", in focus at Z {zstack_focus_z_um(cal):+.2f} µm")
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
-
-
-def _zstack_core(net, *, sim: bool, mm_config: Path | None, camera: str | None, sample: str | None,
-                 size: int | None):
-    """The microscope to acquire a z-stack on: the simulator (a flat sample, lens in) or Micro-Manager."""
-    if not sim:
-        from livepsf.acquisition.micromanager import load_micromanager_core
-
-        return load_micromanager_core(mm_config, camera)
-    import logging
-
-    from livepsf.sim import SAMPLES, create_core
-
-    sample = sample or "printed-grid"
-    size = 1024 if size is None else size
-    if sample not in SAMPLES:
-        raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
-    if not 128 <= size <= 4096:
-        raise InputError(f"--size {size}: use 128 to 4096 px")
-    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
-    return create_core(sample=sample, tilt_deg=0.0, lens=True, shape=(size, size), optics=net.optics)
 
 
 def _per_image_values(values: list[float], per_image: list, images: list[Path], option: str,
@@ -635,6 +617,27 @@ def _live_calibration(net, calibration: Path | None):
     return (Calibration.load(found, model=net), found) if found is not None else (None, None)
 
 
+def _check_simulator_options(sample: str, size: int) -> None:
+    from livepsf.sim import SAMPLES
+
+    if sample not in SAMPLES:
+        raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
+    if not 128 <= size <= 4096:
+        raise InputError(f"--size {size}: use 128 to 4096 px")
+
+
+def _simulator_core(net, sample: str, size: int, **options):
+    """The simulated microscope of demo, autofocus and calibrate --zstack --sim, after checking --sample, --size."""
+    import logging
+
+    from livepsf.sim import create_core
+
+    _check_simulator_options(sample, size)
+    # pymmcore-plus looks for a Micro-Manager installation the simulator does not need; keep it quiet.
+    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
+    return create_core(sample=sample, shape=(size, size), optics=net.optics, **options)
+
+
 def _check_live_options(frames: int, overlay: str | None) -> None:
     from livepsf.gui.overlays import OVERLAYS
 
@@ -695,26 +698,15 @@ def demo(
     drift: float = typer.Option(0.0, "--drift-um-per-min", help="Slow Z drift of the simulated sample."),
 ) -> None:
     """Live PSF maps of a simulated microscope (tilted printed grid, cylindrical lens)."""
-    import logging
-
-    from livepsf.sim import create_core
-    from livepsf.sim.samples import SAMPLES
-
-    if sample not in SAMPLES:
-        raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
-    if not 128 <= size <= 4096:
-        raise InputError(f"--size {size}: use 128 to 4096 px")
+    _check_simulator_options(sample, size)
     _check_live_options(frames, overlay)
     net = _live_model(model)
     cal, cal_path = _live_calibration(net, calibration)
     if cal_path is not None:
         console.print(f"depth calibration: {cal_path}")
-    # pymmcore-plus looks for a Micro-Manager installation the simulator does not need; keep it quiet.
-    logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
     # 20 ms exposure (~50 fps): the simulated camera spends CPU on every frame (noise), which a real
     # camera does not; frames beyond the map rate would only be skipped.
-    core = create_core(sample=sample, tilt_deg=tilt_deg, shape=(size, size), optics=net.optics,
-                       exposure_ms=20.0, drift_um_per_min=drift)
+    core = _simulator_core(net, sample, size, tilt_deg=tilt_deg, exposure_ms=20.0, drift_um_per_min=drift)
     if focus_lock:
         _run_focus_lock(core, net, cal, frames=frames, stride=stride, roi=_parse_roi(roi))
         return
@@ -811,8 +803,6 @@ def autofocus_command(
 
     Exit code 1 when no focus was found (a blank field, or out of the searched range).
     """
-    import logging
-
     from livepsf.acquisition.autofocus import autofocus, search_focus
     from livepsf.mapping import PSFMapper
 
@@ -824,15 +814,9 @@ def autofocus_command(
     simulated = mm_config is None
     lens_waves = None
     if simulated:
-        from livepsf.sim import LENS_ASTIG_0_WAVES, SAMPLES, create_core
+        from livepsf.sim import LENS_ASTIG_0_WAVES
 
-        if sample not in SAMPLES:
-            raise InputError(f"--sample {sample!r}: choose one of {', '.join(SAMPLES)}")
-        if not 128 <= size <= 4096:
-            raise InputError(f"--size {size}: use 128 to 4096 px")
-        logging.getLogger("pymmcore-plus").setLevel(logging.CRITICAL)
-        core = create_core(sample=sample, tilt_deg=0.0, lens=use_lens, shape=(size, size), optics=net.optics,
-                           z_um=start_um)
+        core = _simulator_core(net, sample, size, tilt_deg=0.0, lens=use_lens, z_um=start_um)
         lens_waves = LENS_ASTIG_0_WAVES if use_lens else None
     else:
         from livepsf.acquisition.micromanager import load_micromanager_core
