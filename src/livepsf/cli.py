@@ -113,12 +113,10 @@ def calibrate(
     """
     from rich.table import Table
 
-    from livepsf.depth import calibrate_psf_maps, write_calibration_files
+    from livepsf.depth import CURVE_CHOICES, calibrate_tilted_grid, write_calibration_files
     from livepsf.imageio import output_path, read_frames
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
-
-    from livepsf.depth import CURVE_CHOICES
 
     if curve not in CURVE_CHOICES:  # before any mapping or acquisition
         raise InputError(f"--curve {curve!r}: choose one of {', '.join(CURVE_CHOICES)}")
@@ -149,12 +147,9 @@ def calibrate(
     per_image = [read_frames(p) for p in images]
     frame_tilts = _per_image_values(tilts, per_image, images, "--tilt-deg", required=True)
     frame_foci = _per_image_values(foci, per_image, images, "--in-focus-px", required=False)
-    net = load_model(model)
-    mapper = PSFMapper(net, stride_px=stride)
-    all_frames = [frame for frames in per_image for frame in frames]
-    pmaps = [mapper(frame) for frame in all_frames]
-    cal = calibrate_psf_maps(pmaps, frame_tilts, pixel_size_um, tilt_axis, frame_foci, metric, frames=all_frames,
-                             curve=curve)
+    cal = calibrate_tilted_grid([frame for frames in per_image for frame in frames], frame_tilts, pixel_size_um,
+                                mapper=PSFMapper(load_model(model), stride_px=stride), tilt_axis=tilt_axis,
+                                in_focus_px=frame_foci, metric=metric, curve=curve)
     json_path, png_path = write_calibration_files(
         cal, out if out is not None else output_path(images[0], "_calibration.json"))
 
