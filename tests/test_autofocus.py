@@ -145,6 +145,23 @@ def test_focus_lock_on_a_live_loop_undoes_a_focus_jump(mapper, calibration) -> N
     assert abs(_centre_defocus_um(core)) < 0.6
 
 
+def test_headless_focus_lock_holds_the_focus_it_was_engaged_at(mapper, calibration) -> None:
+    from livepsf.acquisition.focus_lock import run_headless_focus_lock
+
+    core = create_core(sample="cells", tilt_deg=0.0, lens=True, shape=(256, 256), seed=4, exposure_ms=5.0)
+    seen = []
+
+    def knock(lock) -> None:  # engaged at Z 0; then a knock of 2.5 µm before the live maps start
+        assert lock.status == "locked" and core.getZPosition() == pytest.approx(0.0)
+        core.setZPosition(2.5)
+
+    run = run_headless_focus_lock(core, mapper.model, frames=30, calibration=calibration, on_engaged=knock,
+                                  on_correction=seen.append, tick_s=0.2)
+    assert run.completed and run.results == 30 and list(run.corrections) == seen
+    assert 1 <= len(seen) <= 3 and seen[0].offset_um == pytest.approx(-2.5, abs=0.6)
+    assert abs(_centre_defocus_um(core)) < 0.6
+
+
 def test_focus_lock_engages_on_live_results_and_then_holds(mapper, calibration) -> None:
     from livepsf.acquisition.focus_lock import run_focus_lock
     from livepsf.acquisition.loop import LiveLoop

@@ -667,6 +667,11 @@ def _run_live(core, net, cal, *, headless: bool, frames: int, stride: int, snaps
     console.print(f"[bold]summary[/]: {run.summary()}", highlight=False, soft_wrap=True)
     if run.snapshot is not None:
         console.print(f"snapshot: {run.snapshot}")
+    _exit_if_ended_early(run)
+
+
+def _exit_if_ended_early(run) -> None:
+    """A headless live run (view or focus lock) that stopped before its frames: say why, exit code 1."""
     if not run.completed:
         err_console.print(f"[bold red]error:[/] live view ended early: {run.reason}", highlight=False)
         raise typer.Exit(code=1)
@@ -755,26 +760,22 @@ def _parse_roi(roi: str | None) -> tuple[int, int, int, int] | None:
 
 
 def _run_focus_lock(core, net, cal, *, frames: int, stride: int, roi, settle_s: float = 0.0) -> None:
-    from livepsf.acquisition.focus_lock import FocusLock, run_focus_lock
-    from livepsf.acquisition.loop import LiveLoop
-    from livepsf.mapping import PSFMapper
+    from livepsf.acquisition.focus_lock import run_headless_focus_lock
 
     def said(c) -> None:
         console.print(f"  correction: drift {c.offset_um:+.2f} ± {c.sigma_um:.2f} µm ({c.source}), "
                       f"Z {c.z_before_um:.2f} → {c.z_after_um:.2f} µm", highlight=False)
 
-    mapper = PSFMapper(net, stride_px=stride)
-    lock = FocusLock(core, roi=roi, calibration=cal, mapper=mapper, settle_s=settle_s, on_correction=said)
-    lock.engage()
-    console.print(f"[bold]focus lock[/] engaged at Z {core.getZPosition():.2f} µm (headless; in the live "
-                  f"window it is the Focus lock toggle), {frames} maps", highlight=False)
-    run = run_focus_lock(LiveLoop(core, mapper, calibration=cal), lock, frames=frames,
-                         on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True))
+    run = run_headless_focus_lock(
+        core, net, frames=frames, stride_px=stride, roi=roi, calibration=cal, settle_s=settle_s,
+        on_correction=said,
+        on_engaged=lambda lock: console.print(
+            f"[bold]focus lock[/] engaged at Z {core.getZPosition():.2f} µm (headless; in the live window it is "
+            f"the Focus lock toggle), {frames} maps", highlight=False),
+        on_tick=lambda st: console.print(f"  {st.line()}", highlight=False, soft_wrap=True))
     console.print(f"[bold]summary[/]: {run.results} maps, {len(run.corrections)} corrections",
                   highlight=False)
-    if not run.completed:
-        err_console.print(f"[bold red]error:[/] live view ended early: {run.reason}", highlight=False)
-        raise typer.Exit(code=1)
+    _exit_if_ended_early(run)
 
 
 @app.command("autofocus")

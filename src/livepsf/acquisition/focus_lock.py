@@ -15,7 +15,8 @@ offset sizes it instead.
 
 Use it per frame (:meth:`FocusLock.update`), between time points of a time-lapse (:meth:`FocusLock.step`
 snaps one frame), or on a running :class:`~livepsf.acquisition.loop.LiveLoop` (connect
-:meth:`FocusLock.on_result` to ``loop.resultReady``).
+:meth:`FocusLock.on_result` to ``loop.resultReady``; :func:`run_focus_lock` runs one for a number of
+maps, :func:`run_headless_focus_lock` engages a lock and does that in one call).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from livepsf.acquisition.focus_signals import check_roi, image_focus_signals, network_offset
-from livepsf.acquisition.loop import run_for_results
+from livepsf.acquisition.loop import LiveLoop, run_for_results
 from livepsf.errors import InputError
 
-__all__ = ["FocusCorrection", "FocusLock", "FocusLockRun", "run_focus_lock"]
+__all__ = ["FocusCorrection", "FocusLock", "FocusLockRun", "run_focus_lock", "run_headless_focus_lock"]
 
 logger = logging.getLogger("livepsf.focus_lock")
 
@@ -368,3 +369,70 @@ def run_focus_lock(loop: Any, lock: FocusLock, *, frames: int, timeout_s: float 
     results, reason = run_for_results(loop, frames, on_result=lock.on_result, on_tick=on_tick, tick_s=tick_s,
                                       timeout_s=timeout_s)
     return FocusLockRun(results, tuple(lock.corrections[first:]), reason)
+
+
+def run_headless_focus_lock(
+    core: Any,
+    model: Any,
+    *,
+    frames: int,
+    stride_px: int = 64,
+    roi: Sequence[int] | None = None,
+    calibration: Any = None,
+    settle_s: float = 0.0,
+    on_engaged: Callable[[FocusLock], None] | None = None,
+    on_correction: Callable[[FocusCorrection], None] | None = None,
+    on_tick: Callable[[Any], None] | None = None,
+    tick_s: float = 1.0,
+    timeout_s: float | None = None,
+) -> FocusLockRun:
+    """Hold the present focus for ``frames`` live maps without a window (``livepsf demo|live --focus-lock``).
+
+    The lock is engaged where the focus is now (:meth:`FocusLock.engage`: four snapped frames), then a
+    :class:`~livepsf.acquisition.loop.LiveLoop` runs with the lock on its results (:func:`run_focus_lock`).
+    The lock and the loop share one :class:`~livepsf.mapping.PSFMapper` and the calibration, so the
+    network's offset that sizes a large correction is the one the live maps show.
+
+    Parameters
+    ----------
+    core
+        pymmcore-plus core with a camera and a focus drive (cylindrical lens in); live view off.
+    model
+        The network (:func:`livepsf.load_model`).
+    frames
+        Live maps to run for.
+    stride_px
+        Window step of the PSF maps.
+    roi
+        ``(x, y, width, height)`` to hold in focus; the whole frame when None.
+    calibration
+        Depth calibration made with ``model``, if any (network-sized corrections beyond the linear range).
+    settle_s
+        Wait after each correction before the next one may follow.
+    on_engaged
+        Called with the engaged lock before the loop starts.
+    on_correction
+        Called with every :class:`FocusCorrection`.
+    on_tick, tick_s, timeout_s
+        As for :func:`run_focus_lock`.
+
+    Returns
+    -------
+    FocusLockRun
+        Maps seen, corrections made, and why the run ended.
+
+    Raises
+    ------
+    InputError
+        No focus drive, live view running, or an anisotropy that does not change with focus (no lens).
+    """
+    from livepsf.mapping import PSFMapper
+
+    mapper = PSFMapper(model, stride_px=stride_px)
+    lock = FocusLock(core, roi=roi, calibration=calibration, mapper=mapper, settle_s=settle_s,
+                     on_correction=on_correction)
+    lock.engage()
+    if on_engaged is not None:
+        on_engaged(lock)
+    return run_focus_lock(LiveLoop(core, mapper, calibration=calibration), lock, frames=frames,
+                          timeout_s=timeout_s, on_tick=on_tick, tick_s=tick_s)
