@@ -602,16 +602,6 @@ def _live_model(model: str | None):
     return load_model("default")
 
 
-def _live_calibration(net, calibration: Path | None):
-    from livepsf.depth import Calibration
-    from livepsf.gui.app import find_calibration
-
-    if calibration is not None:
-        return Calibration.load(calibration, model=net), calibration
-    found = find_calibration(net)
-    return (Calibration.load(found, model=net), found) if found is not None else (None, None)
-
-
 def _check_simulator_options(sample: str, size: int) -> None:
     from livepsf.sim import SAMPLES
 
@@ -698,10 +688,12 @@ def demo(
     drift: float = typer.Option(0.0, "--drift-um-per-min", help="Slow Z drift of the simulated sample."),
 ) -> None:
     """Live PSF maps of a simulated microscope (tilted printed grid, cylindrical lens)."""
+    from livepsf.depth.discovery import calibration_for_model
+
     _check_simulator_options(sample, size)
     _check_live_options(frames, overlay)
     net = _live_model(model)
-    cal, cal_path = _live_calibration(net, calibration)
+    cal, cal_path = calibration_for_model(net, calibration)
     if cal_path is not None:
         console.print(f"depth calibration: {cal_path}")
     # 20 ms exposure (~50 fps): the simulated camera spends CPU on every frame (noise), which a real
@@ -731,11 +723,12 @@ def live(
 ) -> None:
     """Live PSF maps on a real microscope through Micro-Manager (pymmcore-plus)."""
     from livepsf.acquisition.micromanager import load_micromanager_core
+    from livepsf.depth.discovery import calibration_for_model
 
     _check_live_options(frames, None)
     core = load_micromanager_core(mm_config, camera)
     net = _live_model(model)
-    cal, _ = _live_calibration(net, calibration)
+    cal, _ = calibration_for_model(net, calibration)
     if focus_lock:
         _run_focus_lock(core, net, cal, frames=frames, stride=stride, roi=_parse_roi(roi), settle_s=0.2)
         return
@@ -800,10 +793,11 @@ def autofocus_command(
     Exit code 1 when no focus was found (a blank field, or out of the searched range).
     """
     from livepsf.acquisition.autofocus import autofocus, search_focus
+    from livepsf.depth.discovery import calibration_for_model
     from livepsf.mapping import PSFMapper
 
     net = _live_model(model)
-    cal, cal_path = _live_calibration(net, calibration)
+    cal, cal_path = calibration_for_model(net, calibration)
     use_lens = (cal is not None) if lens is None else lens
     if use_lens and cal is None and not search:
         raise InputError("--lens needs a depth calibration made with this model: pass --calibration FILE")

@@ -52,6 +52,7 @@ Layout (one job per module; each imports only from modules above it):
 - :mod:`~livepsf.depth.surface`: windows fused into one surface, and the live depth step.
 - :mod:`~livepsf.depth.outputs`: depth-map files.
 - :mod:`~livepsf.depth.plot`: the calibration plot; the calibration's files (JSON and plot).
+- :mod:`~livepsf.depth.discovery`: the calibration to use with a network when none is named.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from livepsf.depth.curve import (
     fit_monotone_curve,
     held_out_residuals,
 )
+from livepsf.depth.discovery import calibration_for_model, find_calibration
 from livepsf.depth.fit import LOFO_WARN_MARGIN_UM, LOFO_WARN_RATIO, POOR_FIT_R2
 from livepsf.depth.metrics import (
     METRICS,
@@ -130,11 +132,13 @@ __all__ = [
     "calibrate_psf_maps",
     "calibrate_tilted_grid",
     "calibrate_zstack",
+    "calibration_for_model",
     "depth_metric",
     "depth_stats",
     "eq14_metric",
     "estimate_lens_direction",
     "estimate_lens_strength",
+    "find_calibration",
     "fit_curve",
     "fit_depth_uncertainty",
     "fit_metric_profiles",

@@ -6,7 +6,6 @@ runs need no display: Qt is only started (offscreen) at the end, to draw the sna
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from livepsf.acquisition.loop import LiveLoop, LiveResult, LiveStats, run_for_results
+from livepsf.depth.discovery import calibration_folders, find_calibration  # noqa: F401 - kept importable here
 from livepsf.errors import InputError, SetupError
 from livepsf.mapping import PSFMapper
 
@@ -42,41 +42,6 @@ def has_display() -> bool:
     if os.name == "nt" or os.uname().sysname == "Darwin":
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def calibration_folders() -> list[Path]:
-    """Where default calibrations are looked for: ``./calibration`` and the source checkout's."""
-    here = Path(__file__).resolve()
-    folders = [Path.cwd() / "calibration"]
-    if len(here.parents) > 3:
-        folders.append(here.parents[3] / "calibration")
-    unique: list[Path] = []
-    for f in folders:
-        if f.is_dir() and f.resolve() not in [u.resolve() for u in unique]:
-            unique.append(f)
-    return unique
-
-
-def find_calibration(model: Any, folders: list[Path] | None = None) -> Path | None:
-    """The newest calibration JSON in ``folders`` made with exactly this model's weights, if any.
-
-    Matching is by the weights' SHA-256 recorded in the calibration, so a calibration is never applied
-    to another network whatever its file name.
-    """
-    sha = getattr(getattr(model, "card", None), "weights_sha256", "")
-    if not sha:
-        return None
-    found: list[tuple[str, Path]] = []
-    for folder in folders if folders is not None else calibration_folders():
-        for path in folder.glob("*.json"):
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            if isinstance(raw, dict) and raw.get("format") == "livepsf-depth-calibration" \
-                    and raw.get("model_sha256") == sha:
-                found.append((str(raw.get("created", "")), path))
-    return max(found)[1] if found else None
 
 
 @dataclass
