@@ -100,17 +100,22 @@ def test_cancel_keeps_the_planes_taken_and_restores_z(at_start):
     assert at_start.getZPosition() == pytest.approx(START_Z_UM)
 
 
-def test_camera_failing_mid_stack_says_which_plane_and_keeps_the_rest(at_start, monkeypatch):
-    snap = at_start.snapImage
-    calls = {"n": 0}
+def _camera_failing_at_snap(core, monkeypatch, n: int) -> dict:
+    """Make the ``n``-th snap from now fail; returns the snap counter (reset it to fail again later)."""
+    snap, calls = core.snapImage, {"n": 0}
 
     def failing_snap(*args):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == n:
             raise RuntimeError("Camera snap timed out")
         return snap(*args)
 
-    monkeypatch.setattr(at_start, "snapImage", failing_snap)
+    monkeypatch.setattr(core, "snapImage", failing_snap)
+    return calls
+
+
+def test_camera_failing_mid_stack_says_which_plane_and_keeps_the_rest(at_start, monkeypatch):
+    _camera_failing_at_snap(at_start, monkeypatch, 4)
     with pytest.raises(ZStackInterrupted, match=r"camera failed at plane 4 of 7.*timed out.*3 planes") as exc:
         acquire_zstack(at_start, range_um=6.0, step_um=2.0, center_z_um=0.0, settle_ms=0.0)
     assert isinstance(exc.value, InputError)
@@ -133,15 +138,7 @@ def test_recorded_stack_is_on_disk_before_use_and_never_replaces_a_file(at_start
 
 
 def test_recording_that_breaks_off_saves_the_planes_taken(at_start, tmp_path, monkeypatch):
-    snap, calls = at_start.snapImage, {"n": 0}
-
-    def failing_snap(*args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("Camera snap timed out")
-        return snap(*args)
-
-    monkeypatch.setattr(at_start, "snapImage", failing_snap)
+    calls = _camera_failing_at_snap(at_start, monkeypatch, 3)
     with pytest.raises(ZStackInterrupted, match=r"camera failed at plane 3 of 5.*: saved to .*partial") as exc:
         record_zstack(at_start, tmp_path / "scope.json", range_um=2.0, step_um=1.0, settle_ms=0.0)
     kept = load_zstack(tmp_path / "scope_zstack-partial.ome.tif")

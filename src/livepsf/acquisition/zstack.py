@@ -318,18 +318,7 @@ def save_zstack(stack: ZStack, path: str | Path) -> Path:
     return target
 
 
-def record_zstack(
-    core: Any,
-    name_from: str | Path,
-    *,
-    range_um: float,
-    step_um: float | None = None,
-    n_steps: int | None = None,
-    center_z_um: float | None = None,
-    settle_ms: float = DEFAULT_SETTLE_MS,
-    pixel_size_um: float | None = None,
-    progress: Callable[[int, int, float], Any] | None = None,
-) -> tuple[ZStack, Path]:
+def record_zstack(core: Any, name_from: str | Path, **acquire_options: Any) -> tuple[ZStack, Path]:
     """Acquire a z-stack (:func:`acquire_zstack`) and save it (:func:`save_zstack`) before it is used.
 
     Saved first, so that a fit that fails afterwards loses no acquisition. The files are named from
@@ -342,8 +331,9 @@ def record_zstack(
         A pymmcore-plus core with a camera and a focus drive, live view off.
     name_from
         The path the stack's file name is derived from.
-    range_um, step_um, n_steps, center_z_um, settle_ms, pixel_size_um, progress
-        As for :func:`acquire_zstack`.
+    **acquire_options
+        The keyword arguments of :func:`acquire_zstack` (``range_um`` and ``step_um`` or ``n_steps`` at
+        least). A stack cancelled through ``cancel`` is saved with the planes taken (``stack.cancelled``).
 
     Returns
     -------
@@ -353,7 +343,7 @@ def record_zstack(
     Raises
     ------
     InputError
-        As :func:`acquire_zstack`.
+        As :func:`acquire_zstack`; also a stack cancelled before its first plane (nothing to save).
     ZStackInterrupted
         The camera or the focus drive failed mid-stack. The planes taken before are saved as
         ``<name>_zstack-partial.ome.tif`` and the message ends with ``: saved to <that file>``.
@@ -361,8 +351,7 @@ def record_zstack(
     from livepsf.imageio import output_path
 
     try:
-        stack = acquire_zstack(core, range_um=range_um, step_um=step_um, n_steps=n_steps, center_z_um=center_z_um,
-                               settle_ms=settle_ms, pixel_size_um=pixel_size_um, progress=progress)
+        stack = acquire_zstack(core, **acquire_options)
     except ZStackInterrupted as exc:
         if not len(exc.partial):
             raise
