@@ -30,9 +30,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _print_error(message: object) -> None:
+    """Print ``error: message`` on stderr, unwrapped (one line per error)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def fail_input(message: str) -> typer.Exit:
     """Print a one-line bad-input message and return the exit to raise (code 2)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _print_error(message)
     return typer.Exit(code=2)
 
 
@@ -140,10 +145,7 @@ def calibrate(
         raise InputError("--pixel-size-um is required")
     tilts = _split_numbers(tilt_deg, "--tilt-deg")
     foci = _split_numbers(in_focus_px, "--in-focus-px")
-    if out is not None and out.exists():
-        raise InputError(f"{out}: already exists; calibrations are never overwritten, choose another --out")
-    if out is not None and out.suffix.lower() != ".json":
-        raise InputError(f"{out}: the calibration is written as JSON; give a name ending in .json")
+    _check_calibration_out(out)
     per_image = [read_frames(p) for p in images]
     frame_tilts = _per_image_values(tilts, per_image, images, "--tilt-deg", required=True)
     frame_foci = _per_image_values(foci, per_image, images, "--in-focus-px", required=False)
@@ -164,6 +166,13 @@ def calibrate(
     _print_calibration_fit(cal, "  (* in-focus position estimated)"
                            if any(r.in_focus_estimated for r in cal.per_tilt) else "")
     console.print(f"wrote {json_path} and {png_path}", highlight=False)
+
+
+def _check_calibration_out(out: Path | None) -> None:
+    if out is not None and out.exists():
+        raise InputError(f"{out}: already exists; calibrations are never overwritten, choose another --out")
+    if out is not None and out.suffix.lower() != ".json":
+        raise InputError(f"{out}: the calibration is written as JSON; give a name ending in .json")
 
 
 def _um_or_na(value: float | None) -> str:
@@ -210,10 +219,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
     from livepsf.net import load_model
 
     acquire = bool(sim) or mm_config is not None
-    if out is not None and out.exists():
-        raise InputError(f"{out}: already exists; calibrations are never overwritten, choose another --out")
-    if out is not None and out.suffix.lower() != ".json":
-        raise InputError(f"{out}: the calibration is written as JSON; give a name ending in .json")
+    _check_calibration_out(out)
     if acquire:
         if images:
             raise InputError(f"{images[0]}: --zstack takes a saved stack or acquires one (--sim, --mm-config), "
@@ -389,7 +395,7 @@ def map_images(
         try:
             result = map_image_file(image, mapper, out)
         except InputError as exc:  # report it and go on with the other images; exit code 2 at the end
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            _print_error(exc)
             failed += 1
             continue
         s = result.summary
@@ -436,14 +442,14 @@ def _run_batch(images: list[Path], options, scheduler: str, workers: int) -> Non
                           "finish the rest", highlight=False)
         raise typer.Exit(code=130) from None
     for message in report.errors:
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        _print_error(message)
     for r in report.results:
         if r.state in ("done", "reused"):
             note = " (already done with these settings)" if r.state == "reused" else ""
             console.print(f"{r.source} → {', '.join(p.name for p in r.outputs)}{note}", highlight=False,
                           soft_wrap=True)
         elif r.state == "failed":
-            err_console.print(f"[bold red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+            _print_error(r.error)
         else:
             err_console.print(f"[yellow]unfinished:[/] {r.source}: {r.computed} frame(s) of {r.frames} done in this "
                               "run and kept; run the same command again to finish", highlight=False, soft_wrap=True)
@@ -923,7 +929,7 @@ def deconvolve_images(
             read_frames(image)  # fail fast, with the file's name, before starting any worker
             readable.append(image)
         except InputError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            _print_error(exc)
             bad += 1
     if not readable:
         raise typer.Exit(code=2)
@@ -950,7 +956,7 @@ def deconvolve_images(
             note = " (already done with these settings)" if job.reused else ""
             console.print(f"{job.input} → {job.output}{note}", highlight=False, soft_wrap=True)
         else:
-            err_console.print(f"[bold red]error:[/] {job.error}", highlight=False, soft_wrap=True)
+            _print_error(job.error)
             failed_input += job.bad_input
             failed_other += not job.bad_input
     if failed_other:
