@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 
+from livepsf.acquisition.thread_tuner import ThreadTuner
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
@@ -132,6 +133,7 @@ class LiveStats:
     """Throughput and latency of a :class:`LiveLoop` (rolling window, or the whole run).
 
     Rates are ``nan`` until two events fall in the window; latencies are ``nan`` until one does.
+    ``torch_threads`` is the thread count the mapping currently runs with (:class:`ThreadTuner`).
     """
 
     running: bool
@@ -148,6 +150,7 @@ class LiveStats:
     last_error: str
     frame_shape: tuple[int, ...] | None
     window_s: float | None
+    torch_threads: int | None = None
 
     def line(self) -> str:
         """One human line (status bars, the headless demo)."""
@@ -160,6 +163,8 @@ class LiveStats:
             text += (f" · on screen {f(self.drawn_latency_ms_median, '.0f')} ms "
                      f"(p95 {f(self.drawn_latency_ms_p95, '.0f')})")
         text += f" · skipped {self.skipped} · errors {self.errors}"
+        if self.torch_threads is not None:
+            text += f" · {self.torch_threads} torch thread{'s' if self.torch_threads != 1 else ''}"
         return text
 
 
@@ -278,6 +283,10 @@ class LiveLoop:
     restart_grace_s
         After the acquisition is stopped elsewhere, how long to wait for it to be restarted (as
         Micro-Manager does around an ROI or binning change) before the loop stops.
+    torch_threads
+        Torch threads of the mapping. ``None`` (default): measured while running, the faster of the
+        process's count and 1, re-checked every few seconds (:class:`ThreadTuner`: with another
+        process keeping a core busy, one thread maps a 1024² frame 3x faster on 2 cores).
 
     Signals
     -------
@@ -311,6 +320,7 @@ class LiveLoop:
         restart_attempts: int = 1,
         stats_window_s: float = 2.0,
         restart_grace_s: float = 2.0,
+        torch_threads: int | None = None,
     ) -> None:
         self.core = core
         # One tuple, replaced in one assignment: a frame is never mapped with a new network and then
@@ -322,6 +332,7 @@ class LiveLoop:
         self.restart_attempts = int(restart_attempts)
         self.stats_window_s = float(stats_window_s)
         self.restart_grace_s = float(restart_grace_s)
+        self._threads = ThreadTuner() if torch_threads is None else ThreadTuner([torch_threads])
 
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
@@ -482,6 +493,7 @@ class LiveLoop:
             last_error=last_error,
             frame_shape=shape,
             window_s=window,
+            torch_threads=self._threads.current,
         )
 
     def _reset_stats(self) -> None:
@@ -748,7 +760,7 @@ class LiveLoop:
                 logger.info("frame size changed from %s to %s", previous, shape)
                 self.frameShapeChanged.emit(shape)
         mapper, calibration = self._pipeline
-        pmap = mapper(frame)
+        pmap = self._threads.run(lambda: mapper(frame))
         depth = sigma = surface = None
         if calibration is not None:
             from livepsf.depth.surface import live_depth
