@@ -18,12 +18,14 @@ def test_public_api_walkthrough(tmp_path) -> None:
     rng = np.random.default_rng(0)
     frame = rng.poisson(500, size=(320, 384)).astype(np.uint16)
     out = model.predict(frame[None, :128, :128])
-    assert set(out) == {"focus", "astig_0", "astig_45", "cylinder", "axis", "invalid"}
+    params = {"focus", "astig_0", "astig_45"}
+    assert set(out) == params | {"cylinder", "axis", "invalid"} | {f"{n}_sigma" for n in params}  # σ heads
 
     mapper = livepsf.PSFMapper(model, stride_px=64)
     pmap = mapper(frame)
     assert pmap.grid_shape == (4, 5)  # ceil((320 - 128) / 64) + 1, ceil((384 - 128) / 64) + 1
     assert pmap.upsample(name="focus").shape == frame.shape
+    assert set(pmap.sigma) == params and all(s.shape == pmap.grid_shape for s in pmap.sigma.values())
 
     restored = livepsf.deconvolve(frame.astype(np.float32), pmap, iterations=2)
     assert restored.shape == frame.shape and np.isfinite(restored).all()
