@@ -7,6 +7,7 @@ import threading
 import time
 
 import numpy as np
+import torch
 import pytest
 from pymmcore_plus.experimental.unicore import CameraDevice, SimpleCameraDevice, UniMMCore
 
@@ -132,6 +133,21 @@ def test_results_arrive_with_maps_and_stats(mapper):
     assert 0 < stats.latency_ms_median <= stats.latency_ms_p95
     assert stats.errors == 0 and not stats.running
     assert "maps" in stats.line()
+    assert stats.torch_threads in (torch.get_num_threads(), 1)  # measured choice (ThreadTuner)
+
+
+def test_a_fixed_torch_thread_count_is_used_in_the_mapping_thread(mapper):
+    seen = []
+
+    def counting(frame):
+        seen.append(torch.get_num_threads())
+        return mapper(frame)
+
+    loop = LiveLoop(make_core(PatternCamera()), counting, torch_threads=1)
+    collect(loop, 4)
+    loop.stop()
+    assert seen and set(seen) == {1}
+    assert loop.stats().torch_threads == 1 and "1 torch thread" in loop.stats().line()
 
 
 def test_slow_mapper_skips_frames_instead_of_queueing(mapper):

@@ -644,6 +644,7 @@ class LiveLoop:
         try:
             shape = (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
             blank = np.zeros(shape, np.uint16)
+            self._threads.apply()  # warm up with the thread count the frames will use (not timed)
             for _ in range(2):
                 if self._stop_requested.is_set():
                     return

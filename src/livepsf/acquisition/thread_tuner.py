@@ -88,12 +88,17 @@ class ThreadTuner:
         seconds = self._seconds.get(threads)
         return float(np.median(seconds)) * 1e3 if seconds else float("nan")
 
-    def run(self, call: Callable[[], T]) -> T:
-        """``call()`` with :attr:`threads` torch threads in this thread, timed. Exceptions pass through
-        unrecorded (a failed frame says nothing about speed)."""
+    def apply(self) -> int:
+        """Set :attr:`threads` torch threads in the calling thread, untimed (warm-up calls); returns it."""
         threads = self.threads
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+        return threads
+
+    def run(self, call: Callable[[], T]) -> T:
+        """``call()`` with :attr:`threads` torch threads in this thread, timed. Exceptions pass through
+        unrecorded (a failed frame says nothing about speed)."""
+        threads = self.apply()
         t0 = self._clock()
         result = call()
         self._record(threads, self._clock() - t0)
