@@ -7,8 +7,8 @@ import threading
 import time
 
 import numpy as np
-import torch
 import pytest
+import torch
 from pymmcore_plus.experimental.unicore import CameraDevice, SimpleCameraDevice, UniMMCore
 
 from livepsf.acquisition.loop import LiveLoop, LiveResult
