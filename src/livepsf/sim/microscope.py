@@ -3,7 +3,10 @@
 Devices (labels as loaded by :func:`create_core`):
 
 ``Camera``  :class:`SimCamera`, 1024×1024 uint16 by default; exposure (ms), offset (ADU), gain (ADU/e⁻),
-            read noise (e⁻), photon flux (e⁻/ms at brightness 1); snap, sequence acquisition, software ROI.
+            read noise (e⁻), photon flux (e⁻/ms at brightness 1), ``NoiseSeed`` (setting it, even to
+            the value it has, restarts the noise sequence: the frames that follow are the same in every
+            run; default: the ``seed`` of :func:`create_core`, seeded once); snap, sequence acquisition,
+            software ROI.
             Each frame's metadata carries ``SimZ_um`` (the stage Z the image shows), ``StageZ_um`` (where
             the stage is when the frame is read out), ``SimFrameCounter``, ``SimLens``, ``SimSample``.
 ``Z``       :class:`SimZStage`, the focus drive, µm.
@@ -25,7 +28,7 @@ How it runs. A :class:`SimScene` holds the optical state (stage Z, lens, sample,
 changes, a background thread re-renders the noiseless image (``render.DefocusRenderer``); until the new
 render is ready the devices report busy (so ``waitForSystem`` and MDA wait for it) and a running
 sequence acquisition keeps delivering frames of the previous render (``SimZ_um`` says which). Every
-frame draws fresh Poisson–Gaussian noise. ``snapImage`` always waits for the render of the current state.
+frame draws fresh Poisson–Gaussian noise (from the camera's noise generator: ``NoiseSeed``). ``snapImage`` always waits for the render of the current state.
 
 Ground truth of the last frame (height map, local defocus map, µm): :func:`ground_truth` (or
 ``SimCamera.ground_truth()``).
@@ -454,7 +457,8 @@ class SimCamera(SimpleCameraDevice):
         self._scene = scene
         self._sensor = sensor or CameraSensor()
         self._exposure_ms = float(exposure_ms)
-        self._generator = torch.Generator().manual_seed(int(seed))
+        self._noise_seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self._noise_seed)
         self._model: ExposureModel | None = None
         self._model_key: tuple[Any, ...] = ()
         self._counter = 0
@@ -511,6 +515,19 @@ class SimCamera(SimpleCameraDevice):
     @photon_flux_per_ms.setter
     def photon_flux_per_ms(self, value: float) -> None:
         self._sensor = replace(self._sensor, photon_flux_per_ms=float(value))
+
+    @pymm_property(limits=(0, 2**31 - 1), name="NoiseSeed", property_type="integer")
+    def noise_seed(self) -> int:
+        """Seed the noise generator was last (re)started from."""
+        return self._noise_seed
+
+    @noise_seed.setter
+    def noise_seed(self, value: int) -> None:
+        # Always a fresh generator, also for the current value: setting the seed before each frame set
+        # makes that set's noise independent of how many frames were drawn before it. A new object rather
+        # than manual_seed on the old one, so a frame being drawn in the sequence thread is not disturbed.
+        self._noise_seed = int(float(value))
+        self._generator = torch.Generator().manual_seed(self._noise_seed)
 
     # -- acquisition -----------------------------------------------------------------------------
     def start_sequence(
@@ -800,7 +817,8 @@ def create_core(
     lens
         Cylindrical lens in (adds ``LENS_ASTIG_0_WAVES`` of astigmatism).
     seed
-        Seed of the sample content and of the camera noise.
+        Seed of the sample content (the sample's ``Seed``) and of the camera noise (the camera's
+        ``NoiseSeed``); each can be set again later.
     z_um
         Initial stage Z (µm); 0 puts the frame centre in focus.
     curvature_per_mm
