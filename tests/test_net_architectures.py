@@ -16,7 +16,7 @@ def _unfolded_forward(net: torch.nn.Module, frame: torch.Tensor, stride: int) ->
 
 
 @pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-tiny", "shared-trunk-m2",
-                                  "shared-trunk-deep", "resnet34-tiny"])
+                                  "shared-trunk-deep", "shared-trunk-wide", "resnet34-tiny"])
 def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.manual_seed(0)
     net = build_network(arch, n_params=3).eval()
@@ -28,7 +28,7 @@ def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.testing.assert_close(mapped, reference, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-deep"])
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-deep", "shared-trunk-wide"])
 @pytest.mark.parametrize("stride", [16, 32, 128])
 def test_map_frame_equals_per_window_forward_at_other_strides(arch: str, stride: int) -> None:
     """Pooling steps of 2, 4 and 16 trunk cells: windows much longer than the step, and shorter than it."""
@@ -64,7 +64,8 @@ def test_log_sigma_shift_scales_sigma_only() -> None:
     torch.testing.assert_close(scripted, after)
 
 
-@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-deep", "resnet34-tiny"])
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-deep", "shared-trunk-wide",
+                                  "resnet34-tiny"])
 def test_offset_and_gain_invariance(arch: str) -> None:
     torch.manual_seed(1)
     net = build_network(arch, n_params=2).double().eval()
@@ -73,6 +74,16 @@ def test_offset_and_gain_invariance(arch: str) -> None:
         ref = net(x)
         for a, b in [(0.01, 0.0), (37.0, 1e4), (1.0, -50.0)]:
             torch.testing.assert_close(net(a * x + b), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_wide_stem_is_pooled_and_squeezed() -> None:
+    """The wide stem's filters all reach the head; the blocks see ``width`` channels."""
+    net = SharedTrunkNet(2, width=16, depth=2, stem_width=40, hidden=8).eval()
+    with torch.no_grad():
+        stages = net.stages(torch.rand(1, 1, 128, 128))
+    assert [h.shape[1] for h in stages] == [40, 16, 16]
+    assert net.head[0].in_features == 40 + 2 * 16
+    assert isinstance(build_network("shared-trunk", 1).squeeze, torch.nn.Identity)  # old files keep their keys
 
 
 def test_scripted_network_keeps_contract(tmp_path) -> None:
