@@ -51,6 +51,7 @@ class SimFrame:
     height_rel_focus_um: np.ndarray  # (H, W): surface height minus focal plane (= -defocus)
     in_focus_px: float | None  # along the tilt axis, for flat tilted frames
     truth: object
+    seed: int  # sample and camera-noise seed: the frame is the same whatever was snapped before it
 
 
 class Simulator:
@@ -72,6 +73,9 @@ class Simulator:
         core.setProperty("Sample", "TiltDeg", tilt_deg)
         core.setProperty("Sample", "CurvaturePerMm", curvature_per_mm)
         core.setProperty("Sample", "Seed", seed)
+        # Reseeding the noise per frame makes a frame set identical across option sets (--zstack snaps
+        # frames in between, which would otherwise shift the noise of every later frame).
+        core.setProperty("Camera", "NoiseSeed", seed)
         # Height is 0 at the frame centre and grows along x; putting the stage at the height of column
         # (centre + shift) brings that column into focus.
         if z_um is None:
@@ -84,7 +88,7 @@ class Simulator:
         gt = ground_truth(core)
         centre = (self.shape[1] - 1) / 2.0
         in_focus = centre + in_focus_shift_px if curvature_per_mm == 0 and tilt_deg != 0 else None
-        return SimFrame(frame, -np.asarray(gt.defocus_um, dtype=np.float64), in_focus, gt)
+        return SimFrame(frame, -np.asarray(gt.defocus_um, dtype=np.float64), in_focus, gt, seed)
 
     def snap_at_z(self, z_um: float, seed: int, exposure_ms: float = 10.0) -> SimFrame:
         """A frame of the flat (untilted) sample with the Z stage at ``z_um``."""
@@ -100,8 +104,14 @@ class OracleMapper:
         self.optics = Optics()
         self.noise = noise_waves
         self.window_px, self.stride_px = window_px, stride_px
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.last_truth = None
+
+    def use_frame(self, f: SimFrame) -> None:
+        """Map ``f`` next: its ground truth, and parameter noise drawn from its seed (not the call order)."""
+        self.last_truth = f.truth
+        self.rng = np.random.default_rng([self.seed, f.seed])
 
     def __call__(self, frame: np.ndarray) -> PSFMap:
         gt = self.last_truth
@@ -363,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def map_frame(f: SimFrame) -> PSFMap:
         if isinstance(mapper, OracleMapper):
-            mapper.last_truth = f.truth
+            mapper.use_frame(f)
         return mapper(f.frame)
 
     t0 = time.time()
