@@ -14,8 +14,9 @@ from livepsf.data.dataset import (
     PatchDataset,
     default_psf_size_px,
     eval_set,
+    eval_synthesizer,
 )
-from livepsf.data.degrade import DegradationConfig
+from livepsf.data.degrade import DegradationConfig, blur_fft, illumination_ramp
 from livepsf.optics import Optics, get_psf_model, psf_batch
 
 # Small and quick: 32 px windows, small pools.
@@ -115,6 +116,35 @@ def test_labels_are_the_physical_psf_of_each_patch_after_the_dihedral_transform(
     turned = (info["dihedral"] % 2 == 1) & (pool_values[:, 1:].abs().max(dim=1).values > 0.15)
     if bool(turned.any()):  # the pre-transform label would be wrong on those patches
         assert float((untransformed[turned] - got[turned]).abs().max()) > 5.0
+
+
+def test_details_hold_the_sharp_crop_and_texture_kind_that_made_each_patch():
+    """Blurring details["sharp"] with the patch's PSF, turning it and lighting it gives its electrons."""
+    synth = _ds(sources={"cells": 1.0, "lines": 1.0}, psf_refresh=8, batch_size=16).synthesizer()
+    info = synth.next_batch(details=True)[2]
+    cond = info["conditions"]
+    assert info["sharp"].shape == (16, synth.fft_px, synth.fft_px)
+    assert set(info["texture_kind"]) <= {"cells", "lines", "blank"}
+    assert [k == "blank" for k in info["texture_kind"]] == cond.blank.tolist()
+    blurred = blur_fft(info["sharp"], synth.pool_spectra[info["psf_index"]], synth.psf_size_px, synth.patch_px)
+    for i in range(16):
+        op = int(info["dihedral"][i])
+        turned = torch.rot90(blurred[i], op % 4, dims=(0, 1))
+        turned = torch.flip(turned, dims=(0,)) if op >= 4 else turned
+        ramp = illumination_ramp(synth.patch_px, cond.gradient[i:i + 1], cond.gradient_angle[i:i + 1])[0]
+        photons = 0.0 if bool(cond.black[i]) else float(cond.photons[i])
+        expected = (turned + float(cond.background[i])) * photons * ramp
+        torch.testing.assert_close(info["electrons"][i], expected, rtol=1e-4, atol=1e-3 * max(photons, 1.0))
+
+
+def test_eval_synthesizer_makes_eval_sets_patches(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVEPSF_CACHE_DIR", str(tmp_path))
+    spec, optics = get_psf_model("Z-3"), Optics()
+    patches, targets = eval_set(spec, "test", n=12, window_px=32)
+    synth = eval_synthesizer(spec, "test", 12, 32, 32, DegradationConfig(), optics)
+    x, t, info = synth.next_batch(details=True)
+    assert torch.equal(x, patches) and torch.equal(t, targets)
+    assert len(info["texture_kind"]) == 12
 
 
 def test_invalid_fraction_and_explicit_blank_black_patches():

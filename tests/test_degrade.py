@@ -15,10 +15,12 @@ from livepsf.data.degrade import (
     apply_strength,
     blur_fft,
     blurred_invalid,
+    blurred_patch,
     camera_noise,
     illumination_ramp,
     invalid_rule,
     psf_spectrum,
+    texture_spectrum,
 )
 from livepsf.optics import psf_batch
 
@@ -37,6 +39,22 @@ def test_blur_is_the_valid_part_of_a_linear_convolution():
     out = blur_fft(torch.from_numpy(tex)[None], psf_spectrum(psf, 64), 21, 40)
     reference = fftconvolve(tex.astype(np.float64), psf[0].double().numpy(), mode="valid")  # 44 x 44
     np.testing.assert_allclose(out[0].numpy(), reference[2:42, 2:42], atol=1e-5)
+
+
+def test_one_texture_spectrum_blurred_by_many_psfs_matches_blur_fft_and_the_linear_convolution():
+    """texture_spectrum once, blurred_patch for several PSFs: the same valid convolution as blur_fft."""
+    rng = np.random.default_rng(1)
+    values = torch.tensor([[0.0, 0.0, 0.0], [0.8, 0.2, -0.1], [1.5, -0.4, 0.3]])
+    psfs = psf_batch("Z-3", values, 21)
+    tex = torch.from_numpy(T.fractal_noise((64, 64), rng, beta=1.0))[None]
+    out = blurred_patch(texture_spectrum(tex, 64) * psf_spectrum(psfs, 64), 21, 40)
+    torch.testing.assert_close(out, blur_fft(tex.expand(3, 64, 64), psf_spectrum(psfs, 64), 21, 40))
+    for i in range(3):
+        reference = fftconvolve(tex[0].double().numpy(), psfs[i].double().numpy(), mode="valid")
+        np.testing.assert_allclose(out[i].numpy(), reference[2:42, 2:42], atol=1e-5)
+    assert float(out[0].std()) > float(out[2].std())  # more blur, less texture contrast
+    with pytest.raises(ValueError, match="FFT size"):
+        blurred_patch(torch.zeros(1, 33, 64, dtype=torch.complex64), 33, 40)
 
 
 def test_blur_of_a_delta_is_the_psf_centred_on_the_patch():

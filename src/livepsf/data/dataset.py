@@ -68,6 +68,7 @@ __all__ = [
     "cache_dir",
     "default_psf_size_px",
     "eval_set",
+    "eval_synthesizer",
 ]
 
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -209,7 +210,13 @@ class BatchSynthesizer:
         seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
         self.rng = np.random.default_rng(seq)
         self.gen = _seed_torch(seq.spawn(1)[0])
-        self.textures: list[np.ndarray] = [self._new_texture() for _ in range(self.texture_pool_size)]
+        # Kinds ride beside the pool (details of a batch name each patch's texture family).
+        self.texture_kinds: list[str] = []
+        self.textures: list[np.ndarray] = []
+        for _ in range(self.texture_pool_size):
+            tex, kind = self._new_texture_and_kind()
+            self.textures.append(tex)
+            self.texture_kinds.append(kind)
         self._dihedral_index = _dihedral_index(self.patch_px)
         self._psf_debt = 0.0
         self.pool_values = torch.empty(0, spec.n_params, dtype=torch.float64)
@@ -217,10 +224,9 @@ class BatchSynthesizer:
         self._refresh_psfs(self.psf_pool)
 
     # -- pools ---------------------------------------------------------------------------------------
-    def _new_texture(self) -> np.ndarray:
-        tex, _ = random_texture(self.texture_px, self.rng, self.sources,
-                                **{"shipped": self._shipped, **self._kind_options})
-        return tex
+    def _new_texture_and_kind(self) -> tuple[np.ndarray, str]:
+        return random_texture(self.texture_px, self.rng, self.sources,
+                              **{"shipped": self._shipped, **self._kind_options})
 
     def _refresh_psfs(self, n: int) -> None:
         n = min(n, self.psf_pool)
@@ -237,7 +243,9 @@ class BatchSynthesizer:
     def _refresh_textures(self) -> None:
         n = int(self.texture_refresh) + int(self.rng.random() < self.texture_refresh % 1)
         for _ in range(min(n, self.texture_pool_size)):
-            self.textures[int(self.rng.integers(self.texture_pool_size))] = self._new_texture()
+            tex, kind = self._new_texture_and_kind()  # drawn before the slot, as the streams always were
+            slot = int(self.rng.integers(self.texture_pool_size))
+            self.textures[slot], self.texture_kinds[slot] = tex, kind
 
     # -- one batch -----------------------------------------------------------------------------------
     def next_batch(self, details: bool = False):
@@ -308,8 +316,11 @@ class BatchSynthesizer:
         patches = raw[:, None].contiguous()
         if not details:
             return patches, targets
+        kinds = ["blank" if bool(cond.blank[i]) else self.texture_kinds[int(which[i])] for i in range(b)]
+        # "sharp": the F x F crops times contrast, before blur (what blur_fft received; blank ones included).
         return patches, targets, {"values": values, "conditions": cond, "electrons": electrons,
-                                  "psf_index": idx, "dihedral": ops}
+                                  "psf_index": idx, "dihedral": ops, "sharp": t, "gain": gain,
+                                  "texture_kind": kinds}
 
 
 class PatchDataset(IterableDataset):
@@ -414,6 +425,30 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("livepsf"))
 
 
+def eval_synthesizer(
+    spec: PSFModelSpec,
+    split: str,
+    n: int,
+    window_px: int,
+    patch_px: int,
+    degradation: DegradationConfig,
+    optics: Optics,
+    sources: Mapping[str, float] | None = None,
+    texture_options: Mapping[str, Mapping] | None = None,
+) -> BatchSynthesizer:
+    """The synthesizer whose first ``ceil(n / 64)`` batches are :func:`eval_set`'s ``n`` patches.
+
+    For studies that need each evaluation patch's draws (``next_batch(details=True)``: sharp crop,
+    conditions, dihedral op): the same arguments give the same patches, bit for bit. The texture pool
+    size depends on ``n``, so pass the ``n`` of the set you mean (e.g. 2000 for the test set).
+    """
+    batch = min(64, n)
+    return BatchSynthesizer(spec, optics, window_px, patch_px, batch, degradation,
+                            np.random.SeedSequence(EVAL_ENTROPY, spawn_key=(SPLITS[split],)), split, sources,
+                            psf_pool=batch, psf_refresh=batch, texture_pool=min(32, math.ceil(n / 8)),
+                            texture_refresh=1.0, texture_options=texture_options)
+
+
 def eval_set(
     psf_model: str | PSFModelSpec,
     split: str = "val",
@@ -462,12 +497,8 @@ def eval_set(
                 return torch.from_numpy(data["patches"].astype(np.float32)), torch.from_numpy(data["targets"])
         except (OSError, ValueError, KeyError):
             pass  # damaged cache file: regenerate it below
-    batch = min(64, n)
-    synth = BatchSynthesizer(spec, optics, window_px, patch_px, batch, degradation,
-                             np.random.SeedSequence(EVAL_ENTROPY, spawn_key=(SPLITS[split],)), split, sources,
-                             psf_pool=batch, psf_refresh=batch, texture_pool=min(32, math.ceil(n / 8)),
-                             texture_refresh=1.0, texture_options=texture_options)
-    parts = [synth.next_batch() for _ in range(math.ceil(n / batch))]
+    synth = eval_synthesizer(spec, split, n, window_px, patch_px, degradation, optics, sources, texture_options)
+    parts = [synth.next_batch() for _ in range(math.ceil(n / synth.batch_size))]
     patches = torch.cat([q for q, _ in parts])[:n]
     targets = torch.cat([t for _, t in parts])[:n]
     if cache:

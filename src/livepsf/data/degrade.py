@@ -60,9 +60,11 @@ __all__ = [
     "apply_strength",
     "blur_fft",
     "blurred_invalid",
+    "blurred_patch",
     "camera_noise",
     "invalid_rule",
     "psf_spectrum",
+    "texture_spectrum",
 ]
 
 Range = tuple[float, float]
@@ -278,9 +280,16 @@ def blur_fft(
         ``(B, out_px, out_px)`` float32: the patch centred in the crop.
     """
     fft_px = spectra.shape[-1]
-    r = psf_size_px // 2
-    if fft_px < out_px + 2 * r:
-        raise ValueError(f"FFT size {fft_px} cannot hold a {out_px}px patch with a {psf_size_px}px PSF")
+    _check_valid_patch(fft_px, psf_size_px, out_px)
+    return blurred_patch(texture_spectrum(textures, fft_px).mul_(spectra), psf_size_px, out_px)
+
+
+def texture_spectrum(textures: torch.Tensor, fft_px: int) -> torch.Tensor:
+    """Spectra ``(B, F // 2 + 1, F)`` of sharp crops ``(B, C, C)`` as :func:`blur_fft` makes them.
+
+    Crops smaller than ``fft_px`` are mirror-padded (reflect), larger ones cut to their centre. With
+    :func:`blurred_patch`, one texture spectrum serves many PSFs (``blurred_patch(t * psf_spectra, ...)``).
+    """
     c = textures.shape[-1]
     x = textures.to(torch.float32)
     if c < fft_px:
@@ -288,20 +297,34 @@ def blur_fft(
         lo = (fft_px - c) // 2
         pad = (lo, fft_px - c - lo, lo, fft_px - c - lo)
         x = torch.nn.functional.pad(x[:, None], pad, mode="reflect")[:, 0]
-        c = fft_px
     elif c > fft_px:
         lo = (c - fft_px) // 2
         x = x[:, lo : lo + fft_px, lo : lo + fft_px]
-        c = fft_px
+    return _spectrum(x)
+
+
+def blurred_patch(product: torch.Tensor, psf_size_px: int, out_px: int) -> torch.Tensor:
+    """The central ``out_px`` square ``(B, out_px, out_px)`` of the inverse transform of texture x PSF spectra.
+
+    ``product`` is ``texture_spectrum(...) * psf_spectrum(...)``, ``(B, F // 2 + 1, F)``; the result is
+    the "valid" part of the convolution, as :func:`blur_fft` returns it.
+    """
+    fft_px = product.shape[-1]
+    _check_valid_patch(fft_px, psf_size_px, out_px)
     # Output pixel i sees inputs i - r .. i + r; the patch is centred in the crop.
     start = (fft_px - out_px) // 2
-    if start < r:
-        raise ValueError("patch does not fit inside the valid region of the convolution")
     # Inverse transform one axis at a time (contiguous each time), keeping only the patch's rows
     # before the second axis: cheaper than a full irfft2 followed by a crop.
-    spec = _spectrum(x).mul_(spectra)
-    rows = torch.fft.ifft(spec, dim=-1)[..., start : start + out_px].transpose(-2, -1).contiguous()
+    rows = torch.fft.ifft(product, dim=-1)[..., start : start + out_px].transpose(-2, -1).contiguous()
     return torch.fft.irfft(rows, n=fft_px, dim=-1)[..., start : start + out_px]
+
+
+def _check_valid_patch(fft_px: int, psf_size_px: int, out_px: int) -> None:
+    r = psf_size_px // 2
+    if fft_px < out_px + 2 * r:
+        raise ValueError(f"FFT size {fft_px} cannot hold a {out_px}px patch with a {psf_size_px}px PSF")
+    if (fft_px - out_px) // 2 < r:
+        raise ValueError("patch does not fit inside the valid region of the convolution")
 
 
 # -- illumination and camera -----------------------------------------------------------------------
