@@ -117,6 +117,56 @@ def test_ome_zarr_frames_are_read_plane_by_plane(tmp_path: Path, version: str) -
         read_frame(store, 6)
 
 
+# -- torch threads --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_task_maps_with_the_runs_torch_thread_count_in_the_worker_thread(tmp_path: Path, tiny_model,
+                                                                          threads: int) -> None:
+    import threading
+
+    import torch
+
+    from livepsf.batch.outputs import OutputWriter
+    from livepsf.batch.tasks import compute_frame
+
+    source = tmp_path / "a.tif"
+    tifffile.imwrite(source, np.random.default_rng(4).integers(0, 4000, (128, 128), dtype=np.uint16))
+    task = OutputWriter(BatchOptions("map", model=str(tiny_model.path), torch_threads=threads)).task()
+    seen = {}
+
+    def worker() -> None:  # a worker thread of its own: OpenMP's count is per thread
+        torch.set_num_threads(3)
+        seen["out"] = compute_frame(task, str(source), 0)
+        seen["threads"] = torch.get_num_threads()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["threads"] == threads
+    assert seen["out"]["arrays"]["p.focus"].shape == (1, 1)
+
+
+def test_cli_threads_reach_the_dask_tasks_and_bad_counts_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    import livepsf.batch
+    from livepsf.batch import BatchReport
+    from livepsf.cli import main
+
+    given = []
+    monkeypatch.setattr(livepsf.batch, "run_batch", lambda images, options, **kw: given.append(options)
+                        or BatchReport([], [], 0, 0.0))
+    for argv in (["map", str(tmp_path), "--threads", "2"], ["deconvolve", str(tmp_path), "--threads", "3"],
+                 ["map", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--scheduler", "tcp://127.0.0.1:1"])
+        assert exit_info.value.code in (0, None)
+    assert [o.torch_threads for o in given] == [2, 3, 1]  # 1 per task unless told (Dask's convention)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deconvolve", str(tmp_path), "--threads", "0", "--scheduler", "tcp://127.0.0.1:1"])
+    assert exit_info.value.code == 2 and "--threads must be at least 1, got 0" in capsys.readouterr().err
+    assert len(given) == 3
+
+
 # -- on the cluster -----------------------------------------------------------------------------------
 
 

@@ -471,6 +471,47 @@ def test_map_command_maps_good_files_and_reports_bad_ones(tiny_model, tmp_path, 
     assert (tmp_path / "good_psfmap.ome.tif").is_file()
 
 
+def test_map_frames_times_every_frame_through_run_after_one_warm_up_per_shape(tiny_model):
+    from livepsf.mapping import map_frames
+
+    mapper = PSFMapper(tiny_model, stride_px=64)
+    calls: list[tuple[int, int]] = []
+
+    def counted(frame):
+        calls.append(frame.shape)
+        return mapper(frame)
+
+    ran: list[PSFMap] = []
+
+    def run(call):  # what ThreadTuner.run does: call it (with its thread count), see the result
+        ran.append(call())
+        return ran[-1]
+
+    frames = [_texture((200, 200), seed=s) for s in (1, 2)]
+    maps, times_ms = map_frames(frames, counted, "a.tif", run)
+    assert all(m is r for m, r in zip(maps, ran, strict=True)) and len(times_ms) == 2 and min(times_ms) > 0
+    assert len(calls) == 2 + 2  # two untimed warm-up passes, then each frame once
+    maps, _ = map_frames(frames[:1], counted, "b.tif", run)  # a second file of that shape: no warm-up
+    assert len(calls) == 5 and maps[0] is ran[-1]
+    np.testing.assert_array_equal(maps[0].params["focus"], mapper(frames[0]).params["focus"])
+    with pytest.raises(InputError, match=r"c.tif \(page 1\)"):
+        map_frames([frames[0], np.zeros((100, 300))], counted, "c.tif", run)
+
+
+def test_map_command_threads_option_is_honoured_and_bad_counts_are_refused(tiny_model, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "one.tif", _texture((200, 200)).astype(np.uint16))
+    before = torch.get_num_threads()
+    assert _run_cli(["map", str(tmp_path / "one.tif"), "--model", str(tiny_model.path), "--threads", "1"]) == 0
+    assert "(1 torch thread)" in capsys.readouterr().out
+    assert torch.get_num_threads() == before  # the command's count does not outlive it
+    for bad in ("0", "-2"):
+        code = _run_cli(["map", str(tmp_path / "one.tif"), "--model", str(tiny_model.path), "--threads", bad])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--threads must be at least 1, got {bad}" in err and "Traceback" not in err
+    assert _run_cli(["map", str(tmp_path / "one.tif"), "--threads", "two"]) == 2
+    assert sorted(p.name for p in tmp_path.glob("one_psfmap*")) == ["one_psfmap.json", "one_psfmap.ome.tif"]
+
+
 # --- with trained models -------------------------------------------------------------------------------
 
 

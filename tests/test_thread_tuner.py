@@ -98,3 +98,39 @@ def test_bad_settings_are_refused(kwargs):
     candidates = kwargs.pop("candidates", [2, 1])
     with pytest.raises(ValueError):
         ThreadTuner(candidates, **kwargs)
+
+
+@pytest.mark.parametrize(("seconds", "best"), [({2: 0.075, 1: 0.023}, 1),   # one core busy
+                                               ({2: 0.013, 1: 0.021}, 2)])  # idle: two threads win
+def test_a_batch_decides_after_its_first_frames_and_restores_the_thread_count(seconds, best):
+    from livepsf.acquisition.thread_tuner import BATCH_TRIAL_FRAMES, batch_threads
+
+    def scenario():
+        torch.set_num_threads(2)
+        work = FakeWork(seconds)
+        with batch_threads(clock=work.clock) as tuner:
+            for _ in range(10):
+                tuner.run(work)
+            chosen = tuner.current
+        return chosen, work.threads_seen, torch.get_num_threads()
+
+    chosen, seen, after = run_in_thread(scenario)
+    n = BATCH_TRIAL_FRAMES
+    assert seen[:2 * n] == [1] * n + [2] * n  # the safe count first, then torch's
+    assert chosen == best and seen[2 * n:] == [best] * (10 - 2 * n)
+    assert after == 2  # the caller's count is back
+
+
+def test_a_batch_with_a_fixed_thread_count_runs_every_frame_with_it():
+    from livepsf.acquisition.thread_tuner import batch_threads
+
+    def scenario():
+        work = FakeWork({3: 0.05, 1: 0.01})
+        with batch_threads(3, clock=work.clock) as tuner:
+            for _ in range(10):
+                tuner.run(work)
+        return work.threads_seen
+
+    assert run_in_thread(scenario) == [3] * 10
+    with pytest.raises(ValueError, match="positive"), batch_threads(0):
+        raise AssertionError("a batch with 0 threads must not start")

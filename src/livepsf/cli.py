@@ -288,6 +288,10 @@ def _per_image_values(values: list[float], per_image: list, images: list[Path], 
                      "give one for all, one per image or one per frame")
 
 
+_MAP_THREADS_HELP = ("Torch threads for the mapping (default: measured on the first frames, the faster of torch's "
+                     "count and 1, re-checked as the load changes; with --scheduler: 1 per task).")
+
+
 @app.command()
 def depth(
     images: list[Path] = typer.Argument(..., help="Images to turn into depth maps."),
@@ -301,9 +305,11 @@ def depth(
     scheduler: str = typer.Option(None, "--scheduler", help="Run on Dask: a scheduler address "
                                   "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
     workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
+    threads: int = typer.Option(None, "--threads", help=_MAP_THREADS_HELP),
 ) -> None:
     """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json."""
     _check_workers_option(scheduler, workers)
+    _check_threads(threads)
     from livepsf.depth.surface import check_prior
 
     check_prior(surface)
@@ -311,42 +317,44 @@ def depth(
         from livepsf.batch import BatchOptions
 
         _run_batch(images, BatchOptions("depth", model=model, stride_px=stride, out_dir=_folder(out),
-                                        calibration=str(calibration), median_windows=median, surface=surface),
-                   scheduler, workers)
+                                        calibration=str(calibration), median_windows=median, surface=surface,
+                                        torch_threads=threads or 1), scheduler, workers)
         return
+    from livepsf.acquisition.thread_tuner import batch_threads
     from livepsf.depth import Calibration, write_depth_outputs
     from livepsf.imageio import read_frames
-    from livepsf.mapping import PSFMapper
+    from livepsf.mapping import PSFMapper, map_frames
     from livepsf.net import load_model
 
     cal = Calibration.load(calibration)
     net = load_model(model or cal.model_name)
     cal.check_model(net)
     mapper = PSFMapper(net, stride_px=stride or cal.stride_px or 64)
-    for image in images:
-        frames = read_frames(image)
-        pmaps = [mapper(frame) for frame in frames]
-        tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out, frames=frames,
-                                                         median_windows=median, surface=surface)
-        for i, s in enumerate(stats):
-            plane = f" [{i}]" if len(stats) > 1 else ""
-            console.print(f"{image}{plane}: depth {s['min_um']:.1f} … {s['max_um']:.1f} µm (median "
-                          f"{s['median_um']:.1f}), {100 * s['invalid_fraction']:.0f}% windows invalid, "
-                          f"{100 * s['unreliable_fraction']:.0f}% not used",
-                          highlight=False)
-            if "surface" in s:
-                f = s["surface"]
-                console.print(f"{image}{plane}: {surface} surface {f['min_um']:.1f} … {f['max_um']:.1f} µm, "
-                              f"tilt {f['tilt_x_deg']:.2f}° along x, {f['tilt_y_deg']:.2f}° along y, "
-                              f"σ {f['median_sigma_um']:.2f} µm (median), {f['n_used']} of {f['n_windows']} "
-                              "informative windows used", highlight=False, soft_wrap=True)
-        if surface is None:
-            console.print(f"wrote {tif_path} and {json_path}", highlight=False)
-        else:
-            import json
+    with batch_threads(threads) as tuner:
+        for image in images:
+            frames = read_frames(image)
+            pmaps, _ = map_frames(frames, mapper, image, tuner.run)
+            tif_path, json_path, stats = write_depth_outputs(image, pmaps, cal, calibration, out, frames=frames,
+                                                             median_windows=median, surface=surface)
+            for i, s in enumerate(stats):
+                plane = f" [{i}]" if len(stats) > 1 else ""
+                console.print(f"{image}{plane}: depth {s['min_um']:.1f} … {s['max_um']:.1f} µm (median "
+                              f"{s['median_um']:.1f}), {100 * s['invalid_fraction']:.0f}% windows invalid, "
+                              f"{100 * s['unreliable_fraction']:.0f}% not used",
+                              highlight=False)
+                if "surface" in s:
+                    f = s["surface"]
+                    console.print(f"{image}{plane}: {surface} surface {f['min_um']:.1f} … {f['max_um']:.1f} µm, "
+                                  f"tilt {f['tilt_x_deg']:.2f}° along x, {f['tilt_y_deg']:.2f}° along y, "
+                                  f"σ {f['median_sigma_um']:.2f} µm (median), {f['n_used']} of {f['n_windows']} "
+                                  "informative windows used", highlight=False, soft_wrap=True)
+            if surface is None:
+                console.print(f"wrote {tif_path} and {json_path}", highlight=False)
+            else:
+                import json
 
-            surface_path = json.loads(json_path.read_text(encoding="utf-8"))["surface_map"]
-            console.print(f"wrote {tif_path}, {json_path} and {surface_path}", highlight=False, soft_wrap=True)
+                surface_path = json.loads(json_path.read_text(encoding="utf-8"))["surface_map"]
+                console.print(f"wrote {tif_path}, {json_path} and {surface_path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -377,42 +385,52 @@ def map_images(
     scheduler: str = typer.Option(None, "--scheduler", help="Run on Dask: a scheduler address "
                                   "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
     workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
+    threads: int = typer.Option(None, "--threads", help=_MAP_THREADS_HELP),
 ) -> None:
     """PSF maps: <name>_psfmap.ome.tif (one channel per parameter + invalid) and <name>_psfmap.json."""
     _check_workers_option(scheduler, workers)
+    _check_threads(threads)
     if scheduler is not None:
         from livepsf.batch import BatchOptions
 
-        _run_batch(images, BatchOptions("map", model=model, stride_px=stride, out_dir=_folder(out)), scheduler,
-                   workers)
+        _run_batch(images, BatchOptions("map", model=model, stride_px=stride, out_dir=_folder(out),
+                                        torch_threads=threads or 1), scheduler, workers)
         return
+    from livepsf.acquisition.thread_tuner import batch_threads
     from livepsf.mapping import PSFMapper, map_image_file
     from livepsf.net import load_model
 
     mapper = PSFMapper(load_model(model), stride_px=stride)
     failed = 0
-    for image in images:
-        try:
-            result = map_image_file(image, mapper, out)
-        except InputError as exc:  # report it and go on with the other images; exit code 2 at the end
-            _print_error(exc)
-            failed += 1
-            continue
-        s = result.summary
-        values = ", ".join(
-            f"{name} {p['median']:.3g} {p['unit']}" if p["median"] is not None else f"{name} n/a"
-            for name, p in s["params"].items()
-        )
-        all_invalid = sum(f["all_invalid"] for f in s["frames"])
-        warn = f" [yellow]({all_invalid} frame(s) without any valid window: raw values kept)[/]" if all_invalid else ""
-        console.print(
-            f"{image} → {result.ome_path.name}, {result.json_path.name}: {s['n_frames']} frame(s), "
-            f"{s['grid_shape'][0]}x{s['grid_shape'][1]} windows, {100 * s['fraction_invalid']:.0f} % invalid, "
-            f"{s['time_per_frame_ms']['median']:.1f} ms/frame; medians: {values}{warn}",
-            highlight=False, soft_wrap=True,
-        )
+    with batch_threads(threads) as tuner:
+        for image in images:
+            try:
+                result = map_image_file(image, mapper, out, run=tuner.run)
+            except InputError as exc:  # report it and go on with the other images; exit code 2 at the end
+                _print_error(exc)
+                failed += 1
+                continue
+            s = result.summary
+            values = ", ".join(
+                f"{name} {p['median']:.3g} {p['unit']}" if p["median"] is not None else f"{name} n/a"
+                for name, p in s["params"].items()
+            )
+            all_invalid = sum(f["all_invalid"] for f in s["frames"])
+            warn = f" [yellow]({all_invalid} frame(s) without any valid window: raw values kept)[/]" if all_invalid else ""
+            console.print(
+                f"{image} → {result.ome_path.name}, {result.json_path.name}: {s['n_frames']} frame(s), "
+                f"{s['grid_shape'][0]}x{s['grid_shape'][1]} windows, {100 * s['fraction_invalid']:.0f} % invalid, "
+                f"{s['time_per_frame_ms']['median']:.1f} ms/frame ({tuner.current} torch thread"
+                f"{'s' if tuner.current != 1 else ''}); medians: {values}{warn}",
+                highlight=False, soft_wrap=True,
+            )
     if failed:
         raise typer.Exit(code=2)
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
 
 
 def _check_workers_option(scheduler: str | None, workers: int) -> None:
@@ -472,8 +490,7 @@ def bench(
 
     from livepsf.throughput import machine_description, run_suites
 
-    if threads < 1:
-        raise InputError(f"--threads must be at least 1, got {threads}")
+    _check_threads(threads)
     rows = run_suites(suite or None, quick=quick, threads=threads)
     table = Table(title=f"livepsf throughput — {machine_description(threads)}", title_justify="left")
     for col, justify in (("task", "left"), ("model", "left"), ("input", "left"), ("device", "left"),
@@ -898,6 +915,8 @@ def deconvolve_images(
                                  help="Job journal (default: the per-user one; unfinished jobs there resume)."),
     scheduler: str = typer.Option(None, "--scheduler", help="Run on Dask: a scheduler address "
                                   "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
+    threads: int = typer.Option(None, "--threads", help="Torch threads per worker (default: the cores shared "
+                                "among --workers; with --scheduler: 1 per task)."),
 ) -> None:
     """Spatially-variant TV-RL deconvolution into <name>_deconv.ome.tif; inputs are never modified.
 
@@ -917,11 +936,13 @@ def deconvolve_images(
         raise InputError(f"--tv must be in [0, 0.25), got {tv}")
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    _check_threads(threads)
     if scheduler is not None:
         from livepsf.batch import BatchOptions
 
         _run_batch(images, BatchOptions("deconvolve", model=model, stride_px=stride, out_dir=_folder(out),
-                                        iterations=iterations, tv_weight=tv), scheduler, workers)
+                                        iterations=iterations, tv_weight=tv, torch_threads=threads or 1),
+                   scheduler, workers)
         return
     readable, bad = [], 0
     for image in images:
@@ -933,7 +954,7 @@ def deconvolve_images(
             bad += 1
     if not readable:
         raise typer.Exit(code=2)
-    queue = DeconvolutionQueue(journal, workers=workers, start=False)
+    queue = DeconvolutionQueue(journal, workers=workers, start=False, torch_threads=threads)
     if queue.resumed:
         console.print(f"resuming {len(queue.resumed)} unfinished job(s) from {queue.journal_path}", highlight=False)
     ids = [queue.submit(image, iterations=iterations, tv_weight=tv, out_dir=out, model=model, stride_px=stride)

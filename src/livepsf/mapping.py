@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import warnings
+import weakref
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ __all__ = [
     "fill_invalid",
     "linear_weights",
     "load_psfmaps",
+    "map_frames",
     "map_image_file",
     "save_psfmaps",
 ]
@@ -50,6 +52,8 @@ _OME_NAMESPACE = "livepsf/psfmap"
 _OME_KEY = "psfmap"
 _FORMAT_VERSION = 1
 _SIGMA_SUFFIX = "_sigma"
+# Frame shapes each mapper has been warmed up on (map_frames): a batch of single-frame files warms up once.
+_WARM_SHAPES: weakref.WeakKeyDictionary[Any, set[tuple[int, ...]]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -675,39 +679,72 @@ class MappedFile:
     summary: dict[str, Any]
 
 
-def map_image_file(source: str | Path, mapper: PSFMapper, out_dir: str | Path | None = None) -> MappedFile:
+def map_frames(frames: Sequence[np.ndarray], mapper: PSFMapper, source: str | Path,
+               run: Callable[[Callable[[], PSFMap]], PSFMap] | None = None) -> tuple[list[PSFMap], list[float]]:
+    """Map the frames of one file; returns the maps and the time of each mapping (ms).
+
+    The first frame of a shape the mapper has not mapped before is first mapped twice, untimed
+    (buffers, and TorchScript optimises its graph on its first two calls), so the times are those of
+    a warm mapper, and the first timed calls are fair measurements for ``run``.
+
+    Parameters
+    ----------
+    frames
+        The file's frames (:func:`livepsf.imageio.read_frames`).
+    mapper
+        The mapper (one per model and stride; it remembers the shapes it has warmed up).
+    source
+        The file, named in errors.
+    run
+        Calls each timed mapping, ``run(call)``: for example
+        :meth:`livepsf.acquisition.thread_tuner.ThreadTuner.run`, which times the calls and keeps the
+        torch thread count that is fastest under the machine's present load. ``None``: called directly.
+
+    Raises
+    ------
+    InputError
+        A frame cannot be mapped; the message names the file (and page).
+    """
+    import time
+
+    warm = _WARM_SHAPES.setdefault(mapper, set())
+    maps: list[PSFMap] = []
+    times_ms: list[float] = []
+    for i, frame in enumerate(frames):
+        where = str(source) if len(frames) == 1 else f"{source} (page {i})"
+        try:
+            if np.shape(frame) not in warm:
+                mapper(frame)
+                mapper(frame)
+                warm.add(np.shape(frame))
+            start = time.perf_counter()
+            maps.append(mapper(frame) if run is None else run(lambda frame=frame: mapper(frame)))
+            times_ms.append((time.perf_counter() - start) * 1e3)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+    return maps, times_ms
+
+
+def map_image_file(source: str | Path, mapper: PSFMapper, out_dir: str | Path | None = None, *,
+                   run: Callable[[Callable[[], PSFMap]], PSFMap] | None = None) -> MappedFile:
     """Map every frame of an image file and write ``<name>_psfmap.ome.tif`` and ``<name>_psfmap.json``.
 
     The input is only read (:func:`livepsf.imageio.read_frames`; each page of a multi-page TIFF is a
     frame, and gets its own map, stored along T). Outputs go beside the input or in ``out_dir`` under
     new names (``-1``, ``-2``... when taken): nothing is overwritten. The summary holds, per parameter,
     the mean and median over *valid* windows of all frames (``null`` when none is valid), the fraction
-    of invalid windows, and the time per frame (two warm-up passes on the first frame are not timed).
+    of invalid windows, and the time per frame (warm-up passes are not timed; see :func:`map_frames`,
+    which also says what ``run`` does).
 
     Raises
     ------
     InputError
         The file cannot be read or a frame cannot be mapped; the message names the file (and page).
     """
-    import time
-
     from livepsf.imageio import output_path, read_frames
 
     source = Path(source)
-    frames = read_frames(source)
-    maps: list[PSFMap] = []
-    times_ms: list[float] = []
-    for i, frame in enumerate(frames):
-        where = str(source) if len(frames) == 1 else f"{source} (page {i})"
-        try:
-            if i == 0:  # warm-up: buffers, and TorchScript optimises a graph on its first two calls
-                mapper(frame)
-                mapper(frame)
-            start = time.perf_counter()
-            maps.append(mapper(frame))
-            times_ms.append((time.perf_counter() - start) * 1e3)
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
+    maps, times_ms = map_frames(read_frames(source), mapper, source, run)
     ome_path = output_path(source, "_psfmap.ome.tif", out_dir)
     json_path = ome_path.with_name(ome_path.name[: -len(".ome.tif")] + ".json")
     if json_path.exists():

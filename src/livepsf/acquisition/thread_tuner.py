@@ -9,19 +9,27 @@ then tries the others for a few frames.
 
 The count is set with :func:`torch.set_num_threads` in the thread that maps: with OpenMP it applies to
 that thread's own parallel regions, not to other threads (the GUI, a simulated camera rendering).
+Batches over files (``livepsf map``, ``livepsf depth``) choose the same way, quicker: :func:`batch_threads`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["ThreadTuner"]
+__all__ = ["BATCH_EXPLORE_EVERY", "BATCH_TRIAL_FRAMES", "ThreadTuner", "batch_threads"]
+
+#: A batch decides after its first frames (this many with each count): a batch may be a few frames long,
+#: and the median of three is not swayed by one slow call (a first-time code path costs ~250 ms once).
+BATCH_TRIAL_FRAMES = 3
+#: ... and re-checks every this many frames, as the machine's load changes during a long batch.
+BATCH_EXPLORE_EVERY = 50
 
 T = TypeVar("T")
 
@@ -123,3 +131,36 @@ class ThreadTuner:
         if self.median_ms(tried) < self.margin * self.median_ms(self._current):
             self._current = tried
             self.switches += 1
+
+
+@contextmanager
+def batch_threads(threads: int | None = None, *, clock: Callable[[], float] = time.perf_counter
+                  ) -> Iterator[ThreadTuner]:
+    """The torch thread count of a batch of frames mapped in the calling thread; restored afterwards.
+
+    Map each frame through the tuner's :meth:`~ThreadTuner.run` (for example
+    ``livepsf.mapping.map_image_file(..., run=tuner.run)``).
+
+    Parameters
+    ----------
+    threads
+        A fixed count. ``None``: measured, as in the live loop: the first :data:`BATCH_TRIAL_FRAMES`
+        frames with 1 thread, the next ones with torch's present count, then the faster, re-checked
+        every :data:`BATCH_EXPLORE_EVERY` frames. One thread comes first because it is the safe
+        guess: on an idle machine it costs the trial frames up to twice their time, on a busy one
+        torch's count (2 here) costs them three to ten times theirs.
+    clock
+        Seconds, monotonic (tests pass a fake one).
+
+    Raises
+    ------
+    ValueError
+        ``threads`` is below 1.
+    """
+    candidates = [1, torch.get_num_threads()] if threads is None else [threads]
+    tuner = ThreadTuner(candidates, trial_frames=BATCH_TRIAL_FRAMES, explore_every=BATCH_EXPLORE_EVERY, clock=clock)
+    previous = torch.get_num_threads()
+    try:
+        yield tuner
+    finally:
+        torch.set_num_threads(previous)
