@@ -284,18 +284,20 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
     solver.finish()
     model = prior
     if prior != "plane":
-        # Curvature must earn its parameters: the robust plane is kept unless the curved surface explains
-        # the windows better by BIC (on the windows both fits kept). A quadric fitted to a flat tilted
-        # sample bends where no window constrains it, at the edges.
+        # Curvature must earn its parameters: the plane is kept unless the curved surface explains the
+        # windows better by BIC. A quadric fitted to a flat tilted sample bends where no window
+        # constrains it, at the edges. The two are compared on the same windows with the same weights,
+        # the curved fit's (the mirrored windows are already out): a plane fitted robustly on its own
+        # would call the windows that show the curvature outliers and win on what is left.
         plane = _PolySolver(_design("plane", yy, xx), inv_sigma, obs, target)
-        if robust and n_obs > 3:  # from the curved fit's weights: the mirrored windows are already out
-            plane_weights = _robust_weights(plane, target, 3, iterations, weights)
-        else:
-            plane_weights = np.ones(n_obs)
-            plane.solve(plane_weights)
-        plane.finish()
-        common = np.minimum(weights, plane_weights)
-        if _bic(plane, common, target) <= _bic(solver, common, target):
+        plane.solve(weights)
+        if _bic(plane, weights, target) <= _bic(solver, weights, target):
+            if robust and n_obs > 3:
+                plane_weights = _robust_weights(plane, target, 3, iterations, weights)
+            else:
+                plane_weights = np.ones(n_obs)
+                plane.solve(plane_weights)
+            plane.finish()
             solver, weights, model = plane, plane_weights, "plane"
     resid = target - solver.prediction
     used = weights > 0
