@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle", action="store_true", help="ground-truth PSF parameters instead of a network")
     parser.add_argument("--oracle-noise", type=float, default=0.02, help="waves of noise on oracle parameters")
     parser.add_argument("--stride", type=int, default=64)
+    parser.add_argument("--dihedral-average", action="store_true",
+                        help="map every frame also rotated and mirrored and average (livepsf.net.symmetry)")
     parser.add_argument("--test-frames", type=int, default=2, help="fresh test frames per tilt")
     parser.add_argument("--cal-frames", type=int, default=2, help="calibration frames per tilt")
     parser.add_argument("--sample", default="printed-grid", help="simulator sample: printed-grid, cells, filaments")
@@ -368,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         from livepsf.net import load_model
 
         net = load_model(args.model)
-        mapper = PSFMapper(net, stride_px=args.stride)
+        mapper = PSFMapper(net, stride_px=args.stride, dihedral_average=args.dihedral_average)
         label = f"model {net.card.name} ({net.card.architecture}, {net.card.weights_sha256[:12]})"
 
     def map_frame(f: SimFrame) -> PSFMap:

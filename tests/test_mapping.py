@@ -378,6 +378,25 @@ def test_several_maps_in_one_file(tiny_model, tmp_path):
         save_psfmaps(tmp_path / "mixed.ome.tif", [maps[0], other])
 
 
+def test_dihedral_average_maps_are_marked_and_kept_apart(tiny_model, tiny_model_factory, tmp_path):
+    """The averaged map is its own product: flagged in the map and the file, never mixed with plain maps."""
+    frame = _texture((256, 320), seed=9)
+    plain = PSFMapper(tiny_model, stride_px=64)(frame)
+    mapper = PSFMapper(tiny_model, stride_px=64, dihedral_average=True)
+    averaged = mapper(frame)
+    assert averaged.dihedral_average and not plain.dihedral_average and "dihedral_average=True" in repr(mapper)
+    assert averaged.grid_shape == plain.grid_shape and set(averaged.sigma) == set(plain.sigma)
+    # A frame and its mirror image give mirrored averaged maps (G-2: no sign symmetry, so exactly; the
+    # mirror keeps the x and y variances).
+    gaussian = PSFMapper(tiny_model_factory("G-2"), stride_px=64, dihedral_average=True)
+    once, mirrored = gaussian(frame), gaussian(frame[:, ::-1])
+    for name in once.params:
+        np.testing.assert_allclose(mirrored.params[name][:, ::-1], once.params[name], rtol=1e-4, atol=1e-5)
+    assert load_psfmaps(averaged.to_ome_tiff(tmp_path / "avg_psfmap.ome.tif"))[0].dihedral_average
+    with pytest.raises(ValueError, match="dihedral"):
+        save_psfmaps(tmp_path / "mixed.ome.tif", [plain, averaged])
+
+
 def test_loading_something_that_is_not_a_psf_map(tmp_path):
     plain = tmp_path / "plain.ome.tif"
     tifffile.imwrite(plain, np.zeros((4, 4), np.float32), ome=True)

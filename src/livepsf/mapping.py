@@ -27,6 +27,7 @@ import torch
 
 from livepsf.errors import InputError
 from livepsf.imageio import check_frame
+from livepsf.net.symmetry import dihedral_average_map
 from livepsf.optics import Optics, cylinder_axis, get_psf_model
 
 if TYPE_CHECKING:
@@ -88,6 +89,9 @@ class PSFMap:
         reveal a parameter has a large σ). An **empty dict** when the network predicts no σ (models
         made before uncertainty existed). Invalid windows keep the network's own σ (not filled), which
         is large for textureless content.
+    dihedral_average
+        True when every window's values are the mean of the network's readings of its 8 rotations and
+        mirrors (:class:`PSFMapper` with ``dihedral_average=True``).
     """
 
     params: dict[str, np.ndarray]
@@ -103,6 +107,7 @@ class PSFMap:
     optics: Optics = field(default_factory=Optics)
     model_card: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     sigma: dict[str, np.ndarray] = field(default_factory=dict)
+    dihedral_average: bool = False
 
     def __post_init__(self) -> None:
         gy, gx = len(self.centers_y), len(self.centers_x)
@@ -238,6 +243,11 @@ class PSFMapper:
     is invalid nothing can be filled: the map keeps the network's raw values and
     :attr:`PSFMap.all_invalid` is True.
 
+    **Dihedral averaging** (``dihedral_average=True``, for offline work): the frame is also mapped
+    rotated and mirrored, the 8 readings of each window are mapped back and averaged
+    (:func:`livepsf.net.symmetry.dihedral_average_map`): more accurate (Z-3 test R² of the shipped
+    ``default`` 0.540 -> 0.567), 8x slower.
+
     **Speed.** The padded input lives in one buffer on the model's device that is reused for every
     frame of the same shape (a new shape re-allocates it once); there is no Python loop over windows and
     inference runs under :func:`torch.inference_mode`. Because of that buffer a mapper is not re-entrant:
@@ -253,6 +263,8 @@ class PSFMapper:
     device
         Where to run (``"cpu"``, ``"cuda"``...). ``None`` keeps the model's device; another device moves
         the model there (``model.to(device)``, which affects other users of the same model object).
+    dihedral_average
+        Average each window over the frame's 8 rotations and mirrors (see above).
 
     Raises
     ------
@@ -260,7 +272,8 @@ class PSFMapper:
         The stride is out of range or the network cannot map with it.
     """
 
-    def __init__(self, model: PSFNet, stride_px: int = 64, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: PSFNet, stride_px: int = 64, device: str | torch.device | None = None,
+                 dihedral_average: bool = False) -> None:
         window_px = int(model.window_px)
         if isinstance(stride_px, bool) or not isinstance(stride_px, (int, np.integer)):
             raise InputError(f"stride must be a whole number of pixels, got {stride_px!r}")
@@ -271,6 +284,7 @@ class PSFMapper:
             model.to(device)
         self.model = model
         self.stride_px = int(stride_px)
+        self.dihedral_average = bool(dihedral_average)
         self.window_px = window_px
         self.spec = model.spec
         self._card = model.card.model_dump(mode="json")
@@ -325,7 +339,10 @@ class PSFMapper:
             source = self._as_tensor(frame)
             shape = (int(source.shape[0]), int(source.shape[1]))
             self._load(source, shape)
-            raw = self.model.map_frame(self._buffer, self.stride_px)
+            if self.dihedral_average:
+                raw = dihedral_average_map(self.model.map_frame, self._buffer, self.stride_px, self.spec)
+            else:
+                raw = self.model.map_frame(self._buffer, self.stride_px)
             grid = self.grid_shape(shape)
             if tuple(raw.shape) != (self.model.card.n_outputs, *grid):
                 raise RuntimeError(f"model {self.model.name} returned a map of shape {tuple(raw.shape)}, "
@@ -355,6 +372,7 @@ class PSFMapper:
             optics=self.model.optics,
             model_card=self._card,
             sigma=sigma,
+            dihedral_average=self.dihedral_average,
         )
 
     def _as_tensor(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -420,7 +438,8 @@ class PSFMapper:
                              f"of windows; its map_frame does not follow the model contract")
 
     def __repr__(self) -> str:
-        return f"PSFMapper({self.model!r}, stride_px={self.stride_px}, device={str(self.device)!r})"
+        average = ", dihedral_average=True" if self.dihedral_average else ""
+        return f"PSFMapper({self.model!r}, stride_px={self.stride_px}, device={str(self.device)!r}{average})"
 
 
 def fill_invalid(values: np.ndarray, invalid_mask: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
@@ -541,6 +560,8 @@ def save_psfmaps(path: str | Path, maps: Sequence[PSFMap], overwrite: bool = Fal
             raise ValueError("PSF maps saved together must share PSF model, network and window grid")
         if bool(m.sigma) != bool(first.sigma):
             raise ValueError("PSF maps saved together must all have σ or all have none")
+        if m.dihedral_average != first.dihedral_average:
+            raise ValueError("PSF maps saved together must all be dihedral averages or none")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; not overwriting it")
     spec = get_psf_model(first.psf_model)
@@ -565,6 +586,7 @@ def save_psfmaps(path: str | Path, maps: Sequence[PSFMap], overwrite: bool = Fal
         "centers_x": [float(c) for c in first.centers_x],
         "optics": first.optics.to_dict(),
         "invalid_threshold": INVALID_THRESHOLD,
+        "dihedral_average": bool(first.dihedral_average),
         "all_invalid": [m.all_invalid for m in maps],
         "filling": "invalid windows hold the mean of valid 4-neighbours, else the 1/d-weighted mean of "
                    "the 4 nearest valid windows (maps with sigma: each source also weighted by 1/sigma^2); "
@@ -639,6 +661,7 @@ def load_psfmaps(path: str | Path) -> list[PSFMap]:
                 model_sha256=meta.get("model_sha256", ""),
                 optics=optics,
                 model_card=meta.get("model_card") or {},
+                dihedral_average=bool(meta.get("dihedral_average", False)),
             )
             for t in range(shape[0])
         ]
