@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from livepsf.net.architectures import build_network
-from livepsf.net.symmetry import DIHEDRAL_OPS, dihedral_average_map, transform_image, transform_values
+from livepsf.net.symmetry import (
+    DIHEDRAL_OPS,
+    dihedral_average_map,
+    dihedral_average_windows,
+    transform_image,
+    transform_values,
+)
 from livepsf.optics import get_psf_model, psf_batch
 
 WINDOW, STRIDE = 128, 64
@@ -75,3 +81,17 @@ def test_transform_values_follow_the_rendered_psf() -> None:
         moved = transform_image(psf, k, flip)
         rendered = psf_batch(spec, transform_values(values, spec, k, flip), 33)
         torch.testing.assert_close(moved, rendered, atol=1e-6, rtol=1e-4)
+
+
+def test_windows_and_frames_average_alike() -> None:
+    """A frame tiled from windows at stride = window gives the same average as the windows on their own."""
+    torch.manual_seed(4)
+    spec = get_psf_model("Z-3")
+    net = build_network("shared-trunk-tiny", n_params=spec.n_params).eval()
+    windows = torch.rand(6, 1, WINDOW, WINDOW) * 300.0
+    frame = windows.reshape(2, 3, WINDOW, WINDOW).permute(0, 2, 1, 3).reshape(1, 1, 2 * WINDOW, 3 * WINDOW)
+    with torch.no_grad():
+        per_window = dihedral_average_windows(net, windows, spec)
+        mapped = dihedral_average_map(net.map_frame, frame, WINDOW, spec)
+    assert per_window.shape == (6, 1 + 2 * spec.n_params)
+    torch.testing.assert_close(mapped.reshape(per_window.shape[1], 6).T, per_window, atol=1e-4, rtol=1e-4)

@@ -22,7 +22,7 @@ import torch
 from livepsf.net.outputs import has_sign_symmetry, mirror_normalised
 from livepsf.optics import PSFModelSpec
 
-__all__ = ["DIHEDRAL_OPS", "dihedral_average_map", "transform_image", "transform_values"]
+__all__ = ["DIHEDRAL_OPS", "dihedral_average_map", "dihedral_average_windows", "transform_image", "transform_values"]
 
 DIHEDRAL_OPS: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
 """The 8 symmetries of the square as ``(quarter turns, then a mirror of the rows)``."""
@@ -78,13 +78,31 @@ def dihedral_average_map(map_frame: Callable[[torch.Tensor, int], torch.Tensor],
         reading first put on the same side of the sign symmetry PSF(a) = PSF(-a) as the untransformed
         frame's), and for networks with σ the log of the root-mean-square σ.
     """
+    def reading(k: int, flip: bool) -> torch.Tensor:
+        raw = map_frame(transform_image(frame, k, flip), stride)
+        return transform_image(raw, *_inverse(k, flip))  # the grid, back to the frame's windows
+
+    return _average(reading, spec)
+
+
+def dihedral_average_windows(module: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor,
+                             spec: PSFModelSpec) -> torch.Tensor:
+    """Raw outputs ``(B, K)`` of a network over windows ``(B, 1, W, W)``, averaged over their 8 transforms.
+
+    The same average as :func:`dihedral_average_map`, for a batch of separate windows (evaluation).
+    """
+    return _average(lambda k, flip: module(transform_image(windows, k, flip)).movedim(-1, 0), spec).movedim(0, -1)
+
+
+def _average(reading: Callable[[int, bool], torch.Tensor], spec: PSFModelSpec) -> torch.Tensor:
+    """Mean of the 8 readings ``reading(k, flip)`` (raw columns first, already in the original layout),
+    with the parameters transformed back, put on one side of the sign symmetry, and σ as RMS."""
     n = spec.n_params
     reference: torch.Tensor | None = None
     invalid = values = variance = None
     for k, flip in DIHEDRAL_OPS:
-        raw = map_frame(transform_image(frame, k, flip), stride)
+        raw = reading(k, flip)
         back_k, back_flip = _inverse(k, flip)
-        raw = transform_image(raw, back_k, back_flip)  # the grid, back to the frame's windows
         phys = spec.denormalise(raw[1:1 + n].movedim(0, -1).double())
         norm = spec.normalise(transform_values(phys, spec, back_k, back_flip)).to(raw.dtype)
         if reference is None:
