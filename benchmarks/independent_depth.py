@@ -491,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
     parser.add_argument("--stride", type=int, default=64)
+    parser.add_argument("--dihedral-average", action="store_true",
+                        help="map every frame also rotated and mirrored and average (livepsf.net.symmetry)")
     parser.add_argument("--cal-shifts", default="0,240",
                         help="in-focus column of the calibration renders, px from mid-field, one render each per tilt")
     parser.add_argument("--test-frames", type=int, default=2, help="fresh renders per tilt (focus moved ±160 px)")
@@ -510,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     net = load_model(args.model)
-    mapper = PSFMapper(net, stride_px=args.stride)
+    mapper = PSFMapper(net, stride_px=args.stride, dihedral_average=args.dihedral_average)
     psf = PupilPSF()
     centre = (SHAPE[1] - 1) / 2.0
     print(f"# depth on independent renders — model {net.card.name} ({net.card.weights_sha256[:12]}), "
