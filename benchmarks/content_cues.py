@@ -21,6 +21,7 @@ not the data, is the limit.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| true focus (waves) | n | bias | RMS error |")
     print("| --- | --- | --- | --- |")
     edges = np.linspace(0.0, focus_span, 9)
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         m = (f_true >= a) & (f_true < b + (1e-9 if b == edges[-1] else 0.0))
         if m.any():
             e = f_pred[m] - f_true[m]
