@@ -182,6 +182,9 @@ class Calibration(BaseModel):
     per_z: list[ZStackResidual] = Field(default_factory=list, description="z-stack: per stage position")
     uncertainty: DepthUncertainty | None = Field(
         default=None, description="per-window depth σ measured on the calibration frames (None: older files)")
+    dihedral_average: bool = Field(
+        default=False, description="fitted on PSF maps averaged over the frame's 8 rotations and mirrors "
+        "(False: plain maps, and files written before this field existed)")
 
     @field_validator("lens_direction")
     @classmethod
@@ -275,6 +278,23 @@ class Calibration(BaseModel):
         elif name and name != self.model_name:
             raise InputError(f"calibration was made with model {self.model_name!r}, not {name!r}")
 
+    def mapping_dihedral_average(self, requested: bool = False) -> tuple[bool, str]:
+        """Whether depth maps for this calibration should be dihedral averages, and a warning if any.
+
+        The metric reads a little differently on averaged maps, so depth follows the calibration: an
+        averaged calibration always maps averaged; a plain one maps plain unless ``requested``, which
+        is honoured with a warning (the calibration does not match those maps).
+
+        Returns
+        -------
+        tuple
+            ``(average, warning)``; ``warning`` is ``""`` when nothing is amiss.
+        """
+        if requested and not self.dihedral_average:
+            return True, ("--dihedral-average with a calibration fitted on plain PSF maps: depth may be a "
+                          "little off; calibrate with --dihedral-average for averaged maps")
+        return self.dihedral_average, ""
+
     def metric_map(self, pmap: PSFMap) -> np.ndarray:
         """The calibration's depth metric on the grid of ``pmap``, ``(gy, gx)`` float32."""
         return depth_metric(pmap, self.metric, self.lens_direction, self.lens_strength_waves)
@@ -367,9 +387,10 @@ class Calibration(BaseModel):
                  else f"monotone curve ({len(self.curve.metric_knots)} knots)")
         lofo = ("" if self.lofo_mean_abs_error_um is None
                  else f", leave-one-frame-out {self.lofo_mean_abs_error_um:.2f} µm")
+        averaged = ", dihedral-averaged maps" if self.dihedral_average else ""
         return (f"{self.metric} metric, {curve}: line {self.slope_um_per_unit:.3f} µm/unit, "
                 f"offset {self.offset_um:+.2f} µm, R² {self.r2:.4f}, "
-                f"mean |error| {self.mean_abs_error_um:.2f} ± {self.sd_abs_error_um:.2f} µm{lofo}")
+                f"mean |error| {self.mean_abs_error_um:.2f} ± {self.sd_abs_error_um:.2f} µm{lofo}{averaged}")
 
 
 def with_measured_uncertainty(cal: Calibration,
@@ -426,6 +447,7 @@ def assemble_calibration(pmaps: Sequence[PSFMap], results: dict[str, MetricResul
         window_px=int(first.window_px),
         stride_px=int(first.stride_px),
         max_texture_coherence=gate,
+        dihedral_average=bool(first.dihedral_average),  # check_calibration_maps refused a mixture
         created=datetime.now(timezone.utc),
         livepsf_version=package_version(),
         notes=fit_notes(result),

@@ -55,12 +55,16 @@ def check_calibration_maps(
     Raises
     ------
     InputError
-        Maps of different networks or not of a Z-3 model, an unknown metric, a frame count that does not
-        match, or (almost) no reliable window.
+        Maps of different networks, a mixture of dihedral-averaged and plain maps, maps not of a Z-3
+        model, an unknown metric, a frame count that does not match, or (almost) no reliable window.
     """
     identities = {(p.model_name, p.model_sha256) for p in pmaps}
     if len(identities) > 1:
         raise InputError(f"calibration frames were mapped by different models: {sorted(identities)}")
+    averaged = sum(bool(p.dihedral_average) for p in pmaps)
+    if 0 < averaged < len(pmaps):  # the metric reads differently on averaged maps: one curve cannot fit both
+        raise InputError(f"{averaged} of {len(pmaps)} calibration PSF maps are dihedral averages and the others "
+                         "plain: map every frame the same way (with or without dihedral averaging)")
     for p in pmaps:
         require_astigmatic(p)
     if metric is not None and metric not in METRICS:

@@ -57,7 +57,9 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
     overwriting anything. ``frames`` (the images the maps were made from) enable the texture gate.
     ``surface`` (``"plane"``, ``"poly2"`` or ``"smooth"``) also writes ``<name>_surface.ome.tif``
     (:func:`write_surface_output`; its path is ``surface_map`` in the JSON) and each frame's surface
-    figures (``frames[i]["surface"]``). Returns the two depth paths and the per-frame summaries.
+    figures (``frames[i]["surface"]``). The JSON records whether the maps were dihedral averages
+    (``dihedral_average``) and whether the calibration's were. Returns the two depth paths and the
+    per-frame summaries.
     """
     import tifffile
 
@@ -65,6 +67,9 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
 
     if not pmaps:
         raise InputError(f"{source}: no frames to turn into depth maps")
+    averaged = {bool(p.dihedral_average) for p in pmaps}
+    if len(averaged) > 1:
+        raise InputError(f"{source}: some PSF maps are dihedral averages and others plain; map every frame alike")
     frames = list(frames) if frames is not None else [None] * len(pmaps)
     surfaces = None
     try:
@@ -101,6 +106,8 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
         "model_name": cal.model_name,
         "model_sha256": cal.model_sha256,
         "median_windows": int(median_windows),
+        "dihedral_average": averaged.pop(),  # how the maps were made
+        "calibration_dihedral_average": cal.dihedral_average,
         "window_px": int(pmaps[0].window_px),
         "stride_px": int(pmaps[0].stride_px),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
