@@ -85,8 +85,8 @@ def run_cli(args: list[str]) -> int:
 class RampMapper:
     """Stands in for PSFMapper: reads the signed defocus (waves) encoded in each window's mean value."""
 
-    def __init__(self, model, stride_px: int = 64, device=None) -> None:
-        self.model, self.stride_px = model, stride_px
+    def __init__(self, model, stride_px: int = 64, device=None, dihedral_average: bool = False) -> None:
+        self.model, self.stride_px, self.dihedral_average = model, stride_px, dihedral_average
 
     def __call__(self, frame: np.ndarray) -> PSFMap:
         frame = np.asarray(frame, dtype=np.float64)
@@ -98,7 +98,8 @@ class RampMapper:
         return PSFMap(params={k: v.astype(np.float32) for k, v in params.items()},
                       invalid=np.zeros(d.shape, np.float32), centers_y=cy, centers_x=cx, window_px=128,
                       stride_px=self.stride_px, frame_shape=frame.shape, psf_model="Z-3",
-                      model_name=self.model.card.name, model_sha256=self.model.card.weights_sha256)
+                      model_name=self.model.card.name, model_sha256=self.model.card.weights_sha256,
+                      dihedral_average=self.dihedral_average)  # the readings are the same: only the flag
 
 
 def ramp_frame(tilt_deg: float, in_focus_px: float, shape=(512, 512)) -> np.ndarray:

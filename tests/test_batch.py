@@ -167,6 +167,67 @@ def test_cli_threads_reach_the_dask_tasks_and_bad_counts_are_refused(tmp_path: P
     assert len(given) == 3
 
 
+# -- dihedral averaging -----------------------------------------------------------------------------------
+
+
+def _tiny_calibration(path: Path, model, dihedral_average: bool) -> Path:
+    from synthetic_depth import standard_calibration
+
+    raw = json.loads(standard_calibration().model_dump_json())
+    raw.update(model_name=model.card.name, model_sha256=model.card.weights_sha256, dihedral_average=dihedral_average)
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_a_task_returns_an_averaged_map_when_asked_and_depth_follows_the_calibration(
+        tmp_path: Path, tiny_model, one_torch_thread) -> None:
+    from livepsf.batch.outputs import OutputWriter
+    from livepsf.batch.tasks import compute_frame, psfmap_from_arrays
+
+    source = tmp_path / "a.tif"
+    frame = np.random.default_rng(5).integers(0, 4000, (192, 192), dtype=np.uint16)
+    tifffile.imwrite(source, frame)
+    maps = {}
+    for average in (False, True):
+        task = OutputWriter(BatchOptions("map", model=str(tiny_model.path), dihedral_average=average)).task()
+        out = compute_frame(task, str(source), 0)
+        maps[average] = psfmap_from_arrays(out["arrays"], out["meta"])
+    want = PSFMapper(tiny_model, stride_px=64, dihedral_average=True)(frame)
+    assert maps[True].dihedral_average and not maps[False].dihedral_average
+    for name in want.params:
+        np.testing.assert_allclose(maps[True].params[name], want.params[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(maps[True].sigma[name], want.sigma[name], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(maps[True].params["focus"], maps[False].params["focus"])  # the two mappers are apart
+    averaged_cal = _tiny_calibration(tmp_path / "averaged.json", tiny_model, True)
+    writer = OutputWriter(BatchOptions("depth", model=str(tiny_model.path), calibration=str(averaged_cal)))
+    assert writer.task()["dihedral_average"]  # not asked, but the calibration was made so
+    plain_cal = _tiny_calibration(tmp_path / "plain.json", tiny_model, False)
+    plain = OutputWriter(BatchOptions("depth", model=str(tiny_model.path), calibration=str(plain_cal)))
+    assert not plain.task()["dihedral_average"] and plain.settings(source) != writer.settings(source)
+
+
+def test_cli_dihedral_average_reaches_the_dask_tasks(tmp_path: Path, tiny_model, monkeypatch, capsys) -> None:
+    import livepsf.batch
+    from livepsf.batch import BatchReport
+    from livepsf.cli import main
+
+    given = []
+    monkeypatch.setattr(livepsf.batch, "run_batch", lambda images, options, **kw: given.append(options)
+                        or BatchReport([], [], 0, 0.0))
+    averaged_cal = _tiny_calibration(tmp_path / "averaged.json", tiny_model, True)
+    plain_cal = _tiny_calibration(tmp_path / "plain.json", tiny_model, False)
+    for argv in (["map", str(tmp_path), "--dihedral-average"], ["deconvolve", str(tmp_path), "--dihedral-average"],
+                 ["map", str(tmp_path)], ["depth", str(tmp_path), "--calibration", str(averaged_cal)],
+                 ["depth", str(tmp_path), "--calibration", str(plain_cal)],
+                 ["depth", str(tmp_path), "--calibration", str(plain_cal), "--dihedral-average"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--scheduler", "tcp://127.0.0.1:1"])
+        assert exit_info.value.code in (0, None)
+    assert [o.dihedral_average for o in given] == [True, True, False, True, False, True]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "plain PSF maps" in warnings[0]  # only the plain calibration asked to average
+
+
 # -- on the cluster -----------------------------------------------------------------------------------
 
 

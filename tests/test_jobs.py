@@ -61,6 +61,24 @@ def test_run_job_in_process_writes_output_with_parameters(tmp_path: Path) -> Non
     assert params["frames"][0]["psf_model"] == "G-1"
 
 
+def test_run_job_maps_with_dihedral_averaging_when_asked_and_records_it(tmp_path: Path, tiny_model) -> None:
+    from livepsf.acquisition.jobs import deconvolve_frame, output_settings
+    from livepsf.mapping import PSFMapper
+
+    frame = np.random.default_rng(3).integers(0, 4000, (128, 128)).astype(np.uint16)
+    source = tmp_path / "plain.tif"
+    tifffile.imwrite(source, frame)
+    spec = {"id": "x", "input": str(source), "iterations": 2, "tv_weight": 0.01, "out_dir": None,
+            "model": str(tiny_model.path), "stride_px": 64, "output": None}
+    averaged = run_job({**spec, "dihedral_average": True})
+    want, _ = deconvolve_frame(frame, PSFMapper(tiny_model, stride_px=64, dihedral_average=True)(frame),
+                               iterations=2, tv_weight=0.01)
+    np.testing.assert_allclose(tifffile.imread(averaged), want, rtol=1e-5, atol=1e-3)
+    assert output_settings(averaged)["dihedral_average"] is True
+    plain = run_job(spec)  # older specs have no such key: plain maps, a new output
+    assert plain.name == "plain_deconv-1.ome.tif" and "dihedral_average" not in output_settings(plain)
+
+
 def test_queue_runs_jobs_records_failures_and_reports_progress(tmp_path: Path) -> None:
     good = _recording(tmp_path)
     good_hash = _sha(good)
@@ -151,6 +169,19 @@ def test_cli_deconvolve_writes_beside_input_and_reports_bad_files(tmp_path: Path
     with pytest.raises(SystemExit) as exit_info:  # through main(): bad options are input errors
         main(["deconvolve", str(source), "--tv", "0.5"])
     assert exit_info.value.code == 2
+
+
+def test_cli_deconvolve_dihedral_average_reaches_the_worker(tmp_path: Path, tiny_model) -> None:
+    from livepsf.acquisition.jobs import output_settings
+    from livepsf.cli import main
+
+    source = tmp_path / "plain.tif"
+    tifffile.imwrite(source, np.random.default_rng(6).integers(0, 4000, (128, 128)).astype(np.uint16))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["deconvolve", str(source), "--model", str(tiny_model.path), "--iterations", "1", "--dihedral-average",
+              "--threads", "1", "--journal", str(tmp_path / "journal.jsonl")])
+    assert exit_info.value.code in (0, None)
+    assert output_settings(tmp_path / "plain_deconv.ome.tif")["dihedral_average"] is True
 
 
 def test_rerun_with_the_same_settings_reuses_the_output_and_other_settings_do_not(tmp_path: Path) -> None:

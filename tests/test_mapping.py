@@ -460,6 +460,20 @@ def test_map_command_writes_maps_and_summary_and_never_touches_input(tiny_model,
     assert {p: _sha256(p) for p in hashes} == hashes
 
 
+def test_map_command_dihedral_average_reaches_the_mapper_and_the_files(tiny_model, tmp_path):
+    frame = _texture((200, 200), seed=22).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "one.tif", frame)
+    assert _run_cli(["map", str(tmp_path / "one.tif"), "--model", str(tiny_model.path), "--dihedral-average"]) == 0
+    (pmap,) = load_psfmaps(tmp_path / "one_psfmap.ome.tif")
+    want = PSFMapper(tiny_model, stride_px=64, dihedral_average=True)(frame)
+    assert pmap.dihedral_average
+    np.testing.assert_allclose(pmap.params["focus"], want.params["focus"], rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "one_psfmap.json").read_text())["dihedral_average"] is True
+    assert _run_cli(["map", str(tmp_path / "one.tif"), "--model", str(tiny_model.path)]) == 0  # plain by default
+    assert not load_psfmaps(tmp_path / "one_psfmap-1.ome.tif")[0].dihedral_average
+    assert json.loads((tmp_path / "one_psfmap-1.json").read_text())["dihedral_average"] is False
+
+
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [

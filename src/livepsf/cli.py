@@ -29,6 +29,8 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
+_DIHEDRAL_HELP = "average each window over the frame's 8 rotations and mirrors: more accurate, 8x slower"
+
 
 def _print_error(message: object) -> None:
     """Print ``error: message`` on stderr, unwrapped (one line per error)."""
@@ -81,6 +83,7 @@ def calibrate(
                                           "image or one for all; estimated from the data when omitted."),
     model: str = typer.Option("default", "--model", help="Shipped model name or path to a .pt file (Z-3)."),
     stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
+    dihedral_average: bool = typer.Option(False, "--dihedral-average", help=_DIHEDRAL_HELP),
     metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed, projected "
                                "or eq14 (default: the best fit)."),
     curve: str = typer.Option("monotone", "--curve", help="Metric-to-depth curve: monotone (default; the "
@@ -133,8 +136,8 @@ def calibrate(
             raise InputError("--zstack calibrates from stage positions: --tilt-deg, --tilt-axis and "
                              "--in-focus-px belong to the tilted grid")
         _calibrate_zstack(images or [], out=out, model=model, stride=stride, metric=metric, curve=curve,
-                          pixel_size_um=pixel_size_um, **{k.lstrip("-").replace("-", "_"): v
-                                                          for k, v in zstack_options.items()})
+                          pixel_size_um=pixel_size_um, dihedral_average=dihedral_average,
+                          **{k.lstrip("-").replace("-", "_"): v for k, v in zstack_options.items()})
         return
     given = [name for name, value in zstack_options.items() if value is not None and value != []]
     if given:
@@ -150,7 +153,8 @@ def calibrate(
     frame_tilts = _per_image_values(tilts, per_image, images, "--tilt-deg", required=True)
     frame_foci = _per_image_values(foci, per_image, images, "--in-focus-px", required=False)
     cal = calibrate_tilted_grid([frame for frames in per_image for frame in frames], frame_tilts, pixel_size_um,
-                                mapper=PSFMapper(load_model(model), stride_px=stride), tilt_axis=tilt_axis,
+                                mapper=PSFMapper(load_model(model), stride_px=stride,
+                                                 dihedral_average=dihedral_average), tilt_axis=tilt_axis,
                                 in_focus_px=frame_foci, metric=metric, curve=curve)
     json_path, png_path = write_calibration_files(
         cal, out if out is not None else output_path(images[0], "_calibration.json"))
@@ -194,15 +198,18 @@ def _print_calibration_fit(cal, suffix: str = "") -> None:
                   f"{cal.slope_um_per_unit:.3f} µm/unit), R² {cal.r2:.4f}, in-sample mean |err| "
                   f"{cal.mean_abs_error_um:.2f} ± {cal.sd_abs_error_um:.2f} µm, leave-one-frame-out "
                   f"{_um_or_na(cal.lofo_mean_abs_error_um)} µm{suffix}", highlight=False)
+    if cal.dihedral_average:
+        console.print("fitted on dihedral-averaged PSF maps: `livepsf depth` with this calibration maps the same "
+                      "way", highlight=False)
     if cal.notes:
         err_console.print(f"[bold yellow]warning:[/] {cal.notes}", highlight=False)
 
 
 def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, stride: int, metric: str | None,
-                      curve: str, pixel_size_um: float | None, z_um: list[str] | None, z_step_um: float | None,
-                      focus_z_um: float | None, sim: bool | None, mm_config: Path | None, camera: str | None,
-                      sample: str | None, size: int | None, range_um: float | None, step_um: float | None,
-                      settle_ms: float | None) -> None:
+                      curve: str, pixel_size_um: float | None, dihedral_average: bool, z_um: list[str] | None,
+                      z_step_um: float | None, focus_z_um: float | None, sim: bool | None,
+                      mm_config: Path | None, camera: str | None, sample: str | None, size: int | None,
+                      range_um: float | None, step_um: float | None, settle_ms: float | None) -> None:
     """``livepsf calibrate --zstack``: a saved stack (one IMAGE) or one acquired now (--sim / --mm-config)."""
     from livepsf.acquisition.micromanager import load_micromanager_core
     from livepsf.acquisition.zstack import (
@@ -241,7 +248,7 @@ def _calibrate_zstack(images: list[Path], *, out: Path | None, model: str, strid
             given = ", ".join(k for k, v in acquired_only.items() if v is not None)
             raise InputError(f"{given}: only when acquiring the stack (--sim or --mm-config)")
     net = load_model(model)
-    mapper = PSFMapper(net, stride_px=stride)
+    mapper = PSFMapper(net, stride_px=stride, dihedral_average=dihedral_average)
     if acquire:
         # The simulator's sample is flat for a z-stack, with the lens in.
         core = (_simulator_core(net, sample or "printed-grid", 1024 if size is None else size, tilt_deg=0.0,
@@ -306,30 +313,39 @@ def depth(
                                   "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
     workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
     threads: int = typer.Option(None, "--threads", help=_MAP_THREADS_HELP),
+    dihedral_average: bool = typer.Option(False, "--dihedral-average", help=_DIHEDRAL_HELP + " (default: as "
+                                          "the calibration was made)"),
 ) -> None:
-    """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json."""
+    """Depth maps in µm: <name>_depth.ome.tif (one plane per frame) and <name>_depth.json.
+
+    The PSF maps are made the way the calibration's were (dihedral averaging or not).
+    """
     _check_workers_option(scheduler, workers)
     _check_threads(threads)
+    from livepsf.depth import Calibration
     from livepsf.depth.surface import check_prior
 
     check_prior(surface)
+    cal = Calibration.load(calibration)
+    average, warning = cal.mapping_dihedral_average(dihedral_average)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if scheduler is not None:
         from livepsf.batch import BatchOptions
 
         _run_batch(images, BatchOptions("depth", model=model, stride_px=stride, out_dir=_folder(out),
                                         calibration=str(calibration), median_windows=median, surface=surface,
-                                        torch_threads=threads or 1), scheduler, workers)
+                                        torch_threads=threads or 1, dihedral_average=average), scheduler, workers)
         return
     from livepsf.acquisition.thread_tuner import batch_threads
-    from livepsf.depth import Calibration, write_depth_outputs
+    from livepsf.depth import write_depth_outputs
     from livepsf.imageio import read_frames
     from livepsf.mapping import PSFMapper, map_frames
     from livepsf.net import load_model
 
-    cal = Calibration.load(calibration)
     net = load_model(model or cal.model_name)
     cal.check_model(net)
-    mapper = PSFMapper(net, stride_px=stride or cal.stride_px or 64)
+    mapper = PSFMapper(net, stride_px=stride or cal.stride_px or 64, dihedral_average=average)
     with batch_threads(threads) as tuner:
         for image in images:
             frames = read_frames(image)
@@ -386,6 +402,7 @@ def map_images(
                                   "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
     workers: int = typer.Option(1, "--workers", help="With --scheduler local: worker processes."),
     threads: int = typer.Option(None, "--threads", help=_MAP_THREADS_HELP),
+    dihedral_average: bool = typer.Option(False, "--dihedral-average", help=_DIHEDRAL_HELP),
 ) -> None:
     """PSF maps: <name>_psfmap.ome.tif (one channel per parameter + invalid) and <name>_psfmap.json."""
     _check_workers_option(scheduler, workers)
@@ -394,13 +411,14 @@ def map_images(
         from livepsf.batch import BatchOptions
 
         _run_batch(images, BatchOptions("map", model=model, stride_px=stride, out_dir=_folder(out),
-                                        torch_threads=threads or 1), scheduler, workers)
+                                        torch_threads=threads or 1, dihedral_average=dihedral_average),
+                   scheduler, workers)
         return
     from livepsf.acquisition.thread_tuner import batch_threads
     from livepsf.mapping import PSFMapper, map_image_file
     from livepsf.net import load_model
 
-    mapper = PSFMapper(load_model(model), stride_px=stride)
+    mapper = PSFMapper(load_model(model), stride_px=stride, dihedral_average=dihedral_average)
     failed = 0
     with batch_threads(threads) as tuner:
         for image in images:
@@ -917,6 +935,8 @@ def deconvolve_images(
                                   "(tcp://host:8786) or 'local' for a local cluster of --workers processes."),
     threads: int = typer.Option(None, "--threads", help="Torch threads per worker (default: the cores shared "
                                 "among --workers; with --scheduler: 1 per task)."),
+    dihedral_average: bool = typer.Option(False, "--dihedral-average", help=_DIHEDRAL_HELP + " (images "
+                                          "without recorded maps)"),
 ) -> None:
     """Spatially-variant TV-RL deconvolution into <name>_deconv.ome.tif; inputs are never modified.
 
@@ -941,7 +961,8 @@ def deconvolve_images(
         from livepsf.batch import BatchOptions
 
         _run_batch(images, BatchOptions("deconvolve", model=model, stride_px=stride, out_dir=_folder(out),
-                                        iterations=iterations, tv_weight=tv, torch_threads=threads or 1),
+                                        iterations=iterations, tv_weight=tv, torch_threads=threads or 1,
+                                        dihedral_average=dihedral_average),
                    scheduler, workers)
         return
     readable, bad = [], 0
@@ -957,8 +978,8 @@ def deconvolve_images(
     queue = DeconvolutionQueue(journal, workers=workers, start=False, torch_threads=threads)
     if queue.resumed:
         console.print(f"resuming {len(queue.resumed)} unfinished job(s) from {queue.journal_path}", highlight=False)
-    ids = [queue.submit(image, iterations=iterations, tv_weight=tv, out_dir=out, model=model, stride_px=stride)
-           for image in readable]
+    ids = [queue.submit(image, iterations=iterations, tv_weight=tv, out_dir=out, model=model, stride_px=stride,
+                        dihedral_average=dihedral_average) for image in readable]
     watched = list(dict.fromkeys(list(queue.resumed) + ids))  # submit returns a resumed job's id again
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:

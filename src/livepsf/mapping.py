@@ -814,6 +814,7 @@ def _summary(source: Path, ome_path: Path, maps: list[PSFMap], times_ms: list[fl
                   "weights_sha256": card.weights_sha256, "path": str(mapper.model.path)},
         "window_px": first.window_px,
         "stride_px": first.stride_px,
+        "dihedral_average": first.dihedral_average,
         "frame_shape": list(first.frame_shape),
         "grid_shape": list(first.grid_shape),
         "n_frames": len(maps),

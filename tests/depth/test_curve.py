@@ -244,7 +244,7 @@ class _QueuedMapper:
 
     maps: ClassVar[list] = []
 
-    def __init__(self, model, stride_px: int = 64, device=None) -> None:
+    def __init__(self, model, stride_px: int = 64, device=None, dihedral_average: bool = False) -> None:
         pass
 
     def __call__(self, frame: np.ndarray):

@@ -196,6 +196,44 @@ def test_json_round_trip(tmp_path):
         cal.save(path)
 
 
+def _averaged(pmap: PSFMap) -> PSFMap:
+    import dataclasses
+
+    return dataclasses.replace(pmap, dihedral_average=True)
+
+
+def test_calibration_records_dihedral_averaging_and_keeps_it_in_json(tmp_path):
+    maps = [_averaged(synthetic_map(t, f, seed=i)[0]) for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
+    cal = D.calibrate_psf_maps(maps, [3, 6, 10], 0.65)
+    assert cal.dihedral_average and "dihedral" in cal.summary()
+    assert not standard_calibration().dihedral_average
+    again = D.Calibration.load(cal.save(tmp_path / "cal.json"))
+    assert again == cal and json.loads((tmp_path / "cal.json").read_text())["dihedral_average"] is True
+    assert again.mapping_dihedral_average(False) == (True, "")  # depth maps the way the calibration was made
+
+
+def test_old_calibration_files_without_the_field_load_as_plain(tmp_path):
+    raw = json.loads(standard_calibration().model_dump_json())
+    del raw["dihedral_average"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(raw))
+    cal = D.Calibration.load(path)
+    assert cal.dihedral_average is False and "dihedral" not in cal.summary()
+    assert cal.mapping_dihedral_average(False) == (False, "")
+    average, warning = cal.mapping_dihedral_average(True)  # asked for: honoured, with a warning
+    assert average and "plain PSF maps" in warning
+
+
+def test_a_mixture_of_averaged_and_plain_maps_is_refused():
+    maps = [synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530), (10, 470)])]
+    maps[1] = _averaged(maps[1])
+    with pytest.raises(InputError, match="1 of 3 calibration PSF maps are dihedral averages"):
+        D.calibrate_psf_maps(maps, [3, 6, 10], 0.65)
+    flat = [synthetic_map(0.0, 0, seed=s, bias_waves=b)[0] for s, b in enumerate((-0.6, 0.0, 0.6))]
+    with pytest.raises(InputError, match="dihedral averages"):
+        D.calibrate_zstack([flat[0], _averaged(flat[1]), flat[2]], [-10.0, 0.0, 10.0], 0.65)
+
+
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a readable JSON"),
     ('{"hello": 1}', "not a livepsf depth calibration"),
@@ -256,6 +294,13 @@ def test_depth_outputs(tmp_path):
     assert summary["frames"][0]["min_um"] < -20 and summary["frames"][0]["max_um"] > 20
     tif2, _, _ = D.write_depth_outputs(src, maps[:1], cal)
     assert tif2.name == "scan_depth-1.ome.tif"  # never overwrites
+    assert summary["dihedral_average"] is False and summary["calibration_dihedral_average"] is False
+    _, js3, _ = D.write_depth_outputs(src, [_averaged(m) for m in maps], cal)
+    assert json.loads(js3.read_text())["dihedral_average"] is True
+    with pytest.raises(InputError, match="dihedral averages and others plain"):
+        D.write_depth_outputs(src, [maps[0], _averaged(maps[1])], cal)
+    assert sorted(p.name for p in tmp_path.glob("scan_depth*.json")) == [
+        "scan_depth-1.json", "scan_depth-2.json", "scan_depth.json"]  # the refused call wrote nothing
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -289,6 +334,34 @@ def test_cli_calibrate_then_depth(tmp_path, ramp_network, capsys):
     assert (tmp_path / "maps" / "scan_depth.json").is_file()
     # Calibrating again to the same --out is refused, not overwritten.
     assert run_cli(["calibrate", *paths, "--tilt-deg", "3,6,10", "--pixel-size-um", "0.65", "--out", out]) == 2
+
+
+def test_cli_depth_maps_the_way_its_calibration_was_made(tmp_path, ramp_network, capsys):
+    paths = []
+    for tilt, focus in ((3, 250), (6, 260), (10, 240)):
+        paths.append(tmp_path / f"grid_{tilt}.tif")
+        tifffile.imwrite(paths[-1], ramp_frame(tilt, focus))
+    averaged_cal, plain_cal = tmp_path / "averaged.json", tmp_path / "plain.json"
+    args = [*paths, "--tilt-deg", "3,6,10", "--pixel-size-um", "0.65"]
+    assert run_cli(["calibrate", *args, "--dihedral-average", "--out", averaged_cal]) == 0
+    assert "dihedral-averaged" in capsys.readouterr().out
+    assert run_cli(["calibrate", *args, "--out", plain_cal]) == 0
+    assert D.Calibration.load(averaged_cal).dihedral_average and not D.Calibration.load(plain_cal).dihedral_average
+    scan = tmp_path / "scan.tif"
+    tifffile.imwrite(scan, ramp_frame(7, 100))
+
+    def depth_run(cal, *flags) -> tuple[dict, str]:
+        folder = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        assert run_cli(["depth", scan, "--calibration", cal, "--out", folder, *flags]) == 0
+        return json.loads((folder / "scan_depth.json").read_text()), capsys.readouterr().err
+
+    summary, err = depth_run(averaged_cal)  # no flag: the calibration's averaging
+    assert summary["dihedral_average"] and summary["calibration_dihedral_average"] and "warning" not in err
+    summary, err = depth_run(plain_cal)
+    assert not summary["dihedral_average"] and "warning" not in err
+    summary, err = depth_run(plain_cal, "--dihedral-average")  # asked for: done, with one warning line
+    assert summary["dihedral_average"] and not summary["calibration_dihedral_average"]
+    assert len(err.strip().splitlines()) == 1 and "warning" in err and "plain PSF maps" in err
 
 
 def test_cli_bad_files_exit_2(tmp_path, ramp_network, capsys):

@@ -8,7 +8,7 @@ closes (``Recorder(..., on_close=queue.submit)``).
 
 **PSF maps.** A recording made with PSF maps (its ``_frames.jsonl`` sidecar) is deconvolved with the
 maps the CNN estimated live for each frame; any other image is mapped in the worker with
-``PSFMapper(load_model(model), stride_px)``.
+``PSFMapper(load_model(model), stride_px, dihedral_average=...)``.
 
 **Output.** ``<name>_deconv.ome.tif`` beside the input (or in ``out_dir``), never overwriting
 (:func:`livepsf.imageio.output_path`): float32 ``(T,) Y X``, and the parameters used (iterations, TV
@@ -90,6 +90,7 @@ class JobState:
     out_dir: str | None = None
     model: str = "default"
     stride_px: int = 64
+    dihedral_average: bool = False  # absent from older journals' jobs: plain maps
     state: str = "pending"  # pending | running | done | failed
     attempts: int = 0
     output: str | None = None
@@ -107,7 +108,7 @@ class JobState:
     def spec(self) -> dict[str, Any]:
         """What a worker needs to run the job."""
         return {k: getattr(self, k) for k in ("id", "input", "iterations", "tv_weight", "out_dir", "model",
-                                              "stride_px", "output")}
+                                              "stride_px", "dihedral_average", "output")}
 
 
 def _utc() -> str:
@@ -245,8 +246,12 @@ class DeconvolutionQueue:
         out_dir: str | Path | None = None,
         model: str = "default",
         stride_px: int = 64,
+        dihedral_average: bool = False,
     ) -> str:
         """Queue one image file; returns the job id. The job is in the journal before this returns.
+
+        ``model``, ``stride_px`` and ``dihedral_average`` make the PSF maps of images without recorded
+        maps (:class:`~livepsf.mapping.PSFMapper`).
 
         The same input with the same settings is not done twice: when this queue already holds it
         unfinished, that job's id is returned; when a complete output made with these settings exists,
@@ -254,7 +259,8 @@ class DeconvolutionQueue:
         """
         job = JobState(id=uuid.uuid4().hex[:12], input=str(Path(path).resolve()), iterations=int(iterations),
                        tv_weight=float(tv_weight), out_dir=None if out_dir is None else str(Path(out_dir).resolve()),
-                       model=str(model), stride_px=int(stride_px), submitted_utc=_utc())
+                       model=str(model), stride_px=int(stride_px), dihedral_average=bool(dihedral_average),
+                       submitted_utc=_utc())
         record = asdict(job)
         for transient in ("state", "attempts", "output", "error", "bad_input", "reused", "finished_utc", "history"):
             record.pop(transient)
@@ -445,7 +451,7 @@ def _job_settings(job: JobState) -> dict[str, Any] | None:
     """The settings a job's output records, or ``None`` when its input cannot be looked at."""
     try:
         return deconv_settings(job.input, iterations=job.iterations, tv_weight=job.tv_weight, model=job.model,
-                               stride_px=job.stride_px)
+                               stride_px=job.stride_px, dihedral_average=job.dihedral_average)
     except OSError:
         return None  # a missing input: the job fails in the worker with a clear message
 
@@ -454,7 +460,7 @@ def _job_settings(job: JobState) -> dict[str, Any] | None:
 
 
 def deconv_settings(source: str | Path, *, iterations: int, tv_weight: float, model: str,
-                    stride_px: int) -> dict[str, Any]:
+                    stride_px: int, dihedral_average: bool = False) -> dict[str, Any]:
     """Everything that decides a deconvolution output: the input's identity and the options.
 
     Two runs with equal settings make the same output, so a finished one can be reused.
@@ -466,9 +472,12 @@ def deconv_settings(source: str | Path, *, iterations: int, tv_weight: float, mo
     """
     from livepsf.framestore import source_identity
 
-    return {"command": "deconvolve", **source_identity(source), "iterations": int(iterations),
-            "tv_weight": float(tv_weight), "acceleration": "Biggs-Andrews" if DEFAULT_ACCELERATE else None,
-            "model": str(model), "stride_px": int(stride_px)}
+    settings = {"command": "deconvolve", **source_identity(source), "iterations": int(iterations),
+                "tv_weight": float(tv_weight), "acceleration": "Biggs-Andrews" if DEFAULT_ACCELERATE else None,
+                "model": str(model), "stride_px": int(stride_px)}
+    if dihedral_average:  # absent for plain maps: earlier outputs stay recognised
+        settings["dihedral_average"] = True
+    return settings
 
 
 def output_settings(path: str | Path) -> dict[str, Any] | None:
@@ -525,6 +534,7 @@ def deconv_params(settings: dict[str, Any], recorded_maps: bool, grids: list[dic
         "psf_source": "recorded PSF maps" if recorded_maps else "CNN",
         "model": None if recorded_maps else settings["model"],
         "stride_px": None if recorded_maps else settings["stride_px"],
+        "dihedral_average": None if recorded_maps else settings.get("dihedral_average", False),
         "frames": grids, "settings": settings,
     }
 
@@ -580,7 +590,7 @@ def _worker_main(conn: Connection, alive: Connection, device: str | None, torch_
 
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
-    models: dict[tuple[str, int], Any] = {}
+    models: dict[tuple[str, int, bool], Any] = {}
     while True:
         try:
             spec = conn.recv()
@@ -629,10 +639,12 @@ def run_job(
     maps = recorded_psfmaps(source)
     use_recorded = len(maps) == len(frames) and all(m is not None for m in maps)
     settings = deconv_settings(source, iterations=spec["iterations"], tv_weight=spec["tv_weight"],
-                               model=spec["model"], stride_px=spec["stride_px"])
+                               model=spec["model"], stride_px=spec["stride_px"],
+                               dihedral_average=bool(spec.get("dihedral_average", False)))
     final = Path(spec["output"]) if spec.get("output") else output_path(source, _OUTPUT_SUFFIX, spec.get("out_dir"))
     store = FrameStore.for_output(source, _OUTPUT_SUFFIX, final.parent, settings, len(frames))
-    mapper = None if use_recorded else _cached_mapper(spec["model"], int(spec["stride_px"]), mappers)
+    mapper = None if use_recorded else _cached_mapper(spec["model"], int(spec["stride_px"]),
+                                                      bool(spec.get("dihedral_average", False)), mappers)
     steps = max(int(spec["iterations"]), 1)
     total = len(frames) * steps
     for count, i in enumerate(store.missing(), start=len(store.done())):
@@ -656,15 +668,15 @@ def run_job(
     return final
 
 
-def _cached_mapper(model: str, stride_px: int, mappers: dict | None) -> Any:
-    """A PSFMapper for (model, stride), kept in ``mappers`` (per worker process) when given."""
+def _cached_mapper(model: str, stride_px: int, dihedral_average: bool, mappers: dict | None) -> Any:
+    """A PSFMapper for (model, stride, averaging), kept in ``mappers`` (per worker process) when given."""
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
 
-    key = (model, int(stride_px))
+    key = (model, int(stride_px), bool(dihedral_average))
     if mappers is not None and key in mappers:
         return mappers[key]
-    mapper = PSFMapper(load_model(model), stride_px=int(stride_px))
+    mapper = PSFMapper(load_model(model), stride_px=int(stride_px), dihedral_average=bool(dihedral_average))
     if mappers is not None:
         mappers[key] = mapper
     return mapper

@@ -57,6 +57,10 @@ class BatchOptions:
         ``"poly2"``, ``"smooth"``; ``None``: no fused surface).
     torch_threads
         Torch threads per task on the workers.
+    dihedral_average
+        Average each window over the frame's 8 rotations and mirrors (:class:`~livepsf.mapping.PSFMapper`;
+        8x slower). For ``depth`` an averaged calibration maps averaged whatever this says
+        (:meth:`~livepsf.depth.Calibration.mapping_dihedral_average`).
     """
 
     command: str
@@ -69,6 +73,7 @@ class BatchOptions:
     median_windows: int = 1
     surface: str | None = None
     torch_threads: int = 1
+    dihedral_average: bool = False
 
     def __post_init__(self) -> None:
         if self.command not in COMMANDS:
@@ -100,6 +105,7 @@ class OutputWriter:
         self.options = options
         self.model = options.model or "default"
         self.stride_px = options.stride_px or 64
+        self.dihedral_average = bool(options.dihedral_average)
         self.calibration = None
         self._calibration_sha256 = ""
         self._mapper = None
@@ -114,16 +120,19 @@ class OutputWriter:
                 self._calibration_sha256 = hashlib.sha256(Path(options.calibration).read_bytes()).hexdigest()
                 self.model = options.model or self.calibration.model_name
                 self.stride_px = options.stride_px or self.calibration.stride_px or 64
+                # As `livepsf depth`: map the way the calibration was made (the CLI prints the warning).
+                self.dihedral_average, _ = self.calibration.mapping_dihedral_average(self.dihedral_average)
             net = load_model(self.model)
             if self.calibration is not None:
                 self.calibration.check_model(net)
-            self._mapper = PSFMapper(net, stride_px=self.stride_px)
+            self._mapper = PSFMapper(net, stride_px=self.stride_px, dihedral_average=self.dihedral_average)
 
     def task(self) -> dict[str, Any]:
         """What a worker needs (:func:`livepsf.batch.tasks.compute_frame`)."""
         o = self.options
         return {"command": o.command, "model": self.model, "stride_px": self.stride_px,
-                "iterations": o.iterations, "tv_weight": o.tv_weight, "torch_threads": o.torch_threads}
+                "iterations": o.iterations, "tv_weight": o.tv_weight, "torch_threads": o.torch_threads,
+                "dihedral_average": self.dihedral_average}
 
     def folder(self, source: Path) -> Path:
         return Path(self.options.out_dir) if self.options.out_dir is not None else source.parent
@@ -135,8 +144,10 @@ class OutputWriter:
             from livepsf.acquisition.jobs import deconv_settings
 
             return deconv_settings(source, iterations=o.iterations, tv_weight=o.tv_weight, model=self.model,
-                                   stride_px=self.stride_px)
+                                   stride_px=self.stride_px, dihedral_average=self.dihedral_average)
         settings = {"command": o.command, **source_identity(source), "model": self.model, "stride_px": self.stride_px}
+        if self.dihedral_average:  # absent for plain maps: earlier outputs stay recognised
+            settings["dihedral_average"] = True
         if o.command == "depth":
             settings.update(calibration=str(Path(o.calibration).resolve()),
                             calibration_sha256=self._calibration_sha256, median_windows=int(o.median_windows))

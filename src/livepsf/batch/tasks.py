@@ -5,8 +5,9 @@ with it) and, for deconvolution, deconvolves it, using the same functions as the
 (:class:`~livepsf.mapping.PSFMapper`, :func:`livepsf.acquisition.jobs.deconvolve_frame`), so the
 results are the same. It returns plain arrays and JSON-ready metadata: the client writes them to disk.
 
-Each worker process keeps its mappers (one per model and stride) between tasks, and runs torch with
-one thread per task (Dask's own convention: parallelism comes from workers and their threads).
+Each worker process keeps its mappers (one per model, stride and dihedral averaging) between tasks, and
+runs torch with one thread per task (Dask's own convention: parallelism comes from workers and their
+threads).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 
 __all__ = ["compute_frame", "psfmap_from_arrays", "psfmap_to_arrays"]
 
-_MAPPERS: dict[tuple[str, int], Any] = {}
-_WARM: set[tuple[str, int, tuple[int, int]]] = set()
+_MAPPERS: dict[tuple[str, int, bool], Any] = {}
+_WARM: set[tuple[str, int, bool, tuple[int, int]]] = set()
 
 
 def compute_frame(task: dict[str, Any], path: str, index: int, recorded: dict[str, Any] | None = None
@@ -27,9 +28,9 @@ def compute_frame(task: dict[str, Any], path: str, index: int, recorded: dict[st
     """Process frame ``index`` of ``path``: ``{"arrays": {...}, "meta": {...}}``.
 
     ``task`` holds ``command`` (``map``, ``depth`` or ``deconvolve``), ``model``, ``stride_px``,
-    ``torch_threads`` and, for deconvolution, ``iterations`` and ``tv_weight``. ``recorded`` is the
-    frame's PSF map from a livepsf recording (:func:`livepsf.acquisition.recorder.psfmap_to_dict`),
-    used instead of the network when given.
+    ``torch_threads``, ``dihedral_average`` (absent: False) and, for deconvolution, ``iterations`` and
+    ``tv_weight``. ``recorded`` is the frame's PSF map from a livepsf recording
+    (:func:`livepsf.acquisition.recorder.psfmap_to_dict`), used instead of the network when given.
 
     Raises
     ------
@@ -67,9 +68,9 @@ def _map(task: dict[str, Any], frame: np.ndarray) -> tuple[Any, float]:
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
 
-    key = (str(task["model"]), int(task["stride_px"]))
+    key = (str(task["model"]), int(task["stride_px"]), bool(task.get("dihedral_average", False)))
     if key not in _MAPPERS:
-        _MAPPERS[key] = PSFMapper(load_model(key[0]), stride_px=key[1])
+        _MAPPERS[key] = PSFMapper(load_model(key[0]), stride_px=key[1], dihedral_average=key[2])
     mapper = _MAPPERS[key]
     warm_key = (*key, tuple(frame.shape))
     if warm_key not in _WARM:  # as `livepsf map`: TorchScript optimises a graph on its first two calls
@@ -90,7 +91,8 @@ def psfmap_to_arrays(pmap: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     meta = {"params": list(pmap.params), "sigma": list(pmap.sigma), "window_px": int(pmap.window_px),
             "stride_px": int(pmap.stride_px), "frame_shape": [int(n) for n in pmap.frame_shape],
             "psf_model": pmap.psf_model, "model_name": pmap.model_name, "model_sha256": pmap.model_sha256,
-            "optics": pmap.optics.to_dict(), "model_card": pmap.model_card}
+            "optics": pmap.optics.to_dict(), "model_card": pmap.model_card,
+            "dihedral_average": bool(pmap.dihedral_average)}
     return arrays, meta
 
 
@@ -103,4 +105,5 @@ def psfmap_from_arrays(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> A
                   centers_y=arrays["centers_y"], centers_x=arrays["centers_x"], window_px=meta["window_px"],
                   stride_px=meta["stride_px"], frame_shape=tuple(meta["frame_shape"]), psf_model=meta["psf_model"],
                   model_name=meta["model_name"], model_sha256=meta["model_sha256"], optics=Optics(**meta["optics"]),
-                  model_card=meta["model_card"], sigma={k: arrays[f"s.{k}"] for k in meta["sigma"]})
+                  model_card=meta["model_card"], sigma={k: arrays[f"s.{k}"] for k in meta["sigma"]},
+                  dihedral_average=bool(meta.get("dihedral_average", False)))  # absent in older frame stores
