@@ -237,3 +237,20 @@ def test_depth_overlay_shows_the_fused_surface_and_marks_uncertain_windows(qtbot
     sy, sx = rgba.shape[0] / 256, rgba.shape[1] / 256
     assert rgba[int(cy[1] * sy), int(cx[2] * sx), 3] < 0.5 * rgba[int(cy[1] * sy), int(cx[0] * sx), 3]
     window.shutdown()
+
+
+def test_a_calibration_from_averaged_maps_is_flagged_in_the_live_view(qtbot, sim_core, tiny_model):
+    """The live view maps each frame once: a calibration fitted on dihedral-averaged maps gets a warning."""
+    from livepsf.gui.window import LiveWindow
+
+    class AveragedCalibration(StubCalibration):
+        dihedral_average = True
+
+    window = LiveWindow(sim_core, tiny_model, calibration=AveragedCalibration())
+    qtbot.addWidget(window)
+    assert "dihedral-averaged" in window.statusBar().currentMessage()
+    window.statusBar().clearMessage()
+    window.set_calibration(StubCalibration())
+    assert window.statusBar().currentMessage() == ""
+    window.set_calibration(AveragedCalibration())
+    assert "dihedral-averaged" in window.statusBar().currentMessage()

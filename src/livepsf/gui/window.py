@@ -118,6 +118,7 @@ class LiveWindow(QtWidgets.QMainWindow):
         self._stats_timer.timeout.connect(self._update_stats)
         self._stats_timer.start(_STATS_INTERVAL_MS)
         self._refresh_overlay_choices()
+        self._warn_if_averaged(calibration)
         self.resize(1280, 900)
 
     # -- layout ------------------------------------------------------------------------------------
@@ -539,8 +540,16 @@ class LiveWindow(QtWidgets.QMainWindow):
             self.focus_lock_check.setChecked(False)
             self.statusBar().showMessage("Focus lock released: the depth calibration changed", 10000)
         self._update_calibration_label()
+        self._warn_if_averaged(calibration)
         self._trace.clear()
         self._redraw()
+
+    def _warn_if_averaged(self, calibration: Any) -> None:
+        """The live view maps each frame once; a calibration fitted on dihedral-averaged maps reads them a
+        little differently (``livepsf calibrate --dihedral-average``), so say so rather than stay silent."""
+        if calibration is not None and getattr(calibration, "dihedral_average", False):
+            self.statusBar().showMessage("This calibration was fitted on dihedral-averaged PSF maps; the live "
+                                         "view maps each frame once, so its depth may be a little off", 20000)
 
     def _update_calibration_label(self) -> None:
         cal = self.calibration
