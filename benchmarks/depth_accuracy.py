@@ -19,6 +19,7 @@ and the same for a curved (bowl-shaped) surface (poly2 and smooth priors), with 
     python benchmarks/depth_accuracy.py --model PATH.pt  # another Z-3 model
     python benchmarks/depth_accuracy.py --oracle         # PSF parameters from the simulator's ground
                                                          # truth: checks the pipeline, not the network
+    python benchmarks/depth_accuracy.py --decompose      # errors split into offset, scale and shape
 
 Paper (Table VI, real microscope, ResNet-34, profile protocol): 3°: 0.61 ± 0.41 µm, 6°: 1.31 ± 1.15 µm,
 10°: 3.50 ± 2.62 µm.
@@ -146,6 +147,8 @@ class FrameErrors:
     window_z: np.ndarray  # |error| / σ of the same windows
     filled_abs: np.ndarray  # every window the network did not flag invalid, unreliable ones filled
     profile_abs: np.ndarray  # paper's protocol: per position along the tilt axis (empty for curved frames)
+    profile_depth: np.ndarray  # the profile itself, and the true height of its columns (empty likewise)
+    profile_truth: np.ndarray
     surface_abs: dict[str, np.ndarray]  # per prior: every window
     reliable_fraction: float
     depth: np.ndarray
@@ -153,16 +156,58 @@ class FrameErrors:
     surface: dict[str, np.ndarray]
 
 
-def profile_errors(depth: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """The paper's protocol (Fig. 5f): depth averaged along the untilted axis (rows) per column, vs truth.
+def column_profile(depth: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's protocol (Fig. 5f): depth averaged along the untilted axis (rows) per column.
 
     The average of a column is the inverse-variance weighted mean of its reliable windows (σ from
-    :meth:`Calibration.depth_estimate`); columns without a reliable window are left out.
+    :meth:`Calibration.depth_estimate`); columns without a reliable window are left out. Returns
+    ``(profile depth, the columns' true height)``, µm.
     """
     weight = np.where(np.isfinite(sigma), 1.0 / np.maximum(sigma.astype(np.float64), 1e-6) ** 2, 0.0)
     cols = weight.sum(axis=0) > 0
     mean = (weight * np.nan_to_num(depth)).sum(axis=0)[cols] / weight.sum(axis=0)[cols]
-    return np.abs(mean - truth[:, cols].mean(axis=0))
+    return mean, truth[:, cols].mean(axis=0)
+
+
+def profile_errors(depth: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """|error| per column of the paper's protocol (:func:`column_profile`)."""
+    mean, column_truth = column_profile(depth, sigma, truth)
+    return np.abs(mean - column_truth)
+
+
+@dataclass
+class ErrorParts:
+    """An estimate against the truth split into offset, scale and shape (``estimate = a + b·truth + r``).
+
+    ``a`` and ``b`` come from a robust line (Huber, then bisquare: a few mirrored columns stay in the
+    residual instead of tilting the line). ``offset_um`` = ``a``, the depth read where the truth is 0
+    (the in-focus point); ``slope`` = ``b`` (1: the scale is right). The parts are the mean |error|
+    each would cause alone: ``|a|``, mean ``|(b - 1)·truth|`` and mean ``|r|``.
+    """
+
+    total_um: float
+    offset_um: float
+    slope: float
+    scale_part_um: float
+    residual_um: float
+
+    @property
+    def offset_part_um(self) -> float:
+        return abs(self.offset_um)
+
+
+def error_parts(estimate: np.ndarray, truth: np.ndarray) -> ErrorParts:
+    """:class:`ErrorParts` of ``estimate`` against ``truth`` (any matching shapes; non-finite pairs left out)."""
+    from livepsf.depth import robust_line_fit
+
+    e = np.asarray(estimate, dtype=np.float64).ravel()
+    t = np.asarray(truth, dtype=np.float64).ravel()
+    ok = np.isfinite(e) & np.isfinite(t)
+    e, t = e[ok], t[ok]
+    (a, b), _ = robust_line_fit(np.column_stack([np.ones_like(t), t]), e)
+    return ErrorParts(total_um=float(np.mean(np.abs(e - t))), offset_um=float(a), slope=float(b),
+                      scale_part_um=float(np.mean(np.abs((b - 1.0) * t))),
+                      residual_um=float(np.mean(np.abs(e - a - b * t))))
 
 
 def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarray | None,
@@ -178,10 +223,12 @@ def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarra
     err = est.depth_um - truth
     filled = cal.depth_um(pmap, frame, texture=texture)
     surfaces = {prior: surface_depth(cal, pmap, frame, prior=prior, texture=texture).depth_um for prior in priors}
+    profile, profile_truth = (column_profile(est.depth_um, est.sigma_um, truth) if tilted
+                              else (np.array([]), np.array([])))
     return FrameErrors(
         window_abs=np.abs(err[ok]), window_z=np.abs(err[ok]) / est.sigma_um[ok],
         filled_abs=np.abs(filled - truth)[~pmap.invalid_mask],
-        profile_abs=profile_errors(est.depth_um, est.sigma_um, truth) if tilted else np.array([]),
+        profile_abs=np.abs(profile - profile_truth), profile_depth=profile, profile_truth=profile_truth,
         surface_abs={prior: np.abs(s - truth).ravel() for prior, s in surfaces.items()},
         reliable_fraction=float(ok.mean()), depth=np.where(ok, est.depth_um, np.nan), truth=truth,
         surface=surfaces)
@@ -294,13 +341,14 @@ def report(cal: Calibration, sim: Simulator, map_frame, args, title: str) -> dic
           + "".join(f"| surface {p} \\|error\\| (µm) " for p in priors)
           + "| \\|error\\| all windows, filled (µm) | reliable windows | paper (profile) |")
     print("| --- " * (7 + len(priors)) + "|")
-    summary = {}
+    summary, decomposed = {}, []
     for i, t in enumerate(TILTS):
         results = []
         for k in range(args.test_frames):
             shift = 160.0 if k % 2 == 0 else -160.0
             f = sim.snap(t, seed=100 + 10 * i + k, in_focus_shift_px=shift, exposure_ms=3.0)
             results.append(measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), priors, tilted=True))
+            decomposed.append((t, shift, results[-1]))
         z = np.concatenate([r.window_z for r in results])
         prof = np.concatenate([r.profile_abs for r in results])
         surf = {p: np.concatenate([r.surface_abs[p] for r in results]) for p in priors}
@@ -311,6 +359,9 @@ def report(cal: Calibration, sim: Simulator, map_frame, args, title: str) -> dic
               + "".join(f"{_mean_sd(surf[p])} | " for p in priors)
               + f"{_mean_sd([r.filled_abs for r in results])} | "
               f"{100 * np.mean([r.reliable_fraction for r in results]):.0f} % | {PAPER[t][0]:.2f} ± {PAPER[t][1]:.2f} |")
+
+    if args.decompose:
+        print_decomposition(decomposed, "plane")
 
     # A curved surface (bowl, 1/R = 1 /mm), no tilt, in focus at the centre.
     f = sim.snap(0.0, seed=77, exposure_ms=10.0, curvature_per_mm=1.0)
@@ -329,6 +380,30 @@ def report(cal: Calibration, sim: Simulator, map_frame, args, title: str) -> dic
                        f"Curved surface (1/R = 1 /mm), smooth surface: mean |error| "
                        f"{m.surface_abs['smooth'].mean():.2f} µm")
     return summary
+
+
+def print_decomposition(measured: list[tuple[float, float, FrameErrors]], prior: str) -> None:
+    """Per test frame: the reliable windows, the column profile and the fused surface split into
+    offset, scale and shape (:func:`error_parts`)."""
+    print("\nerrors split into offset (depth read at the in-focus point), scale (slope of estimate vs truth) "
+          "and shape (residual about that line), per test frame; parts = the mean |error| each alone causes")
+    print("\n| tilt | in-focus shift (px) | estimate | mean \\|error\\| (µm) | offset (µm) | slope | "
+          "scale part (µm) | shape part (µm) |")
+    print("| --- " * 8 + "|")
+    rows: dict[tuple[float, str], list[ErrorParts]] = {}
+    for tilt, shift, m in measured:
+        for name, estimate, truth in (("windows", m.depth, m.truth), ("profile", m.profile_depth, m.profile_truth),
+                                      (f"surface {prior}", m.surface[prior], m.truth)):
+            parts = error_parts(estimate, truth)
+            rows.setdefault((tilt, name), []).append(parts)
+            print(f"| {tilt:g}° | {shift:+.0f} | {name} | {parts.total_um:.2f} | {parts.offset_um:+.2f} | "
+                  f"{parts.slope:.3f} | {parts.scale_part_um:.2f} | {parts.residual_um:.2f} |")
+    print("\nmean over the test frames of each tilt: | tilt | estimate | mean \\|error\\| | \\|offset\\| | "
+          "\\|slope - 1\\| | scale part | shape part |")
+    for (tilt, name), parts in rows.items():
+        print(f"| {tilt:g}° | {name} | {np.mean([p.total_um for p in parts]):.2f} | "
+              f"{np.mean([p.offset_part_um for p in parts]):.2f} | {np.mean([abs(p.slope - 1) for p in parts]):.3f} | "
+              f"{np.mean([p.scale_part_um for p in parts]):.2f} | {np.mean([p.residual_um for p in parts]):.2f} |")
 
 
 def _label_stem(args) -> str:
@@ -358,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also calibrate from a z-stack of the flat sample and compare with the tilted grid")
     parser.add_argument("--zstack-range-um", type=float, default=60.0)
     parser.add_argument("--zstack-step-um", type=float, default=4.0)
+    parser.add_argument("--decompose", action="store_true",
+                        help="split each test frame's errors into offset (in-focus point), scale and shape")
     parser.add_argument("--out", type=Path, default=None, help="folder for the calibrations, plots and error maps")
     args = parser.parse_args(argv)
 
