@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from livepsf.net.architectures import ARCHITECTURES, ResNet34, SharedTrunkNet, build_network
+from livepsf.net.architectures import ARCHITECTURES, ResNet34, SharedTrunkNet, SpectralBranch, build_network
 
 
 def _unfolded_forward(net: torch.nn.Module, frame: torch.Tensor, stride: int) -> torch.Tensor:
@@ -16,7 +16,7 @@ def _unfolded_forward(net: torch.nn.Module, frame: torch.Tensor, stride: int) ->
 
 
 @pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-tiny", "shared-trunk-m2",
-                                  "shared-trunk-deep", "shared-trunk-wide", "resnet34-tiny"])
+                                  "shared-trunk-deep", "shared-trunk-wide", "shared-trunk-spectral", "resnet34-tiny"])
 def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.manual_seed(0)
     net = build_network(arch, n_params=3).eval()
@@ -28,7 +28,7 @@ def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.testing.assert_close(mapped, reference, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-deep", "shared-trunk-wide"])
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-deep", "shared-trunk-wide", "shared-trunk-spectral"])
 @pytest.mark.parametrize("stride", [16, 32, 128])
 def test_map_frame_equals_per_window_forward_at_other_strides(arch: str, stride: int) -> None:
     """Pooling steps of 2, 4 and 16 trunk cells: windows much longer than the step, and shorter than it."""
@@ -65,7 +65,7 @@ def test_log_sigma_shift_scales_sigma_only() -> None:
 
 
 @pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-deep", "shared-trunk-wide",
-                                  "resnet34-tiny"])
+                                  "shared-trunk-spectral", "resnet34-tiny"])
 def test_offset_and_gain_invariance(arch: str) -> None:
     torch.manual_seed(1)
     net = build_network(arch, n_params=2).double().eval()
@@ -86,9 +86,49 @@ def test_wide_stem_is_pooled_and_squeezed() -> None:
     assert isinstance(build_network("shared-trunk", 1).squeeze, torch.nn.Identity)  # old files keep their keys
 
 
-def test_scripted_network_keeps_contract(tmp_path) -> None:
+def test_spectral_warm_start_reproduces_the_trained_trunk() -> None:
+    """Started from a trunk network, the spectral network gives its outputs exactly until it trains."""
+    torch.manual_seed(4)
+    trunk = build_network("shared-trunk", n_params=3).eval()
+    with torch.no_grad():
+        trunk.log_sigma_shift.copy_(torch.tensor([0.1, -0.2, 0.3]))  # a calibrated σ comes along
+    spectral = build_network("shared-trunk-spectral", n_params=3).eval()
+    spectral.warm_start(trunk.state_dict())
+    x = torch.rand(4, 1, 128, 128) * 300.0
+    frame = torch.rand(1, 1, 256, 320) * 300.0
+    with torch.no_grad():
+        torch.testing.assert_close(spectral(x), trunk(x))
+        torch.testing.assert_close(spectral.map_frame(frame, 64), trunk.map_frame(frame, 64))
+    assert float(spectral.head[0].weight[:, trunk.head[0].in_features:].abs().max()) == 0.0
+
+
+def test_spectral_branch_shows_the_defocus_disk_zero() -> None:
+    """The log spectrum of noise blurred by a uniform disk of radius r dips at the disk's MTF zeros
+    (0.61 / r and 1.117 / r cycles per pixel) and nowhere else: the rings the branch is there to see."""
+    gen = torch.Generator().manual_seed(5)
+    n, radius_px, window = 256, 8.0, 128
+    yy, xx = torch.meshgrid(torch.arange(n) - n // 2, torch.arange(n) - n // 2, indexing="ij")
+    disk = ((yy ** 2 + xx ** 2) <= radius_px ** 2).double()
+    disk = torch.fft.ifftshift(disk / disk.sum())
+    noise = torch.rand(n, n, generator=gen, dtype=torch.float64)
+    blurred = torch.fft.irfft2(torch.fft.rfft2(noise) * torch.fft.rfft2(disk), s=(n, n))
+    branch = SpectralBranch(window).double()
+    log_spectrum = branch.log_spectrum(blurred[None, None, :window, :window])[0, 0]
+    # Radial profile in one-bin rings (rows are centred by the fftshift, columns start at frequency 0).
+    fy = torch.fft.fftshift(torch.fft.fftfreq(window))[:, None]
+    fx = torch.fft.rfftfreq(window)[None, :]
+    ring = torch.round(torch.sqrt(fy ** 2 + fx ** 2) * window).long()
+    profile = torch.stack([log_spectrum[ring == k].mean() for k in range(24)])
+    dips = [k for k in range(2, 22) if profile[k] < profile[[k - 2, k - 1, k + 1, k + 2]].min()]
+    zeros_bins = [0.61 / radius_px * window, 1.117 / radius_px * window]  # ≈ 9.8 and 17.9: the disk's MTF zeros
+    assert len(dips) == 2
+    assert all(abs(dip - zero) <= 1.0 for dip, zero in zip(dips, zeros_bins))
+
+
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-spectral"])
+def test_scripted_network_keeps_contract(tmp_path, arch: str) -> None:
     torch.manual_seed(2)
-    net = build_network("shared-trunk", n_params=1).eval()
+    net = build_network(arch, n_params=1).eval()
     scripted = torch.jit.script(net)
     path = tmp_path / "m.pt"
     scripted.save(str(path))

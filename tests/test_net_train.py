@@ -186,3 +186,23 @@ def test_run_training_exports_a_full_card(tmp_path, held_out) -> None:
     # An intermediate checkpoint exports the same way.
     again = export_checkpoint(result.checkpoint, tmp_path / "from_ckpt.pt", n_robustness=0, test_set=held_out)
     assert load_model(again).card.training["steps"] == 12
+
+
+def test_a_run_can_start_from_trained_weights(tmp_path, held_out) -> None:
+    """``init_from`` starts a new run (step 0, fresh optimiser) from an exported model or a checkpoint."""
+    first = train(_config(steps=10), tmp_path / "a", progress=False, val_set=held_out)
+    trained = {k: v.clone() for k, v in first.module.state_dict().items()}
+    # Zero steps of learning rate: the new run's network is the trained one, whichever file it came from.
+    for source in (first.checkpoint, export_checkpoint(first.checkpoint, tmp_path / "a.pt", n_robustness=0,
+                                                        test_set=held_out)):
+        again = train(_config(steps=1, lr=0.0, warmup_steps=0, init_from=str(source)), tmp_path / "b",
+                      progress=False, val_set=held_out)
+        assert again.step == 1 and again.segments[-1]["init_from"] == str(source)
+        for key, value in trained.items():
+            if key != "log_sigma_shift":  # the σ calibration after training adds to the shift
+                torch.testing.assert_close(again.module.state_dict()[key], value)
+    with pytest.raises(InputError, match="do not fit"):
+        train(_config(steps=1, architecture="shared-trunk", init_from=str(first.checkpoint)), tmp_path / "c",
+              progress=False, val_set=held_out)
+    with pytest.raises(InputError, match="no such model"):
+        train(_config(steps=1, init_from=str(tmp_path / "missing.pt")), tmp_path / "d", progress=False)

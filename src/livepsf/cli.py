@@ -532,6 +532,8 @@ def train(
     steps: int = typer.Option(None, help="Training budget in optimisation steps."),
     out: Path = typer.Option(Path("runs"), help="Folder for the checkpoint and the exported model."),
     resume: Path = typer.Option(None, help="Checkpoint to continue from."),
+    init_from: Path = typer.Option(None, "--init-from", help="Trained model (.pt) or checkpoint whose weights "
+                                   "start a new run (e.g. shared-trunk-spectral from the default model)."),
     seed: int = typer.Option(0, help="Random seed (network initialisation and data stream)."),
     batch_size: int = typer.Option(32, help="Patches per step."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (cosine decay)."),
@@ -559,7 +561,7 @@ def train(
         data["photons"] = [low, photons_max]
     config = TrainConfig(psf_model=psf_model, architecture=architecture, name=name, steps=steps, minutes=minutes,
                          batch_size=batch_size, lr=lr, seed=seed, device=device, threads=threads, workers=workers,
-                         data=data)
+                         data=data, init_from=None if init_from is None else str(init_from))
     command = "livepsf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result, path = run_training(config, out, export_path=export, resume=resume, command=command, n_test=n_test)
     from livepsf.net import ModelCard

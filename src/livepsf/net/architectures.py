@@ -28,13 +28,14 @@ energies becomes a difference, which a small MLP learns from far fewer examples 
 
 # No `from __future__ import annotations`: TorchScript needs real annotations on these classes.
 
-from typing import List
+from typing import Any, Dict, List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "ResNet34", "SharedTrunkNet", "build_network", "count_parameters"]
+__all__ = ["ARCHITECTURES", "ResNet34", "SharedTrunkNet", "SpectralBranch", "SpectralTrunkNet", "build_network",
+           "count_parameters"]
 
 
 def _shift_log_sigma(out: torch.Tensor, n_params: int, shift: torch.Tensor) -> torch.Tensor:
@@ -177,15 +178,20 @@ class SharedTrunkNet(nn.Module):
             out.append(h)
         return out
 
-    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``pooled`` is ``(..., features)``, non-negative and linear in gain; returns ``(..., 1 + N)``."""
+    def trunk_features(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The head's input from pooled energies ``(..., features)``: normalised (gain-free), logged."""
         norm = torch.linalg.vector_norm(pooled, 2.0, dim=-1, keepdim=True)
         f = pooled / (norm + 1e-6 * (1.0 + norm))
         if self.log_features:
             f = torch.log(f + 1e-4)
-        return _shift_log_sigma(self.head(f), self.n_params, self.log_sigma_shift)
+        return f
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``pooled`` is ``(..., features)``, non-negative and linear in gain; returns ``(..., 1 + N)``."""
+        return _shift_log_sigma(self.head(self.trunk_features(pooled)), self.n_params, self.log_sigma_shift)
+
+    def pooled_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's pooled energies of ``(B, 1, W, W)`` windows, ``(B, features)``."""
         pooled: List[torch.Tensor] = []
         for k, h in enumerate(self.stages(x)):
             c = self.cells[k]
@@ -193,10 +199,17 @@ class SharedTrunkNet(nn.Module):
             pooled.append(inside.mean(dim=(-2, -1)))
             if self.second_moment:
                 pooled.append(torch.sqrt((inside * inside).mean(dim=(-2, -1)) + 1e-30))
-        return self._head(torch.cat(pooled, dim=1))
+        return torch.cat(pooled, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._head(self.pooled_windows(x))
 
     @torch.jit.export
     def map_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
+        return self._head(self.pooled_frame(frame, stride)).permute(2, 0, 1)
+
+    def pooled_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
+        """The pooled energies of every window on a ``stride`` grid of ``frame``, ``(gy, gx, features)``."""
         if stride % (self.patch_px * self.scales[-1]) != 0:
             raise ValueError("stride must be a multiple of the network's patch size (times its downsampling)")
         # Speed, same numbers: a one-channel frame is the same memory in NCHW and NHWC, and these
@@ -210,8 +223,121 @@ class SharedTrunkNet(nn.Module):
             pooled.append(F.avg_pool2d(h, kernel_size=self.cells[k], stride=step))  # (1, C, gy, gx)
             if self.second_moment:
                 pooled.append(torch.sqrt(F.avg_pool2d(h * h, kernel_size=self.cells[k], stride=step) + 1e-30))
-        feats = torch.cat(pooled, dim=1)[0].permute(1, 2, 0)
-        return self._head(feats).permute(2, 0, 1)
+        return torch.cat(pooled, dim=1)[0].permute(1, 2, 0)
+
+
+class SpectralBranch(nn.Module):
+    """A small CNN on a window's log power spectrum: it sees the rings of a defocus OTF.
+
+    Blur multiplies the texture's spectrum by the OTF, so in the log power spectrum it *adds* the log
+    MTF, whose zeros (rings, ellipses under astigmatism) sit at radii set by the blur. Natural textures
+    have smooth spectra, so the rings are a blur cue that energies of small spatial filters cannot
+    resolve (they read any high-frequency energy, side lobes included, as "sharp"). The spectrum is taken
+    with a Hann taper after removing the window's mean, normalised to unit sum and logged: offset- and
+    gain-free like the trunk. Three coordinate channels (radius, cos 2θ, sin 2θ) tell the convolutions
+    where in the frequency plane they are.
+
+    Parameters
+    ----------
+    window_px
+        Window side in pixels.
+    channels
+        Channels of the conv stages; each is a 3x3 conv, a 2x2 max pool and a ReLU.
+    features
+        Length of the output feature vector.
+    """
+
+    def __init__(self, window_px: int = 128, channels: List[int] = [8, 16, 32, 32],  # noqa: B006
+                 features: int = 64) -> None:
+        super().__init__()
+        hann = torch.hann_window(window_px, periodic=False)
+        self.register_buffer("taper", hann[:, None] * hann[None, :])
+        fy = torch.fft.fftshift(torch.fft.fftfreq(window_px))[:, None].expand(window_px, window_px // 2 + 1)
+        fx = torch.fft.rfftfreq(window_px)[None, :].expand(window_px, window_px // 2 + 1)
+        radius = torch.sqrt(fy * fy + fx * fx)
+        angle = torch.atan2(fy, fx)
+        self.register_buffer("coords", torch.stack([radius / 0.5, torch.cos(2 * angle), torch.sin(2 * angle)]))
+        layers: List[nn.Module] = []
+        c_in = 1 + 3
+        for c in channels:
+            # ReLU after the pool: the same result (they commute), on 4x fewer elements.
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.MaxPool2d(2), nn.ReLU()]
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        size = (window_px // 2**len(channels)) * ((window_px // 2 + 1) // 2**len(channels))
+        self.fc = nn.Sequential(nn.Linear(c_in * size, features), nn.ReLU())
+
+    def log_spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, W, W)`` windows to their centred log power spectra ``(B, 1, W, W // 2 + 1)``."""
+        x = x - x.mean(dim=(-2, -1), keepdim=True)
+        power = torch.fft.rfft2(x * self.taper).abs() ** 2
+        power = power / (power.sum(dim=(-2, -1), keepdim=True) + 1e-30)
+        # A floor far below any camera's noise keeps noise-free and blank windows finite.
+        log_power = torch.log(power + 1e-9)
+        log_power = (log_power - log_power.mean(dim=(-2, -1), keepdim=True)) / 4.0
+        return torch.fft.fftshift(log_power, dim=[-2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.log_spectrum(x)
+        # The first conv of the stack [spectrum, coordinates]: the coordinates' part is the same for every
+        # window, so it is computed once and added (4x less work than convolving the stack).
+        first = self.convs[0]
+        h = F.conv2d(s, first.weight[:, :1], first.bias, padding=1) \
+            + F.conv2d(self.coords[None], first.weight[:, 1:], None, padding=1)
+        for i, layer in enumerate(self.convs):
+            if i > 0:
+                h = layer(h)
+        return self.fc(h.flatten(1))
+
+
+class SpectralTrunkNet(SharedTrunkNet):
+    """:class:`SharedTrunkNet` whose head also reads a :class:`SpectralBranch` of each window.
+
+    The offline estimator: the trunk runs once over the frame as in the live network, the spectral branch
+    runs per window (each window's own spectrum). :meth:`warm_start` copies a trained
+    :class:`SharedTrunkNet` into it with the head's spectral inputs at zero weight, so training starts
+    exactly at that network's outputs and can only add what the spectrum tells.
+    """
+
+    def __init__(self, n_params: int, window_px: int = 128, spectral_features: int = 64,
+                 spectral_channels: List[int] = [8, 16, 32, 32], hidden: int = 96,  # noqa: B006
+                 **trunk: Any) -> None:
+        super().__init__(n_params, window_px=window_px, hidden=hidden, **trunk)
+        self.spectral = SpectralBranch(window_px, spectral_channels, spectral_features)
+        first = self.head[0]
+        self.head[0] = nn.Linear(first.in_features + spectral_features, hidden)
+
+    @torch.no_grad()
+    def warm_start(self, trunk_state: Dict[str, torch.Tensor]) -> None:
+        """Load a trained :class:`SharedTrunkNet`'s weights; the spectral inputs start at zero weight."""
+        own = self.state_dict()
+        for key, value in trunk_state.items():
+            if key == "head.0.weight":
+                n = value.shape[1]
+                own[key][:, :n] = value
+                own[key][:, n:] = 0.0
+            else:
+                own[key].copy_(value)
+
+    def _joint_head(self, pooled: torch.Tensor, spectral: torch.Tensor) -> torch.Tensor:
+        f = torch.cat([self.trunk_features(pooled), spectral], dim=-1)
+        return _shift_log_sigma(self.head(f), self.n_params, self.log_sigma_shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._joint_head(self.pooled_windows(x), self.spectral(x))
+
+    @torch.jit.export
+    def map_frame(self, frame: torch.Tensor, stride: int) -> torch.Tensor:
+        pooled = self.pooled_frame(frame, stride)  # (gy, gx, F): the trunk is shared by the windows
+        w = self.window_px
+        windows = frame[0, 0].unfold(0, w, stride).unfold(1, w, stride)
+        gy, gx = windows.shape[0], windows.shape[1]
+        flat = windows.reshape(gy * gx, 1, w, w)
+        spectral: List[torch.Tensor] = []
+        for start in range(0, gy * gx, 64):
+            spectral.append(self.spectral(flat[start:start + 64]))
+        out = self._joint_head(pooled.reshape(gy * gx, -1), torch.cat(spectral, dim=0))
+        return out.reshape(gy, gx, self.n_outputs).permute(2, 0, 1)
 
 
 class _BasicBlock(nn.Module):
@@ -296,6 +422,8 @@ ARCHITECTURES = {
     # defocus disk is ~80 px at the default optics), about 2.5x the default's compute per window.
     "shared-trunk-wide": (SharedTrunkNet, {"width": 48, "depth": 4, "hidden": 128, "block": "dense",
                                            "downsample": [1], "stem_width": 96}),
+    # Offline candidate: the default trunk plus a CNN on each window's log power spectrum (#13).
+    "shared-trunk-spectral": (SpectralTrunkNet, {"width": 32, "depth": 3, "hidden": 96, "block": "dense"}),
     "resnet34": (ResNet34, {}),
     "resnet34-tiny": (ResNet34, {"width": 4, "layers": [1, 1, 1, 1]}),
     "resnet18-narrow": (ResNet34, {"width": 16, "layers": [2, 2, 2, 2]}),

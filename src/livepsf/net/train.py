@@ -178,6 +178,11 @@ class TrainConfig:
         Overrides of :class:`~livepsf.data.degrade.DegradationConfig` (e.g. ``{"photons": [10, 1e5]}``).
     synth
         Extra :class:`~livepsf.data.dataset.BatchSynthesizer` options (pool sizes).
+    init_from
+        A trained model (``.pt`` with its card) or checkpoint (``.ckpt``) whose weights start a new run:
+        loaded as they are into the same architecture, or through the network's ``warm_start`` (e.g.
+        :class:`~livepsf.net.architectures.SpectralTrunkNet` from a ``shared-trunk`` model). Ignored when
+        resuming (the checkpoint has the weights).
     command
         The command line that started the run (recorded in the card).
     """
@@ -208,6 +213,7 @@ class TrainConfig:
     optics: dict[str, float] = field(default_factory=lambda: Optics().to_dict())
     data: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
     command: str = ""
 
     def budget(self) -> str:
@@ -271,6 +277,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != "livepsf-checkpoint":
         raise InputError(f"{path}: not a livepsf training checkpoint")
     return ckpt
+
+
+def initial_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a trained model (TorchScript ``.pt``) or of a training checkpoint (``.ckpt``)."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        return dict(load_checkpoint(path)["model"])
+    if not path.is_file():
+        raise InputError(f"{path}: no such model")
+    try:
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as exc:
+        raise InputError(f"{path}: not a TorchScript model ({str(exc).splitlines()[0]})") from None
+
+
+def _start_from(module: torch.nn.Module, path: str | Path) -> None:
+    """Initialise ``module`` from trained weights (see :attr:`TrainConfig.init_from`)."""
+    state = initial_weights(path)
+    try:
+        if hasattr(module, "warm_start"):
+            module.warm_start(state)
+        else:
+            module.load_state_dict(state)
+    except (KeyError, RuntimeError) as exc:
+        raise InputError(f"{path}: its weights do not fit this architecture ({str(exc).splitlines()[0]})") from None
 
 
 def _save_checkpoint(path: Path, module, optimiser, config: TrainConfig, step: int, seconds: float,
@@ -357,6 +388,8 @@ def train(
     optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, seconds, history = 0, 0.0, []
     segments: list[dict[str, Any]] = []
+    if config.init_from and resume is None:
+        _start_from(module, config.init_from)
     if resume is not None:
         ckpt = load_checkpoint(resume)
         old = ckpt["config"]
@@ -371,6 +404,7 @@ def train(
 
     # One segment per train() call: a resumed model's card lists every command that made it.
     segments.append({"command": config.command, "start_step": step, "start_seconds": round(seconds, 1),
+                     "init_from": None if resume is not None else config.init_from,
                      "budget": config.budget(), "lr": config.lr, "data": dict(config.data),
                      "hardware": hardware_description(device), "batch_size": config.batch_size,
                      "data_echo": config.data_echo, "workers": config.workers})
