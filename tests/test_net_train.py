@@ -201,6 +201,16 @@ def test_a_run_can_start_from_trained_weights(tmp_path, held_out) -> None:
         for key, value in trained.items():
             if key != "log_sigma_shift":  # the σ calibration after training adds to the shift
                 torch.testing.assert_close(again.module.state_dict()[key], value)
+    # With a learning-rate factor of 0 the supplied weights stay put while the run trains; a resumed run
+    # re-makes the same optimiser groups from its checkpoint.
+    frozen = train(_config(steps=3, init_from=str(first.checkpoint), init_lr_factor=0.0), tmp_path / "e",
+                   progress=False, val_set=held_out)
+    assert frozen.segments[-1]["init_lr_factor"] == 0.0
+    for key, value in trained.items():
+        if key != "log_sigma_shift":
+            torch.testing.assert_close(frozen.module.state_dict()[key], value)
+    resumed = train(_config(steps=5), tmp_path / "f", resume=frozen.checkpoint, progress=False, val_set=held_out)
+    assert resumed.step == 5
     with pytest.raises(InputError, match="do not fit"):
         train(_config(steps=1, architecture="shared-trunk", init_from=str(first.checkpoint)), tmp_path / "c",
               progress=False, val_set=held_out)

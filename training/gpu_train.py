@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--resume", default=None)
     parser.add_argument("--init-from", default=None, help="trained .pt/.ckpt whose weights start a new run")
+    parser.add_argument("--init-lr-factor", type=float, default=1.0, help="learning-rate factor of those weights")
     args = parser.parse_args(argv)
 
     from livepsf.net.train import TrainConfig, train
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                          minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, warmup_steps=300,
                          seed=args.seed, device=args.device, threads=1, workers=args.workers,
                          data_echo=args.data_echo, val_every=500, checkpoint_every=500, init_from=args.init_from,
+                         init_lr_factor=args.init_lr_factor,
                          command="python training/gpu_train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     start = time.perf_counter()
 

@@ -183,6 +183,9 @@ class TrainConfig:
         loaded as they are into the same architecture, or through the network's ``warm_start`` (e.g.
         :class:`~livepsf.net.architectures.SpectralTrunkNet` from a ``shared-trunk`` model). Ignored when
         resuming (the checkpoint has the weights).
+    init_lr_factor
+        Learning-rate factor for the parameters ``init_from`` supplied whole (e.g. 0.1: the trained trunk
+        moves slowly while new parts learn at ``lr``).
     command
         The command line that started the run (recorded in the card).
     """
@@ -214,6 +217,7 @@ class TrainConfig:
     data: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    init_lr_factor: float = 1.0
     command: str = ""
 
     def budget(self) -> str:
@@ -292,8 +296,11 @@ def initial_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a TorchScript model ({str(exc).splitlines()[0]})") from None
 
 
-def _start_from(module: torch.nn.Module, path: str | Path) -> None:
-    """Initialise ``module`` from trained weights (see :attr:`TrainConfig.init_from`)."""
+def _start_from(module: torch.nn.Module, path: str | Path) -> set[str]:
+    """Initialise ``module`` from trained weights (see :attr:`TrainConfig.init_from`).
+
+    Returns the names of the parameters that the file supplied whole (same shape): the pretrained ones.
+    """
     state = initial_weights(path)
     try:
         if hasattr(module, "warm_start"):
@@ -302,15 +309,25 @@ def _start_from(module: torch.nn.Module, path: str | Path) -> None:
             module.load_state_dict(state)
     except (KeyError, RuntimeError) as exc:
         raise InputError(f"{path}: its weights do not fit this architecture ({str(exc).splitlines()[0]})") from None
+    return {name for name, p in module.named_parameters() if name in state and state[name].shape == p.shape}
+
+
+def _optimiser(module: torch.nn.Module, config: TrainConfig, pretrained: set[str]) -> torch.optim.Optimizer:
+    """AdamW; parameters in ``pretrained`` learn at ``config.init_lr_factor`` times the rate of the others."""
+    groups = [{"params": [p for n, p in module.named_parameters() if n not in pretrained], "lr_factor": 1.0}]
+    if pretrained:
+        groups.append({"params": [p for n, p in module.named_parameters() if n in pretrained],
+                       "lr_factor": config.init_lr_factor})
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _save_checkpoint(path: Path, module, optimiser, config: TrainConfig, step: int, seconds: float,
-                     history: list[dict[str, float]], segments: list[dict[str, Any]]) -> None:
+                     history: list[dict[str, float]], segments: list[dict[str, Any]], pretrained: set[str]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({
         "format": "livepsf-checkpoint", "version": CHECKPOINT_VERSION, "config": asdict(config),
         "model": module.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-        "seconds": seconds, "history": history, "segments": segments,
+        "seconds": seconds, "history": history, "segments": segments, "pretrained": sorted(pretrained),
     }, tmp)
     os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
@@ -385,11 +402,10 @@ def train(
 
     _seed_all(config.seed)
     module = build_network(config.architecture, spec.n_params, config.window_px, config.uncertainty).to(device)
-    optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, seconds, history = 0, 0.0, []
     segments: list[dict[str, Any]] = []
-    if config.init_from and resume is None:
-        _start_from(module, config.init_from)
+    pretrained: set[str] = set()
+    ckpt: dict[str, Any] | None = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
         old = ckpt["config"]
@@ -397,6 +413,11 @@ def train(
             if old.get(key, False if key == "uncertainty" else None) != getattr(config, key):
                 raise InputError(f"{resume}: checkpoint was trained with {key}={old.get(key)!r}, "
                                  f"not {getattr(config, key)!r}")
+        pretrained = set(ckpt.get("pretrained", []))  # the optimiser's parameter groups, as they were
+    elif config.init_from:
+        pretrained = _start_from(module, config.init_from)
+    optimiser = _optimiser(module, config, pretrained)
+    if ckpt is not None:
         module.load_state_dict(ckpt["model"])
         optimiser.load_state_dict(ckpt["optimiser"])
         step, seconds, history = int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"])
@@ -405,6 +426,7 @@ def train(
     # One segment per train() call: a resumed model's card lists every command that made it.
     segments.append({"command": config.command, "start_step": step, "start_seconds": round(seconds, 1),
                      "init_from": None if resume is not None else config.init_from,
+                     "init_lr_factor": config.init_lr_factor if pretrained else None,
                      "budget": config.budget(), "lr": config.lr, "data": dict(config.data),
                      "hardware": hardware_description(device), "batch_size": config.batch_size,
                      "data_echo": config.data_echo, "workers": config.workers})
@@ -442,7 +464,7 @@ def train(
                 x, t = next(stream)
                 x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
             for group in optimiser.param_groups:
-                group["lr"] = config.lr * _lr_factor(fraction(), step, config)
+                group["lr"] = config.lr * group["lr_factor"] * _lr_factor(fraction(), step, config)
             loss = psf_loss(module(x), t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training diverged at step {step} (loss {loss.item()})")
@@ -466,7 +488,7 @@ def train(
                                 "val_validity_accuracy": round(validation.validity_accuracy, 4)})
                 t_last = time.perf_counter()  # validation time is not training time
             if step % config.checkpoint_every == 0 or done:
-                _save_checkpoint(ckpt_path, module, optimiser, config, step, seconds, history, segments)
+                _save_checkpoint(ckpt_path, module, optimiser, config, step, seconds, history, segments, pretrained)
                 t_last = time.perf_counter()
             bar.update(fraction(), step, running, validation)
     module.eval()
