@@ -143,7 +143,7 @@ def window_truth(pmap: PSFMap, height: np.ndarray) -> np.ndarray:
 class FrameErrors:
     """Errors of one fresh frame against the simulator's true height (µm)."""
 
-    window_abs: np.ndarray  # reliable windows (finite σ)
+    window_abs: np.ndarray  # reliable windows (finite σ), each as read
     window_z: np.ndarray  # |error| / σ of the same windows
     filled_abs: np.ndarray  # every window the network did not flag invalid, unreliable ones filled
     profile_abs: np.ndarray  # paper's protocol: per position along the tilt axis (empty for curved frames)
@@ -154,13 +154,15 @@ class FrameErrors:
     depth: np.ndarray
     truth: np.ndarray
     surface: dict[str, np.ndarray]
+    resolved: np.ndarray  # reliable windows with the side of focus from the first prior's surface (NaN elsewhere)
 
 
 def column_profile(depth: np.ndarray, sigma: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The paper's protocol (Fig. 5f): depth averaged along the untilted axis (rows) per column.
 
     The average of a column is the inverse-variance weighted mean of its reliable windows (σ from
-    :meth:`Calibration.depth_estimate`); columns without a reliable window are left out. Returns
+    :meth:`Calibration.depth_estimate`; :func:`measure` passes the windows' depth with the side of
+    focus the fused surface gives them); columns without a reliable window are left out. Returns
     ``(profile depth, the columns' true height)``, µm.
     """
     weight = np.where(np.isfinite(sigma), 1.0 / np.maximum(sigma.astype(np.float64), 1e-6) ** 2, 0.0)
@@ -222,8 +224,12 @@ def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarra
     ok = est.reliable
     err = est.depth_um - truth
     filled = cal.depth_um(pmap, frame, texture=texture)
-    surfaces = {prior: surface_depth(cal, pmap, frame, prior=prior, texture=texture).depth_um for prior in priors}
-    profile, profile_truth = (column_profile(est.depth_um, est.sigma_um, truth) if tilted
+    fused = {prior: surface_depth(cal, pmap, frame, prior=prior, texture=texture) for prior in priors}
+    surfaces = {prior: s.depth_um for prior, s in fused.items()}
+    # The profile averages the windows with the side of focus the fused surface gives them (mirrored
+    # windows read back with the other sign, DepthSurface.window_depth_um), as a depth map does.
+    windows = fused[priors[0]].window_depth_um
+    profile, profile_truth = (column_profile(windows, est.sigma_um, truth) if tilted
                               else (np.array([]), np.array([])))
     return FrameErrors(
         window_abs=np.abs(err[ok]), window_z=np.abs(err[ok]) / est.sigma_um[ok],
@@ -231,7 +237,7 @@ def measure(cal: Calibration, pmap: PSFMap, height: np.ndarray, frame: np.ndarra
         profile_abs=np.abs(profile - profile_truth), profile_depth=profile, profile_truth=profile_truth,
         surface_abs={prior: np.abs(s - truth).ravel() for prior, s in surfaces.items()},
         reliable_fraction=float(ok.mean()), depth=np.where(ok, est.depth_um, np.nan), truth=truth,
-        surface=surfaces)
+        surface=surfaces, resolved=np.where(ok, windows, np.nan))
 
 
 def _mean_sd(values: list[np.ndarray] | np.ndarray) -> str:
@@ -392,7 +398,9 @@ def print_decomposition(measured: list[tuple[float, float, FrameErrors]], prior:
     print("| --- " * 8 + "|")
     rows: dict[tuple[float, str], list[ErrorParts]] = {}
     for tilt, shift, m in measured:
-        for name, estimate, truth in (("windows", m.depth, m.truth), ("profile", m.profile_depth, m.profile_truth),
+        for name, estimate, truth in (("windows", m.depth, m.truth), ("windows, side of focus from the surface",
+                                                                      m.resolved, m.truth),
+                                      ("profile", m.profile_depth, m.profile_truth),
                                       (f"surface {prior}", m.surface[prior], m.truth)):
             parts = error_parts(estimate, truth)
             rows.setdefault((tilt, name), []).append(parts)
@@ -485,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"µm/unit: {100 * (s.slope_um_per_unit / slopes[s.metric] - 1):+.1f} %")
     print(f"\n({time.time() - t0:.0f} s; frames 1024×1024 at 0.65 µm, stride {args.stride} px; fresh test frames: "
           "other seeds, 3 ms exposure, in-focus column moved by ±160 px; errors vs the simulator's true height; "
-          "profile = inverse-variance weighted mean of each column's reliable windows vs the column's true height)")
+          "profile = inverse-variance weighted mean of each column's reliable windows, side of focus from the fused plane, vs the column's true height)")
     return 0
 
 

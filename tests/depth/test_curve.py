@@ -297,3 +297,18 @@ def test_a_line_that_predicts_held_out_frames_better_is_named():
     assert auto.curve.kind == "linear" and "line predicts" not in auto.notes
     assert "line predicts" not in _calibration().notes  # low noise: no note
     assert all(s.line_lofo_mean_abs_error_um is None for s in _calibration("linear").metrics)
+
+
+def test_mirrored_points_are_those_clearly_nearer_the_other_sign():
+    trend = np.linspace(-40.0, 40.0, 81)
+    rng = np.random.default_rng(0)
+    value = trend + rng.normal(0.0, 1.0, trend.shape)
+    wrong = (np.abs(trend) > 10) & (rng.random(trend.shape) < 0.2)
+    value[wrong] = -value[wrong]
+    assert np.array_equal(D.curve.mirrored_points(value, trend), wrong)
+    # A depth's mirrored reading need not be -depth (the curve is not odd): it is passed in.
+    mirrored_depth = -value - 4.0
+    flagged = D.curve.mirrored_points(value, trend, mirrored_depth)
+    assert np.array_equal(flagged, np.abs(value - trend) - np.abs(mirrored_depth - trend) > 3.0 * 1.4826 * np.median(
+        np.abs(value - trend - np.median(value - trend))))
+    assert flagged[wrong & (np.abs(trend) > 15)].all() and not flagged[~wrong].any()

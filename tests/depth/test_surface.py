@@ -171,3 +171,43 @@ def test_surface_depth_gives_the_tilt_of_a_tilted_grid():
     figures = surface.figures()
     assert figures["prior"] == "plane" and figures["tilt_x_deg"] == pytest.approx(tilt_x, abs=1e-3)
     assert math.isfinite(figures["residual_rms_um"])
+
+
+def test_surface_depth_reads_mirrored_windows_back_with_the_surface_side_of_focus():
+    # A 10° tilted plane whose far windows partly read the wrong side of focus (astigmatism sign flipped,
+    # as the network does far below focus): the surface gives them their side back, so their own depth
+    # and a column's mean (the paper's profile) follow the truth instead of being pulled towards focus.
+    cal = D.calibrate_psf_maps([synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530),
+                                                                                          (10, 470)])],
+                               [3, 6, 10], 0.65, in_focus_px=[500, 530, 470])
+    pmap, height = synthetic_map(10.0, 511.5, seed=21)
+    rng = np.random.default_rng(5)
+    flip = (rng.random(height.shape) < 0.3) & (np.abs(height) > 15.0)
+    near = (rng.random(height.shape) < 0.5) & (np.abs(height) < 3.0)  # near focus both readings are alike
+    for name in ("astig_0", "astig_45"):
+        pmap.params[name] = np.where(flip | near, -pmap.params[name], pmap.params[name])
+    raw = cal.depth_um(pmap)
+    assert np.abs(raw - height)[flip].min() > 25.0  # mirrored: on the other side of focus
+
+    surface = surface_depth(cal, pmap, prior="plane")
+    assert np.array_equal(surface.mirrored & ~near, flip)  # every far mirrored window, no correct one
+    assert np.abs(surface.window_depth_um - height)[flip].max() < 3.0
+    assert np.array_equal(surface.window_depth_um[~surface.mirrored], raw[~surface.mirrored])
+    assert surface.figures()["n_mirrored"] == int(surface.mirrored.sum())
+    profile_error = np.abs(surface.window_depth_um.mean(axis=0) - height.mean(axis=0)).mean()
+    assert profile_error < 1.0 < np.abs(raw.mean(axis=0) - height.mean(axis=0)).mean()
+    assert np.abs(surface.depth_um - height).mean() < 0.5
+
+
+def test_a_surface_without_mirrored_windows_is_the_single_fit():
+    cal = D.calibrate_psf_maps([synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530),
+                                                                                          (10, 470)])],
+                               [3, 6, 10], 0.65, in_focus_px=[500, 530, 470])
+    pmap, _ = synthetic_map(6.0, 400.0, seed=3)
+    surface = surface_depth(cal, pmap, prior="plane")
+    depth, sigma, _ = D.surface.window_depth_and_sigma(cal, pmap)
+    single = fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, "plane")
+    assert not surface.mirrored.any()
+    np.testing.assert_array_equal(surface.depth_um, single.depth_um)
+    np.testing.assert_array_equal(surface.window_depth_um, depth)
+    assert single.window_depth_um is None and single.figures()["n_mirrored"] is None

@@ -69,6 +69,9 @@ MIN_MONOTONE_EXPLAINED = 0.5
 MIN_SLOPE_FRACTION = 0.25
 #: Passes of binned medians (each later one detrended within its bins by the previous curve).
 PASSES = 3
+#: A point reads the mirrored value (its astigmatism sign is wrong) when the mirrored reading is nearer
+#: what it should read than its own by more than this many noise scales (:func:`mirrored_points`).
+MIRRORED_SCALES = 3.0
 
 
 class CalibrationCurve(BaseModel):
@@ -172,15 +175,23 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(v[np.searchsorted(cum, 0.5 * cum[-1])])
 
 
-def _mirrored(metric: np.ndarray, trend: np.ndarray) -> np.ndarray:
-    """Points that read the mirrored metric: nearer ``-trend`` than ``trend`` by more than 3 noise scales.
+def mirrored_points(value: np.ndarray, trend: np.ndarray, mirrored_value: np.ndarray | None = None) -> np.ndarray:
+    """Points that read the mirrored value: nearer ``trend`` mirrored than as read, by more than
+    :data:`MIRRORED_SCALES` noise scales.
 
-    A window whose astigmatism sign is wrong reads ``-g(height)``; near focus (``g`` about 0) the two
-    cannot be told apart and nothing is flagged.
+    A window whose astigmatism sign is wrong reads the metric ``-g(height)`` instead of ``g(height)``.
+    ``value`` is what the points read and ``trend`` what they should read; ``mirrored_value`` what each
+    would read with the other sign (default ``-value``, for metrics; depths pass the calibration's depth
+    of ``-metric``). The noise scale is 1.4826 × the median absolute deviation of ``value - trend``
+    over the points given. Near focus (``trend`` about 0) the two readings cannot be told apart and
+    nothing is flagged. ``(n,)`` bool.
     """
-    resid = metric - trend
+    value = np.asarray(value, dtype=np.float64)
+    trend = np.asarray(trend, dtype=np.float64)
+    mirror = -value if mirrored_value is None else np.asarray(mirrored_value, dtype=np.float64)
+    resid = value - trend
     scale = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
-    return np.abs(resid) - np.abs(metric + trend) > 3.0 * scale
+    return np.abs(resid) - np.abs(mirror - trend) > MIRRORED_SCALES * scale
 
 
 def _binned_weighted_median(values: np.ndarray, weights: np.ndarray, bin_id: np.ndarray) -> np.ndarray:
@@ -287,7 +298,7 @@ def fit_monotone_curve(height_um: np.ndarray, metric: np.ndarray, weight: np.nda
         knot_m = sign * (np.array([v for v, _, _ in blocks]) + min_slope * knot_h)
         trend = np.interp(h, knot_h, knot_m)
         detrended = m - trend + np.interp(bin_h, knot_h, knot_m)[bin_id]
-        counted = np.where(_mirrored(m, trend), 1e-9 * w, w)  # a tiny weight keeps every bin non-empty
+        counted = np.where(mirrored_points(m, trend), 1e-9 * w, w)  # a tiny weight keeps every bin non-empty
     order = np.argsort(knot_m)
     return CalibrationCurve(kind="monotone", metric_knots=[float(x) for x in knot_m[order]],
                             height_knots_um=[float(x) for x in knot_h[order]])

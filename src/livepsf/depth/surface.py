@@ -38,6 +38,7 @@ when the windows scatter more about the surface than their σ says.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import scipy.linalg
 
+from livepsf.depth.curve import mirrored_points
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap, linear_weights
 
@@ -124,6 +126,12 @@ class DepthSurface:
     model
         The surface actually fitted: the prior, or ``"plane"`` when the windows showed no curvature
         worth its parameters (BIC).
+    window_depth_um
+        ``(gy, gx)`` float32 or ``None``: the windows' own depth with the side of focus taken from the
+        surface (:func:`surface_depth`): a window whose reading is clearly the mirror of the surface's
+        holds the depth of its mirrored reading; ``None`` from :func:`fit_surface` alone.
+    mirrored
+        ``(gy, gx)`` bool or ``None``: the windows read back with the other sign (see above).
     """
 
     depth_um: np.ndarray
@@ -142,6 +150,8 @@ class DepthSurface:
     pixel_size_um: float | None = None
     coefficients: dict[str, float] = field(default_factory=dict)
     model: str = ""
+    window_depth_um: np.ndarray | None = None
+    mirrored: np.ndarray | None = None
 
     def full(self, shape: tuple[int, int] | None = None, *, sigma: bool = False) -> np.ndarray:
         """The surface (or its σ) over the frame, ``shape`` float32 µm: bilinear between window centres.
@@ -196,6 +206,7 @@ class DepthSurface:
             "min_um": num(float(np.min(self.depth_um))),
             "max_um": num(float(np.max(self.depth_um))),
             "median_sigma_um": num(float(np.median(self.sigma_um))),
+            "n_mirrored": None if self.mirrored is None else int(np.count_nonzero(self.mirrored)),
             "grid_surface_um": np.round(self.depth_um.astype(np.float64), 3).tolist(),
             "grid_sigma_um": np.round(self.sigma_um.astype(np.float64), 3).tolist(),
         }
@@ -384,10 +395,36 @@ def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior
         (:func:`~livepsf.depth.texture.gate_texture`): the gate then does not measure the frame again.
     options
         Passed to :func:`fit_surface` (``smoothness``, ``robust``, ``iterations``).
+
+    Notes
+    -----
+    **Mirrored windows are read back with the other sign.** A window whose astigmatism sign the network
+    got wrong reads the depth of ``-metric``: far from focus, twice the height off, on the other side.
+    Its σ (which includes the chance of a wrong sign) keeps it from looking like an outlier, so it
+    pulls the fit towards focus, and it pulls a column's mean (the paper's profile) even more. Its
+    focus reading is still good, and the surface knows the side of focus: after a first fit, windows
+    nearer the surface read with the other sign than as read, by more than
+    :data:`~livepsf.depth.curve.MIRRORED_SCALES` noise scales (the rule the calibration curve uses to
+    leave mirrored windows out, :func:`~livepsf.depth.curve.mirrored_points`), take the depth of
+    ``-metric``, and the surface is fitted again. Near focus, where both readings are alike, nothing
+    changes. :attr:`DepthSurface.window_depth_um` and :attr:`DepthSurface.mirrored` hold the result
+    (calibrations without a metric, any depth model with only ``depth_um``, are fitted once).
     """
     depth, sigma, _ = window_depth_and_sigma(cal, pmap, frame, texture=texture)
-    return fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, prior, frame_shape=tuple(pmap.frame_shape),
-                       pixel_size_um=getattr(cal, "pixel_size_um", None) or pmap.optics.pixel_size_um, **options)
+    geometry = {"frame_shape": tuple(pmap.frame_shape),
+                "pixel_size_um": getattr(cal, "pixel_size_um", None) or pmap.optics.pixel_size_um}
+    surface = fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, prior, **geometry, **options)
+    if not (hasattr(cal, "metric_map") and hasattr(cal, "metric_to_depth_um")):
+        return surface
+    mirrored_depth = np.asarray(cal.metric_to_depth_um(-np.asarray(cal.metric_map(pmap))), np.float32)
+    informative = np.isfinite(depth) & np.isfinite(sigma) & np.isfinite(mirrored_depth)
+    mirrored = np.zeros(depth.shape, dtype=bool)
+    mirrored[informative] = mirrored_points(depth[informative], surface.depth_um[informative],
+                                            mirrored_depth[informative])
+    resolved = np.where(mirrored, mirrored_depth, depth).astype(np.float32)
+    if mirrored.any():
+        surface = fit_surface(resolved, sigma, pmap.centers_y, pmap.centers_x, prior, **geometry, **options)
+    return dataclasses.replace(surface, window_depth_um=resolved, mirrored=mirrored)
 
 
 def live_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: str = LIVE_PRIOR
@@ -417,8 +454,6 @@ def _decimated_gate(frame: np.ndarray, pmap: PSFMap, max_coherence: float) -> np
     Smoothed by 0.75 decimated pixels (the full gate smooths by 1.5 frame pixels: pixel noise must not
     look like texture; here the decimation already averages less, and more smoothing blurs the lines).
     """
-    import dataclasses
-
     from livepsf.depth.texture import window_coherence
 
     step = LIVE_GATE_STEP
