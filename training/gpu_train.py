@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None)
     parser.add_argument("--init-from", default=None, help="trained .pt/.ckpt whose weights start a new run")
     parser.add_argument("--init-lr-factor", type=float, default=1.0, help="learning-rate factor of those weights")
+    parser.add_argument("--psf-pool", type=int, default=None,
+                        help="PSFs kept by the data synthesiser (default 256); with --psf-refresh equal to it "
+                             "and to the batch size, every patch has its own PSF")
+    parser.add_argument("--psf-refresh", type=int, default=None, help="PSFs replaced per batch (default 2)")
     args = parser.parse_args(argv)
 
     from livepsf.net.train import TrainConfig, train
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, device=args.device, threads=1, workers=args.workers,
                          data_echo=args.data_echo, val_every=500, checkpoint_every=500, init_from=args.init_from,
                          init_lr_factor=args.init_lr_factor,
+                         synth={k: v for k, v in (("psf_pool", args.psf_pool), ("psf_refresh", args.psf_refresh))
+                                if v is not None},
                          command="python training/gpu_train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     start = time.perf_counter()
 
