@@ -122,3 +122,31 @@ def test_zstack_plot_is_written(tmp_path):
     cal = D.calibrate_zstack(stack(), Z_UM, 0.65)
     path = D.plot_calibration(cal, tmp_path / "zstack.png")
     assert path.is_file() and path.stat().st_size > 10_000
+
+
+def test_in_focus_position_from_the_symmetry_of_the_focus_reading():
+    # Near focus the network guesses the side of focus; here it always says "above" within 6 µm of focus,
+    # which moves the metric's zero crossing by several µm. The focus reading (unsigned) stays symmetric
+    # about the true focus, and the stack's in-focus position is found from it.
+    focus_z = 3.0
+    maps = stack(focus_z)
+    for p, z in zip(maps, Z_UM):
+        if abs(focus_z - z) < 6.0:
+            for name, lens in zip(("astig_0", "astig_45"), LENS):
+                p.params[name] = np.full_like(p.params[name], lens)
+    cal = D.calibrate_zstack(maps, Z_UM, 0.65, curve="monotone")
+    assert D.zstack_focus_z_um(cal) == pytest.approx(focus_z, abs=0.5)
+    # Zero crossing of the median metric, for comparison: several µm off.
+    medians = [np.median(D.depth_metric(p, "signed", cal.lens_direction)) for p in maps]
+    assert abs(np.interp(0.0, medians[::-1], Z_UM[::-1]) - focus_z) > 2.0
+
+
+def test_symmetric_focus_needs_both_sides_of_focus():
+    rng = np.random.default_rng(0)
+    reading = np.abs(Z_UM - 1.3) * 0.02 + 0.15 + rng.normal(0, 0.005, Z_UM.shape)  # floor near focus
+    assert D.zstack.symmetric_focus_z_um(Z_UM, reading) == pytest.approx(1.3, abs=0.5)
+    one_sided = Z_UM[Z_UM > 10]
+    assert D.zstack.symmetric_focus_z_um(one_sided, np.abs(one_sided - 1.3) * 0.02) is None
+    assert D.zstack.symmetric_focus_z_um(Z_UM[:4], reading[:4]) is None  # too few frames
+    with_gaps = np.where(np.arange(len(Z_UM)) % 3 == 0, np.nan, reading)  # frames without a reading
+    assert D.zstack.symmetric_focus_z_um(Z_UM, with_gaps) == pytest.approx(1.3, abs=0.6)
