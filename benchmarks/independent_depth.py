@@ -37,6 +37,7 @@ diagnostic run repeats calibration and measurement using only the windows that h
 
     python benchmarks/independent_depth.py                 # the shipped default model, ~2 min on 2 cores
     python benchmarks/independent_depth.py --windows       # also every window's error, one render per tilt
+    python benchmarks/independent_depth.py --decompose     # errors split into offset, scale and shape
     python benchmarks/independent_depth.py --png /tmp      # also a rendered frame and depth maps as PNG
     python benchmarks/independent_depth.py --no-sign-check # skip the simulator comparison (saves ~20 s)
 """
@@ -59,7 +60,7 @@ from scipy.signal import fftconvolve
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 # benchmarks/ is on sys.path when this script runs: the measurement is depth_accuracy.py's own.
-from depth_accuracy import PAPER, _mean_sd, measure, save_error_map
+from depth_accuracy import PAPER, _mean_sd, measure, print_decomposition, save_error_map
 
 TILTS = (3.0, 6.0, 10.0)
 NA, WAVELENGTH_UM, PIXEL_UM, IMMERSION = 0.3, 0.55, 0.65, 1.0
@@ -378,18 +379,22 @@ def print_calibration(cal, failure: str, cases: list[Case], stride_px: int) -> N
 PRIORS = ("plane", "smooth")
 
 
-def print_error_table(cal, tests: list[Case]) -> dict:
-    """The depth_accuracy.py table on the test cases; returns the first case's measurement per tilt."""
+def print_error_table(cal, tests: list[Case], decompose: bool = False) -> dict:
+    """The depth_accuracy.py table on the test cases (``decompose``: and its split of the errors into
+    offset, scale and shape); returns the first case's measurement per tilt."""
     from livepsf.depth import surface_depth
 
     print("\n| tilt | \\|error\\| per window (µm) | within 1σ / 2σ | profile \\|error\\| (paper's protocol, µm) "
           + "".join(f"| surface {p} \\|error\\| (µm) " for p in PRIORS)
           + "| \\|error\\| all windows, filled (µm) | reliable windows | paper (profile) |")
     print("| --- " * (7 + len(PRIORS)) + "|")
-    first = {}
+    first, measured = {}, []
     for tilt in TILTS:
-        results = [measure(cal, c.pmap, c.height_um, c.frame, PRIORS, tilted=True) for c in tests if c.tilt_deg == tilt]
+        cases = [c for c in tests if c.tilt_deg == tilt]
+        results = [measure(cal, c.pmap, c.height_um, c.frame, PRIORS, tilted=True) for c in cases]
         first[tilt] = results[0]
+        centre = (cases[0].frame.shape[1] - 1) / 2.0
+        measured += [(tilt, c.in_focus_px - centre, m) for c, m in zip(cases, results)]
         z = np.concatenate([m.window_z for m in results])
         prof = np.concatenate([m.profile_abs for m in results])
         surf = {p: np.concatenate([m.surface_abs[p] for m in results]) for p in PRIORS}
@@ -398,6 +403,8 @@ def print_error_table(cal, tests: list[Case]) -> dict:
               + "".join(f"{_mean_sd(surf[p])} | " for p in PRIORS)
               + f"{_mean_sd([m.filled_abs for m in results])} | "
               f"{100 * np.mean([m.reliable_fraction for m in results]):.0f} % | {PAPER[tilt][0]:.2f} ± {PAPER[tilt][1]:.2f} |")
+    if decompose:
+        print_decomposition(measured, PRIORS[0])
     models = [surface_depth(cal, c.pmap, c.frame, prior="smooth").model for c in tests]
     print(f"smooth prior: the surface kept curvature (BIC) in {sum(m != 'plane' for m in models)} of {len(models)} "
           "test renders (all are flat)")
@@ -500,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sign-check", action="store_true")
     parser.add_argument("--no-truth-gate", action="store_true",
                         help="skip the diagnostic run that uses only the windows holding a line crossing")
+    parser.add_argument("--decompose", action="store_true",
+                        help="split each test render's errors into offset (in-focus point), scale and shape")
     parser.add_argument("--windows", action="store_true", help="print every window's error of one test render per tilt")
     parser.add_argument("--png", type=Path, default=None, help="folder for a rendered frame and depth maps (PNG)")
     args = parser.parse_args(argv)
@@ -531,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## calibration on {len(cal_cases)} independent renders (per tilt, in focus at mid-field + {args.cal_shifts} px)")
     cal, failure = calibrate(cal_cases, args.curve)
     print_calibration(cal, failure, cal_cases, args.stride)
-    first = print_error_table(cal, tests)
+    first = print_error_table(cal, tests, args.decompose)
     print_class_table(cal, tests)
     print_height_table(cal, tests)
     if args.windows:
