@@ -48,7 +48,8 @@ Layout (one job per module; each imports only from modules above it):
   1 and 2, validation, depth and σ per window, built from a fit).
 - :mod:`~livepsf.depth.tilted_grid`: the tilted-grid calibration (:func:`calibrate_tilted_grid`,
   :func:`calibrate_psf_maps`).
-- :mod:`~livepsf.depth.zstack`: the z-stack calibration (:func:`calibrate_zstack`, :func:`zstack_focus_z_um`).
+- :mod:`~livepsf.depth.zstack`: the z-stack calibration (:func:`calibrate_zstack`, :func:`symmetric_focus_z_um`,
+  :func:`zstack_focus_z_um`).
 - :mod:`~livepsf.depth.surface`: windows fused into one surface, and the live depth step.
 - :mod:`~livepsf.depth.outputs`: depth-map files.
 - :mod:`~livepsf.depth.plot`: the calibration plot; the calibration's files (JSON and plot).
@@ -102,7 +103,7 @@ from livepsf.depth.surface import PRIORS, DepthSurface, fit_surface, surface_dep
 from livepsf.depth.texture import MAX_TEXTURE_COHERENCE, reliable_windows, window_coherence
 from livepsf.depth.tilted_grid import calibrate_psf_maps, calibrate_tilted_grid
 from livepsf.depth.uncertainty import DepthEstimate, DepthUncertainty, fit_depth_uncertainty, metric_sigma
-from livepsf.depth.zstack import calibrate_zstack, zstack_focus_z_um
+from livepsf.depth.zstack import calibrate_zstack, symmetric_focus_z_um, zstack_focus_z_um
 
 __all__ = [
     "CURVES",
@@ -154,6 +155,7 @@ __all__ = [
     "robust_line_fit",
     "signed_metric",
     "surface_depth",
+    "symmetric_focus_z_um",
     "window_coherence",
     "write_calibration_files",
     "write_depth_outputs",
