@@ -294,9 +294,11 @@ class SpectralTrunkNet(SharedTrunkNet):
     """:class:`SharedTrunkNet` whose head also reads a :class:`SpectralBranch` of each window.
 
     The offline estimator: the trunk runs once over the frame as in the live network, the spectral branch
-    runs per window (each window's own spectrum). :meth:`warm_start` copies a trained
-    :class:`SharedTrunkNet` into it with the head's spectral inputs at zero weight, so training starts
-    exactly at that network's outputs and can only add what the spectrum tells.
+    runs per window (each window's own spectrum). The spectral features enter the head's first layer
+    through their own bias-free linear map (``spectral_in``) added to the trunk's (``head.0``), so the trunk
+    and head keep the keys and shapes of :class:`SharedTrunkNet`: :meth:`warm_start` loads a trained one
+    as it is and zeroes ``spectral_in``, so training starts exactly at that network's outputs, and the
+    trained parts can learn at a lower rate than the new ones (``TrainConfig.init_lr_factor``).
     """
 
     def __init__(self, n_params: int, window_px: int = 128, spectral_features: int = 64,
@@ -304,24 +306,21 @@ class SpectralTrunkNet(SharedTrunkNet):
                  **trunk: Any) -> None:
         super().__init__(n_params, window_px=window_px, hidden=hidden, **trunk)
         self.spectral = SpectralBranch(window_px, spectral_channels, spectral_features)
-        first = self.head[0]
-        self.head[0] = nn.Linear(first.in_features + spectral_features, hidden)
+        self.spectral_in = nn.Linear(spectral_features, hidden, bias=False)
 
     @torch.no_grad()
     def warm_start(self, trunk_state: Dict[str, torch.Tensor]) -> None:
         """Load a trained :class:`SharedTrunkNet`'s weights; the spectral inputs start at zero weight."""
-        own = self.state_dict()
-        for key, value in trunk_state.items():
-            if key == "head.0.weight":
-                n = value.shape[1]
-                own[key][:, :n] = value
-                own[key][:, n:] = 0.0
-            else:
-                own[key].copy_(value)
+        missing, unexpected = self.load_state_dict(trunk_state, strict=False)
+        if unexpected or any(not k.startswith(("spectral.", "spectral_in.")) for k in missing):
+            raise KeyError(f"not a matching shared-trunk state: missing {missing}, unexpected {unexpected}")
+        self.spectral_in.weight.zero_()
 
     def _joint_head(self, pooled: torch.Tensor, spectral: torch.Tensor) -> torch.Tensor:
-        f = torch.cat([self.trunk_features(pooled), spectral], dim=-1)
-        return _shift_log_sigma(self.head(f), self.n_params, self.log_sigma_shift)
+        h = self.spectral_in(spectral)
+        for i, layer in enumerate(self.head):
+            h = layer(self.trunk_features(pooled)) + h if i == 0 else layer(h)
+        return _shift_log_sigma(h, self.n_params, self.log_sigma_shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._joint_head(self.pooled_windows(x), self.spectral(x))
