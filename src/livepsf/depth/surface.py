@@ -413,7 +413,17 @@ def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior
     depth, sigma, _ = window_depth_and_sigma(cal, pmap, frame, texture=texture)
     geometry = {"frame_shape": tuple(pmap.frame_shape),
                 "pixel_size_um": getattr(cal, "pixel_size_um", None) or pmap.optics.pixel_size_um}
-    surface = fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, prior, **geometry, **options)
+
+    def fit(window_depth_um: np.ndarray) -> DepthSurface:
+        return fit_surface(window_depth_um, sigma, pmap.centers_y, pmap.centers_x, prior, **geometry, **options)
+
+    return _with_mirrored_read_back(cal, pmap, depth, sigma, fit)
+
+
+def _with_mirrored_read_back(cal: Any, pmap: PSFMap, depth: np.ndarray, sigma: np.ndarray,
+                             fit: Callable[[np.ndarray], DepthSurface]) -> DepthSurface:
+    """``fit(depth)``, then again with the mirrored windows read back (see :func:`surface_depth`)."""
+    surface = fit(depth)
     if not (hasattr(cal, "metric_map") and hasattr(cal, "metric_to_depth_um")):
         return surface
     mirrored_depth = np.asarray(cal.metric_to_depth_um(-np.asarray(cal.metric_map(pmap))), np.float32)
@@ -423,7 +433,7 @@ def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior
                                             mirrored_depth[informative])
     resolved = np.where(mirrored, mirrored_depth, depth).astype(np.float32)
     if mirrored.any():
-        surface = fit_surface(resolved, sigma, pmap.centers_y, pmap.centers_x, prior, **geometry, **options)
+        surface = fit(resolved)
     return dataclasses.replace(surface, window_depth_um=resolved, mirrored=mirrored)
 
 
@@ -431,8 +441,9 @@ def live_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: s
                ) -> tuple[np.ndarray, np.ndarray | None, DepthSurface | None]:
     """Per-window depth, its σ and the fused surface of one live frame: ``(depth_um, sigma_um, surface)``.
 
-    As :func:`surface_depth`, but cheap enough for every frame: the texture gate (when the calibration
-    has one) runs on the frame decimated by :data:`LIVE_GATE_STEP`. ``sigma_um`` is ``None`` for depth
+    As :func:`surface_depth` (mirrored windows read back: ``depth_um`` holds what the surface used), but
+    cheap enough for every frame: the texture gate (when the calibration has one) runs on the frame
+    decimated by :data:`LIVE_GATE_STEP`. ``sigma_um`` is ``None`` for depth
     models without σ (anything with only ``depth_um(pmap)``; their windows are fused with equal
     weights). ``surface`` is ``None`` when too few windows carry information for ``prior``.
     """
@@ -440,11 +451,19 @@ def live_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: s
     gate = getattr(cal, "max_texture_coherence", None)
     if frame is not None and gate is not None:
         sigma = np.where(_decimated_gate(frame, pmap, gate), sigma, np.inf).astype(np.float32)
-    try:  # at most LIVE_ITERATIONS reweightings per stage: the next frame comes in 20 ms
-        surface = fit_surface(depth, sigma, pmap.centers_y, pmap.centers_x, prior, iterations=LIVE_ITERATIONS,
-                              frame_shape=tuple(pmap.frame_shape), pixel_size_um=pmap.optics.pixel_size_um)
+
+    def fit(window_depth_um: np.ndarray) -> DepthSurface:
+        # At most LIVE_ITERATIONS reweightings per stage: the next frame comes in 20 ms.
+        return fit_surface(window_depth_um, sigma, pmap.centers_y, pmap.centers_x, prior,
+                           iterations=LIVE_ITERATIONS, frame_shape=tuple(pmap.frame_shape),
+                           pixel_size_um=pmap.optics.pixel_size_um)
+
+    try:
+        surface = _with_mirrored_read_back(cal, pmap, depth, sigma, fit)
     except InputError:
-        surface = None
+        return depth, (sigma if hasattr(cal, "depth_estimate") else None), None
+    if surface.window_depth_um is not None:
+        depth = surface.window_depth_um  # mirrored windows read back, as the surface used them
     return depth, (sigma if hasattr(cal, "depth_estimate") else None), surface
 
 
