@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from livepsf.net.architectures import ARCHITECTURES, ResNet34, SharedTrunkNet, SpectralBranch, build_network
+from livepsf.net.architectures import (
+    ARCHITECTURES,
+    BinnedSpectrum,
+    ResNet34,
+    SharedTrunkNet,
+    SpectralBranch,
+    build_network,
+)
 
 
 def _unfolded_forward(net: torch.nn.Module, frame: torch.Tensor, stride: int) -> torch.Tensor:
@@ -16,7 +23,8 @@ def _unfolded_forward(net: torch.nn.Module, frame: torch.Tensor, stride: int) ->
 
 
 @pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-tiny", "shared-trunk-m2",
-                                  "shared-trunk-deep", "shared-trunk-wide", "shared-trunk-spectral", "resnet34-tiny"])
+                                  "shared-trunk-deep", "shared-trunk-wide", "shared-trunk-spectral",
+                                  "shared-trunk-spectrum-bins", "resnet34-tiny"])
 def test_map_frame_equals_per_window_forward(arch: str) -> None:
     torch.manual_seed(0)
     net = build_network(arch, n_params=3).eval()
@@ -65,7 +73,7 @@ def test_log_sigma_shift_scales_sigma_only() -> None:
 
 
 @pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-separable", "shared-trunk-deep", "shared-trunk-wide",
-                                  "shared-trunk-spectral", "resnet34-tiny"])
+                                  "shared-trunk-spectral", "shared-trunk-spectrum-bins", "resnet34-tiny"])
 def test_offset_and_gain_invariance(arch: str) -> None:
     torch.manual_seed(1)
     net = build_network(arch, n_params=2).double().eval()
@@ -102,30 +110,59 @@ def test_spectral_warm_start_reproduces_the_trained_trunk() -> None:
     assert float(spectral.spectral_in.weight.abs().max()) == 0.0
 
 
-def test_spectral_branch_shows_the_defocus_disk_zero() -> None:
-    """The log spectrum of noise blurred by a uniform disk of radius r dips at the disk's MTF zeros
-    (0.61 / r and 1.117 / r cycles per pixel) and nowhere else: the rings the branch is there to see."""
+DISK_RADIUS_PX = 8.0
+#: The first zeros of a uniform disk's MTF, in frequency samples of a 128-px window (0.61 / r, 1.117 / r
+#: and 1.619 / r cycles per pixel): the rings the spectral features are there to see.
+DISK_ZEROS_BINS = [0.61 / DISK_RADIUS_PX * 128, 1.117 / DISK_RADIUS_PX * 128, 1.619 / DISK_RADIUS_PX * 128]
+
+
+def _disk_blurred_noise(window: int = 128) -> torch.Tensor:
+    """A ``(1, 1, window, window)`` crop of white noise blurred by a uniform disk of DISK_RADIUS_PX."""
     gen = torch.Generator().manual_seed(5)
-    n, radius_px, window = 256, 8.0, 128
+    n = 2 * window
     yy, xx = torch.meshgrid(torch.arange(n) - n // 2, torch.arange(n) - n // 2, indexing="ij")
-    disk = ((yy ** 2 + xx ** 2) <= radius_px ** 2).double()
+    disk = ((yy ** 2 + xx ** 2) <= DISK_RADIUS_PX ** 2).double()
     disk = torch.fft.ifftshift(disk / disk.sum())
     noise = torch.rand(n, n, generator=gen, dtype=torch.float64)
     blurred = torch.fft.irfft2(torch.fft.rfft2(noise) * torch.fft.rfft2(disk), s=(n, n))
+    return blurred[None, None, :window, :window]
+
+
+def _dips(profile: torch.Tensor) -> list[int]:
+    """Indices lower than both neighbours on each side, two deep."""
+    return [k for k in range(2, len(profile) - 2) if profile[k] < profile[[k - 2, k - 1, k + 1, k + 2]].min()]
+
+
+def test_binned_spectrum_shows_the_defocus_disk_zeros() -> None:
+    """Averaged over the angular sectors, the rings of the binned log spectrum dip at the disk's zeros
+    and nowhere else."""
+    bins = BinnedSpectrum(128, n_radial=32, n_angular=8).double()
+    features = bins(_disk_blurred_noise())[0]
+    assert features.shape == (bins.n_features,) and bool(torch.isfinite(features).all())
+    # Ring k of 32 holds frequencies [2k, 2k + 2) samples.
+    profile = torch.stack([features[bins.ring_of_feature == k].mean() for k in range(16)])
+    dips = [2 * k + 1 for k in _dips(profile)]  # ring centres in frequency samples
+    assert len(dips) == 3  # the three zeros below 32 samples, and nothing else
+    assert all(abs(dip - zero) <= 1.5 for dip, zero in zip(dips, DISK_ZEROS_BINS))
+
+
+def test_spectral_branch_shows_the_defocus_disk_zero() -> None:
+    """The log spectrum of noise blurred by a uniform disk dips at the disk's MTF zeros and nowhere
+    else: the rings the branch is there to see."""
+    window = 128
     branch = SpectralBranch(window).double()
-    log_spectrum = branch.log_spectrum(blurred[None, None, :window, :window])[0, 0]
+    log_spectrum = branch.log_spectrum(_disk_blurred_noise(window))[0, 0]
     # Radial profile in one-bin rings (rows are centred by the fftshift, columns start at frequency 0).
     fy = torch.fft.fftshift(torch.fft.fftfreq(window))[:, None]
     fx = torch.fft.rfftfreq(window)[None, :]
     ring = torch.round(torch.sqrt(fy ** 2 + fx ** 2) * window).long()
     profile = torch.stack([log_spectrum[ring == k].mean() for k in range(24)])
-    dips = [k for k in range(2, 22) if profile[k] < profile[[k - 2, k - 1, k + 1, k + 2]].min()]
-    zeros_bins = [0.61 / radius_px * window, 1.117 / radius_px * window]  # ≈ 9.8 and 17.9: the disk's MTF zeros
-    assert len(dips) == 2
-    assert all(abs(dip - zero) <= 1.0 for dip, zero in zip(dips, zeros_bins))
+    dips = _dips(profile)
+    assert len(dips) == 2  # the two zeros below 22 samples, and nothing else
+    assert all(abs(dip - zero) <= 1.0 for dip, zero in zip(dips, DISK_ZEROS_BINS))
 
 
-@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-spectral"])
+@pytest.mark.parametrize("arch", ["shared-trunk", "shared-trunk-spectral", "shared-trunk-spectrum-bins"])
 def test_scripted_network_keeps_contract(tmp_path, arch: str) -> None:
     torch.manual_seed(2)
     net = build_network(arch, n_params=1).eval()

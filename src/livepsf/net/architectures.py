@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "ResNet34", "SharedTrunkNet", "SpectralBranch", "SpectralTrunkNet", "build_network",
-           "count_parameters"]
+__all__ = ["ARCHITECTURES", "BinnedSpectrum", "ResNet34", "SharedTrunkNet", "SpectralBranch", "SpectralTrunkNet",
+           "build_network", "count_parameters"]
 
 
 def _shift_log_sigma(out: torch.Tensor, n_params: int, shift: torch.Tensor) -> torch.Tensor:
@@ -290,8 +290,59 @@ class SpectralBranch(nn.Module):
         return self.fc(h.flatten(1))
 
 
+class BinnedSpectrum(nn.Module):
+    """A window's log power spectrum averaged in radial × angular bins: a fixed feature vector.
+
+    Hann taper after removing the window's mean, power normalised to unit sum and logged, then the
+    window's mean log removed (offset- and gain-free like the trunk) and scaled to about unit spread.
+    ``n_radial`` rings of equal width up to Nyquist, ``n_angular`` sectors of the half plane (the power
+    spectrum of a real image is point-symmetric); bins that hold no frequency sample are left out.
+    Each ring is two frequency samples wide at the defaults: it resolves the MTF zeros of a defocus of
+    up to about 1.5 waves RMS at the default optics, which the trunk's 8×8 filters cannot.
+    """
+
+    n_features: int
+
+    def __init__(self, window_px: int = 128, n_radial: int = 32, n_angular: int = 8) -> None:
+        super().__init__()
+        fy = torch.fft.fftfreq(window_px, dtype=torch.float64)[:, None].expand(window_px, window_px // 2 + 1)
+        fx = torch.fft.rfftfreq(window_px, dtype=torch.float64)[None, :].expand(window_px, window_px // 2 + 1)
+        radius = torch.sqrt(fy * fy + fx * fx)
+        angle = torch.atan2(fy, fx) % torch.pi
+        ring = torch.clamp((radius / 0.5 * n_radial).long(), max=n_radial)
+        sector = ((angle + torch.pi / (2 * n_angular)) / (torch.pi / n_angular)).long() % n_angular
+        keep = ((ring < n_radial) & (radius > 0)).flatten()
+        raw_bin = (ring * n_angular + sector).flatten()[keep]
+        counts = torch.bincount(raw_bin, minlength=n_radial * n_angular)
+        occupied = torch.nonzero(counts > 0).flatten()
+        # Renumber the occupied bins 0..n-1, so the features have no empty (undefined) entries.
+        renumber = torch.full((n_radial * n_angular,), -1, dtype=torch.long)
+        renumber[occupied] = torch.arange(len(occupied))
+        self.n_features = int(len(occupied))
+        self.register_buffer("sample_index", torch.nonzero(keep).flatten())
+        self.register_buffer("bin_index", renumber[raw_bin])
+        self.register_buffer("bin_counts", counts[occupied].float())
+        # Which ring (0 = lowest frequencies) each feature belongs to; derived, so not saved.
+        self.register_buffer("ring_of_feature", torch.div(occupied, n_angular, rounding_mode="floor"),
+                             persistent=False)
+        hann = torch.hann_window(window_px, periodic=False)
+        self.register_buffer("taper", hann[:, None] * hann[None, :])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=(-2, -1), keepdim=True)
+        power = (torch.fft.rfft2(x[:, 0] * self.taper).abs() ** 2).flatten(1)[:, self.sample_index]
+        bins = torch.zeros(power.shape[0], self.n_features, dtype=power.dtype, device=power.device)
+        bins = bins.index_add(1, self.bin_index, power) / self.bin_counts
+        bins = bins / (bins.sum(dim=1, keepdim=True) + 1e-30)
+        log_bins = torch.log(bins + 1e-9)  # a floor far below any camera's noise: blank windows stay finite
+        return (log_bins - log_bins.mean(dim=1, keepdim=True)) / 4.0
+
+
 class SpectralTrunkNet(SharedTrunkNet):
-    """:class:`SharedTrunkNet` whose head also reads a :class:`SpectralBranch` of each window.
+    """:class:`SharedTrunkNet` whose head also reads each window's spectrum.
+
+    ``branch="cnn"``: a :class:`SpectralBranch` (a small CNN on the full log power spectrum);
+    ``branch="bins"``: the :class:`BinnedSpectrum` feature vector as it is (no parameters).
 
     The offline estimator: the trunk runs once over the frame as in the live network, the spectral branch
     runs per window (each window's own spectrum). The spectral features enter the head's first layer
@@ -303,9 +354,15 @@ class SpectralTrunkNet(SharedTrunkNet):
 
     def __init__(self, n_params: int, window_px: int = 128, spectral_features: int = 64,
                  spectral_channels: List[int] = [8, 16, 32, 32], hidden: int = 96,  # noqa: B006
-                 **trunk: Any) -> None:
+                 branch: str = "cnn", **trunk: Any) -> None:
         super().__init__(n_params, window_px=window_px, hidden=hidden, **trunk)
-        self.spectral = SpectralBranch(window_px, spectral_channels, spectral_features)
+        if branch == "cnn":
+            self.spectral = SpectralBranch(window_px, spectral_channels, spectral_features)
+        elif branch == "bins":
+            self.spectral = BinnedSpectrum(window_px)
+            spectral_features = self.spectral.n_features
+        else:
+            raise ValueError(f"branch must be 'cnn' or 'bins', got {branch!r}")
         self.spectral_in = nn.Linear(spectral_features, hidden, bias=False)
 
     @torch.no_grad()
@@ -423,6 +480,8 @@ ARCHITECTURES = {
                                            "downsample": [1], "stem_width": 96}),
     # Offline candidate: the default trunk plus a CNN on each window's log power spectrum (#13).
     "shared-trunk-spectral": (SpectralTrunkNet, {"width": 32, "depth": 3, "hidden": 96, "block": "dense"}),
+    "shared-trunk-spectrum-bins": (SpectralTrunkNet, {"width": 32, "depth": 3, "hidden": 96, "block": "dense",
+                                                      "branch": "bins"}),
     "resnet34": (ResNet34, {}),
     "resnet34-tiny": (ResNet34, {"width": 4, "layers": [1, 1, 1, 1]}),
     "resnet18-narrow": (ResNet34, {"width": 16, "layers": [2, 2, 2, 2]}),
