@@ -293,8 +293,8 @@ class SpectralBranch(nn.Module):
 class BinnedSpectrum(nn.Module):
     """A window's log power spectrum averaged in radial × angular bins: a fixed feature vector.
 
-    Hann taper after removing the window's mean, power normalised to unit sum and logged, then the
-    window's mean log removed (offset- and gain-free like the trunk) and scaled to about unit spread.
+    Hann taper after removing the window's mean, power normalised to unit sum (offset- and gain-free
+    like the trunk), logged and scaled to about unit spread.
     ``n_radial`` rings of equal width up to Nyquist, ``n_angular`` sectors of the half plane (the power
     spectrum of a real image is point-symmetric); bins that hold no frequency sample are left out.
     Each ring is two frequency samples wide at the defaults: it resolves the MTF zeros of a defocus of
@@ -334,8 +334,10 @@ class BinnedSpectrum(nn.Module):
         bins = torch.zeros(power.shape[0], self.n_features, dtype=power.dtype, device=power.device)
         bins = bins.index_add(1, self.bin_index, power) / self.bin_counts
         bins = bins / (bins.sum(dim=1, keepdim=True) + 1e-30)
-        log_bins = torch.log(bins + 1e-9)  # a floor far below any camera's noise: blank windows stay finite
-        return (log_bins - log_bins.mean(dim=1, keepdim=True)) / 4.0
+        # The floor keeps blank windows finite and must lie below what a noise-free blurred window's
+        # outer rings hold (1e-9 cut them off: the probe's R² fell from 0.44 to 0.32); the affine maps
+        # the typical range of the logs (-16 ... 0) to about unit spread.
+        return (torch.log(bins + 1e-12) + 8.0) / 4.0
 
 
 class SpectralTrunkNet(SharedTrunkNet):
