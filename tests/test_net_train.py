@@ -146,6 +146,14 @@ def test_checkpoint_and_resume(tmp_path, held_out) -> None:
     resumed = train(_config(steps=20), tmp_path / "b", resume=first.checkpoint, progress=False, val_set=held_out)
     assert resumed.step == 20
     assert [h["step"] for h in resumed.history] == [10, 20]
+    # Checkpoints written before learning-rate factors and warm starts (training/checkpoints/) still resume.
+    for key in ("pretrained",):
+        ckpt.pop(key)
+    for group in ckpt["optimiser"]["param_groups"]:
+        group.pop("lr_factor")
+    older = tmp_path / "older.ckpt"
+    torch.save(ckpt, older)
+    assert train(_config(steps=12), tmp_path / "g", resume=older, progress=False, val_set=held_out).step == 12
     # Resuming with another PSF model or architecture is refused.
     with pytest.raises(InputError, match="psf_model"):
         train(_config(steps=20, psf_model="Z-1"), tmp_path / "c", resume=first.checkpoint, progress=False)

@@ -464,7 +464,8 @@ def train(
                 x, t = next(stream)
                 x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
             for group in optimiser.param_groups:
-                group["lr"] = config.lr * group["lr_factor"] * _lr_factor(fraction(), step, config)
+                # Checkpoints from before init_lr_factor restore groups without a factor.
+                group["lr"] = config.lr * group.get("lr_factor", 1.0) * _lr_factor(fraction(), step, config)
             loss = psf_loss(module(x), t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training diverged at step {step} (loss {loss.item()})")
