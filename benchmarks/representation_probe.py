@@ -38,7 +38,7 @@ from torch import nn
 def fit_and_score(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, spec, epochs: int,
                   seed: int = 0) -> torch.Tensor:
     """Train the probe MLP on standardised features; canonical normalised predictions for ``test_x``."""
-    from livepsf.net.outputs import canonical_normalised, mirror_normalised
+    from livepsf.net.outputs import canonical_normalised, sign_invariant_l1
 
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     a, b = (train_x - mean) / std, (test_x - mean) / std
@@ -51,7 +51,7 @@ def fit_and_score(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Te
         for start in range(0, len(a), 128):
             j = order[start:start + 128]
             out, y = mlp(a[j]), train_y[j]
-            loss = torch.minimum((out - y).abs().sum(1), (out - mirror_normalised(y, spec)).abs().sum(1)).mean()
+            loss = sign_invariant_l1(out, y, spec)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

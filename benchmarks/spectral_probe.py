@@ -4,7 +4,8 @@ The shipped trunk reads blur from mean-pooled energies of 8×8 filters, which ca
 (zeros and side lobes) of a defocus MTF; with more signal those side lobes carry visible fine structure
 and the network reads them as less blur (see the CHANGELOG / training/README.md). This probe gives an MLP
 the window's log power spectrum instead: Hann-windowed, mean removed, averaged in 24 radial × 4 angular
-bins up to Nyquist, normalised to unit sum (gain-free) and logged. It is trained on fresh batches of the
+bins up to Nyquist, normalised to unit sum (gain-free) and logged (``livepsf``'s ``BinnedSpectrum`` at
+24 × 4; the probe standardises the features, so its affine scaling does not matter). It is trained on fresh batches of the
 training stream (each used twice) with the sign-invariant L1 loss, and scored on the fixed validation set
 every 1000 steps.
 
@@ -19,42 +20,11 @@ after millions; an MLP on that trunk's pooled features scored 0.38 from 16k wind
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
 import torch
 from torch import nn
-
-#: Radial and angular bins of the spectrum.
-N_RADIAL, N_ANGULAR = 24, 4
-
-
-class SpectrumFeatures:
-    """Log power spectrum of ``(B, 1, W, W)`` windows in radial × angular bins, gain- and offset-free."""
-
-    def __init__(self, window_px: int = 128) -> None:
-        fy = torch.fft.fftfreq(window_px)[:, None]
-        fx = torch.fft.rfftfreq(window_px)[None, :]
-        radius = torch.sqrt(fy ** 2 + fx ** 2)
-        angle = torch.atan2(fy, fx) % math.pi
-        radial = torch.clamp((radius / 0.5 * N_RADIAL).long(), max=N_RADIAL)
-        angular = ((angle + math.pi / (2 * N_ANGULAR)) / (math.pi / N_ANGULAR)).long() % N_ANGULAR
-        self.keep = ((radial < N_RADIAL) & (radius > 0)).ravel()
-        self.index = (radial * N_ANGULAR + angular).ravel()[self.keep]
-        self.counts = torch.zeros(N_RADIAL * N_ANGULAR, dtype=torch.float64).index_add_(
-            0, self.index, torch.ones(len(self.index), dtype=torch.float64))
-        hann = torch.hann_window(window_px, periodic=False, dtype=torch.float64)
-        self.taper = hann[:, None] * hann[None, :]
-
-    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
-        x = windows[:, 0].double()
-        x = x - x.mean((-2, -1), keepdim=True)
-        power = (torch.fft.rfft2(x * self.taper).abs() ** 2).flatten(1)[:, self.keep]
-        bins = torch.zeros(len(x), len(self.counts), dtype=torch.float64).index_add_(1, self.index, power) / self.counts
-        bins = bins / bins.sum(1, keepdim=True).clamp_min(1e-30)
-        return torch.log(bins + 1e-12).float()
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,14 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from livepsf.data.dataset import BatchSynthesizer, eval_set
+    from livepsf.net.architectures import BinnedSpectrum
     from livepsf.net.evaluate import r2_score
-    from livepsf.net.outputs import canonical_normalised, mirror_normalised
+    from livepsf.net.outputs import canonical_normalised, sign_invariant_l1
     from livepsf.optics import Optics, get_psf_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     spec = get_psf_model("Z-3")
-    features = SpectrumFeatures()
+    features = BinnedSpectrum(128, n_radial=24, n_angular=4)
     stream = BatchSynthesizer(spec, Optics(), 128, None, 64, None, args.seed, "train")
     first = torch.cat([features(stream.next_batch()[0]) for _ in range(64)])
     mean, std = first.mean(0), first.std(0) + 1e-6
@@ -89,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = targets[:, 0] < 0.5
         for _ in range(2):  # each batch twice, as the trainings' data echo
             out, y = mlp(x[ok]), targets[ok, 1:]
-            loss = torch.minimum((out - y).abs().sum(1), (out - mirror_normalised(y, spec)).abs().sum(1)).mean()
+            loss = sign_invariant_l1(out, y, spec)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -16,6 +16,7 @@ from livepsf.net.train import (
     run_training,
     train,
 )
+from livepsf.net.outputs import sign_invariant_l1
 from livepsf.optics import get_psf_model
 
 # Small pools keep the data synthesiser's start-up to a fraction of a second.
@@ -66,6 +67,9 @@ def test_sign_invariant_loss_accepts_the_mirrored_parameter_set() -> None:
     g2 = get_psf_model("G-2")
     out, target = torch.tensor([[-20.0, 0.2, 0.7]]), torch.tensor([[0.0, 0.8, 0.3]])
     assert psf_loss(out, target, g2, nll_weight=0.0).item() == pytest.approx(eq11_loss(out, target).item())
+    # The probes' plain-parameter L1 (livepsf.net.outputs) follows the same symmetry.
+    assert sign_invariant_l1(mirror[:, 1:], label[:, 1:], z3).item() == pytest.approx(0.0, abs=1e-6)
+    assert sign_invariant_l1(out[:, 1:], target[:, 1:], g2).item() == pytest.approx(0.6 + 0.4)
 
 
 def test_nll_is_smallest_where_sigma_equals_the_error() -> None:

@@ -18,7 +18,8 @@ import torch
 
 from livepsf.optics import PSFModelSpec
 
-__all__ = ["SplitOutputs", "canonical_normalised", "has_sign_symmetry", "mirror_normalised", "split_outputs"]
+__all__ = ["SplitOutputs", "canonical_normalised", "has_sign_symmetry", "mirror_normalised", "sign_invariant_l1",
+           "split_outputs"]
 
 
 class SplitOutputs(NamedTuple):
@@ -39,6 +40,18 @@ def has_sign_symmetry(spec: PSFModelSpec) -> bool:
 def mirror_normalised(values: torch.Tensor, spec: PSFModelSpec) -> torch.Tensor:
     """The normalised parameters of ``-a`` for normalised parameters of ``a`` (any shape ``(..., N)``)."""
     return spec.normalise(-spec.denormalise(values))
+
+
+def sign_invariant_l1(values: torch.Tensor, target: torch.Tensor, spec: PSFModelSpec) -> torch.Tensor:
+    """Mean over ``(B, N)`` rows of the L1 error against ``target`` or its mirror, whichever is smaller.
+
+    The plain parameter loss of the probes in ``benchmarks/`` (the trainings use
+    :func:`~livepsf.net.train.psf_loss`); for models without the sign symmetry it is the plain L1.
+    """
+    error = (values - target).abs().sum(-1)
+    if has_sign_symmetry(spec):
+        error = torch.minimum(error, (values - mirror_normalised(target, spec)).abs().sum(-1))
+    return error.mean()
 
 
 def canonical_normalised(values: torch.Tensor, spec: PSFModelSpec) -> torch.Tensor:
