@@ -51,6 +51,22 @@ def synthetic_map(tilt_deg: float, in_focus_px: float, *, seed: int = 0, noise: 
     return pmap, height
 
 
+def tilted_map_with_mirrored_windows() -> tuple[D.Calibration, PSFMap, np.ndarray, np.ndarray, np.ndarray]:
+    """A calibration and the map of a 10° tilted plane whose far windows partly read the wrong side of focus
+    (astigmatism sign flipped, as the network does far below focus), and near-focus windows flipped where it
+    is harmless: ``(cal, pmap, height_um, flipped_far, flipped_near)``."""
+    cal = D.calibrate_psf_maps([synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530),
+                                                                                          (10, 470)])],
+                               [3, 6, 10], 0.65, in_focus_px=[500, 530, 470])
+    pmap, height = synthetic_map(10.0, 511.5, seed=21)
+    rng = np.random.default_rng(5)
+    flip = (rng.random(height.shape) < 0.3) & (np.abs(height) > 15.0)
+    near = (rng.random(height.shape) < 0.5) & (np.abs(height) < 3.0)  # near focus both readings are alike
+    for name in ("astig_0", "astig_45"):
+        pmap.params[name] = np.where(flip | near, -pmap.params[name], pmap.params[name])
+    return cal, pmap, height, flip, near
+
+
 def textured_frame(shape=(1024, 1024), stripes_below_x: int = 0) -> np.ndarray:
     """Checkerboard (texture in both directions); horizontal lines only left of ``stripes_below_x``."""
     yy, xx = np.mgrid[:shape[0], :shape[1]]

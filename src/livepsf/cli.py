@@ -356,8 +356,9 @@ def depth(
                 plane = f" [{i}]" if len(stats) > 1 else ""
                 console.print(f"{image}{plane}: depth {s['min_um']:.1f} … {s['max_um']:.1f} µm (median "
                               f"{s['median_um']:.1f}), {100 * s['invalid_fraction']:.0f}% windows invalid, "
-                              f"{100 * s['unreliable_fraction']:.0f}% not used",
-                              highlight=False)
+                              f"{100 * s['unreliable_fraction']:.0f}% not used"
+                              + (f", {s['n_read_back']} read back to the other side of focus" if s["n_read_back"]
+                                 else ""), highlight=False)
                 if "surface" in s:
                     f = s["surface"]
                     console.print(f"{image}{plane}: {surface} surface {f['min_um']:.1f} … {f['max_um']:.1f} µm, "

@@ -94,6 +94,32 @@ def test_write_depth_outputs_surface_matches_surface_depth(tmp_path):
     assert js2.name == "scan_depth-1.json" and (tmp_path / "scan_surface-1.ome.tif").is_file()
 
 
+def test_saved_depth_map_reads_mirrored_windows_back_as_the_live_overlay(tmp_path):
+    # Windows whose astigmatism sign was misread hold the other side of focus in the saved map too, with or
+    # without a surface file, as the live depth overlay shows them; correct windows keep their reading.
+    from synthetic_depth import tilted_map_with_mirrored_windows
+
+    cal, pmap, height, flip, _ = tilted_map_with_mirrored_windows()
+    raw = cal.depth_um(pmap)
+    src = tmp_path / "scan.tif"
+    src.write_bytes(b"placeholder")  # only its name matters here
+    tif, js, stats = D.write_depth_outputs(src, [pmap], cal)
+    saved = np.asarray(stats[0]["grid_depth_um"])
+    assert np.abs(raw - height)[flip].min() > 25.0  # as read: the other side of focus
+    assert np.abs(saved - height)[flip].max() < 3.0
+    np.testing.assert_allclose(saved[~flip], raw[~flip], atol=0.01)  # rounded to 1 nm in the JSON
+    live_depth, _, _ = D.surface.live_depth(cal, pmap)
+    np.testing.assert_allclose(saved, live_depth, atol=0.01)
+    summary = json.loads(js.read_text())
+    assert summary["frames"][0]["n_read_back"] >= int(flip.sum())
+    assert "surface_map" not in summary and "poly2" in summary["side_of_focus"]
+    full = tifffile.imread(tif)
+    np.testing.assert_allclose(full, cal.depth_um_full(pmap, window_depth_um=saved.astype(np.float32)), atol=0.01)
+    # With --surface the same surface reads them back.
+    _, _, with_plane = D.write_depth_outputs(src, [pmap], cal, surface="plane")
+    assert np.abs(np.asarray(with_plane[0]["grid_depth_um"]) - height)[flip].max() < 3.0
+
+
 def test_write_depth_outputs_measures_each_frames_texture_once(tmp_path, monkeypatch):
     # The gate's texture measure (~130 ms per 1024² frame) is the offline depth path's largest cost after
     # mapping: depth, σ, surface and summary share one measurement per frame, with the same results.

@@ -10,7 +10,7 @@ import pytest
 from livepsf import depth as D
 from livepsf.depth.surface import fit_surface, surface_depth
 from livepsf.errors import InputError
-from synthetic_depth import synthetic_map, textured_frame
+from synthetic_depth import synthetic_map, textured_frame, tilted_map_with_mirrored_windows
 
 CENTRES = np.arange(15) * 64 + 63.5  # a 1024² frame at stride 64
 YY, XX = np.meshgrid(CENTRES, CENTRES, indexing="ij")
@@ -173,25 +173,10 @@ def test_surface_depth_gives_the_tilt_of_a_tilted_grid():
     assert math.isfinite(figures["residual_rms_um"])
 
 
-def _tilted_with_mirrored_windows():
-    """A 10° tilted plane whose far windows partly read the wrong side of focus (astigmatism sign
-    flipped, as the network does far below focus), and near-focus windows flipped where it is harmless."""
-    cal = D.calibrate_psf_maps([synthetic_map(t, f, seed=i)[0] for i, (t, f) in enumerate([(3, 500), (6, 530),
-                                                                                          (10, 470)])],
-                               [3, 6, 10], 0.65, in_focus_px=[500, 530, 470])
-    pmap, height = synthetic_map(10.0, 511.5, seed=21)
-    rng = np.random.default_rng(5)
-    flip = (rng.random(height.shape) < 0.3) & (np.abs(height) > 15.0)
-    near = (rng.random(height.shape) < 0.5) & (np.abs(height) < 3.0)  # near focus both readings are alike
-    for name in ("astig_0", "astig_45"):
-        pmap.params[name] = np.where(flip | near, -pmap.params[name], pmap.params[name])
-    return cal, pmap, height, flip, near
-
-
 def test_surface_depth_reads_mirrored_windows_back_with_the_surface_side_of_focus():
     # The surface gives mirrored windows their side back, so their own depth and a column's mean (the
     # paper's profile) follow the truth instead of being pulled towards focus.
-    cal, pmap, height, flip, near = _tilted_with_mirrored_windows()
+    cal, pmap, height, flip, near = tilted_map_with_mirrored_windows()
     raw = cal.depth_um(pmap)
     assert np.abs(raw - height)[flip].min() > 25.0  # mirrored: on the other side of focus
 
@@ -207,7 +192,7 @@ def test_surface_depth_reads_mirrored_windows_back_with_the_surface_side_of_focu
 
 def test_live_depth_reads_mirrored_windows_back_too():
     """The live overlay's depth and surface: the same read-back as the offline surface."""
-    cal, pmap, height, flip, _ = _tilted_with_mirrored_windows()
+    cal, pmap, height, flip, _ = tilted_map_with_mirrored_windows()
     depth, sigma, surface = D.surface.live_depth(cal, pmap, prior="plane")
     assert surface is not None and surface.mirrored[flip].all()
     assert np.abs(depth - height)[flip].max() < 3.0

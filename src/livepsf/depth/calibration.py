@@ -322,7 +322,7 @@ class Calibration(BaseModel):
         return np.where(np.isnan(m), np.nan, self.slope_um_per_unit).astype(np.float32)
 
     def depth_um(self, pmap: PSFMap, frame: np.ndarray | None = None, median_windows: int = 1, *,
-                 texture: WindowTexture | None = None) -> np.ndarray:
+                 texture: WindowTexture | None = None, window_depth_um: np.ndarray | None = None) -> np.ndarray:
         """Depth (height relative to the focal plane) in µm on the window grid, ``(gy, gx)`` float32.
 
         Invalid windows hold the depth of the values the mapper filled in from their neighbours; use
@@ -334,13 +334,22 @@ class Calibration(BaseModel):
         ``median_windows`` > 1 replaces each reliable window's depth by the median of the reliable
         windows in a ``median_windows``-wide square around it, for smooth surfaces: it removes isolated
         windows whose astigmatism sign the network got wrong (they read twice the depth, mirrored).
+
+        ``window_depth_um``: the windows' depth to use instead of this calibration's reading of ``pmap``
+        (``(gy, gx)``), e.g. :attr:`~livepsf.depth.surface.DepthSurface.window_depth_um`, where a fused
+        surface read the mirrored windows back with the other sign; gated and filled as above.
         """
         from livepsf.mapping import fill_invalid
 
         self.check_model(pmap)
         if int(median_windows) != median_windows or median_windows < 1:
             raise InputError(f"median_windows must be a positive integer, got {median_windows}")
-        depth = self.metric_to_depth_um(self.metric_map(pmap))
+        if window_depth_um is None:
+            depth = self.metric_to_depth_um(self.metric_map(pmap))
+        else:
+            depth = np.asarray(window_depth_um, dtype=np.float32)
+            if depth.shape != pmap.grid_shape:
+                raise InputError(f"window depths of shape {depth.shape} for a map of {pmap.grid_shape} windows")
         gated = (frame is not None or texture is not None) and self.max_texture_coherence is not None
         ok = reliable_windows(pmap, frame, self.max_texture_coherence, texture=texture)
         if median_windows > 1 and ok.any():
@@ -373,9 +382,13 @@ class Calibration(BaseModel):
 
     def depth_um_full(self, pmap: PSFMap, shape: tuple[int, int] | None = None,
                       frame: np.ndarray | None = None, median_windows: int = 1, *,
-                      texture: WindowTexture | None = None) -> np.ndarray:
-        """Full-frame depth map in µm (bilinear between window centres, as :meth:`PSFMap.upsample`)."""
-        grid = self.depth_um(pmap, frame, median_windows, texture=texture)
+                      texture: WindowTexture | None = None, window_depth_um: np.ndarray | None = None
+                      ) -> np.ndarray:
+        """Full-frame depth map in µm (bilinear between window centres, as :meth:`PSFMap.upsample`).
+
+        Arguments as :meth:`depth_um`.
+        """
+        grid = self.depth_um(pmap, frame, median_windows, texture=texture, window_depth_um=window_depth_um)
         # PSFMap.upsample interpolates named parameter grids; carry the depth grid in a one-parameter
         # map (G-1's "variance" slot) so the interpolation is exactly the mapper's.
         carrier = dataclasses.replace(pmap, params={"variance": grid}, psf_model="G-1", sigma={})

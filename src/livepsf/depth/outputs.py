@@ -3,6 +3,11 @@
 With a surface prior also ``<name>_surface.ome.tif``: the fused surface (:mod:`livepsf.depth.surface`)
 over the full frame and its σ, as two channels of one file (``surface_um``, ``sigma_um``), so the pair
 never gets separated; its figures go into the JSON summary.
+
+The depth map holds each window's own depth, with the side of focus checked against a fused surface (the
+user's prior, else the live view's :data:`~livepsf.depth.surface.LIVE_PRIOR`): a window whose reading is
+clearly the mirror of the surface's (the network misread its astigmatism's sign) is written with the
+other sign, as the live depth overlay shows it (:func:`~livepsf.depth.surface.surface_depth`).
 """
 
 from __future__ import annotations
@@ -16,19 +21,21 @@ from typing import Any
 import numpy as np
 
 from livepsf.depth.calibration import Calibration, package_version
-from livepsf.depth.surface import DepthSurface, surface_depth
+from livepsf.depth.surface import LIVE_PRIOR, DepthSurface, surface_depth
 from livepsf.depth.texture import WindowTexture, gate_texture, reliable_windows
 from livepsf.errors import InputError
 from livepsf.mapping import PSFMap
 
 
 def depth_stats(cal: Calibration, pmap: PSFMap, frame: np.ndarray | None = None,
-                median_windows: int = 1, *, texture: WindowTexture | None = None) -> dict[str, Any]:
+                median_windows: int = 1, *, texture: WindowTexture | None = None,
+                window_depth_um: np.ndarray | None = None) -> dict[str, Any]:
     """Summary of one frame's depth: range over reliable windows, invalid fraction, the window grid.
 
     ``texture``: the frame's texture for the calibration's gate when already measured (:func:`gate_texture`).
+    ``window_depth_um``: the windows' depth with the side of focus resolved (:meth:`Calibration.depth_um`).
     """
-    grid = cal.depth_um(pmap, frame, median_windows, texture=texture)
+    grid = cal.depth_um(pmap, frame, median_windows, texture=texture, window_depth_um=window_depth_um)
     valid = reliable_windows(pmap, frame, cal.max_texture_coherence, texture=texture)
     vals = grid[valid] if valid.any() else np.array([np.nan])
     return {
@@ -57,9 +64,11 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
     overwriting anything. ``frames`` (the images the maps were made from) enable the texture gate.
     ``surface`` (``"plane"``, ``"poly2"`` or ``"smooth"``) also writes ``<name>_surface.ome.tif``
     (:func:`write_surface_output`; its path is ``surface_map`` in the JSON) and each frame's surface
-    figures (``frames[i]["surface"]``). The JSON records whether the maps were dihedral averages
-    (``dihedral_average``) and whether the calibration's were. Returns the two depth paths and the
-    per-frame summaries.
+    figures (``frames[i]["surface"]``). Mirrored windows are read back by that surface, or by a
+    :data:`LIVE_PRIOR` surface when ``surface`` is ``None`` (``frames[i]["n_read_back"]``; ``None`` where
+    too few windows carried depth for it, and the windows are written as read). The JSON records whether
+    the maps were dihedral averages (``dihedral_average``) and whether the calibration's were. Returns
+    the two depth paths and the per-frame summaries.
     """
     import tifffile
 
@@ -71,17 +80,20 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
     if len(averaged) > 1:
         raise InputError(f"{source}: some PSF maps are dihedral averages and others plain; map every frame alike")
     frames = list(frames) if frames is not None else [None] * len(pmaps)
-    surfaces = None
     try:
         # The texture gate's measure of each frame, once: depth, σ, surface and summary all gate on it.
         textures = [gate_texture(f, p, cal.max_texture_coherence) for p, f in zip(pmaps, frames)]
-        if surface is not None:  # fitted first: a prior that cannot be fitted leaves no files behind
-            surfaces = [surface_depth(cal, p, f, surface, texture=t) for p, f, t in zip(pmaps, frames, textures)]
+        # Fitted first: a prior that cannot be fitted leaves no files behind.
+        fused = [_side_of_focus_surface(cal, p, f, t, surface) for p, f, t in zip(pmaps, frames, textures)]
     except InputError as exc:
         raise InputError(f"{source}: {exc}") from None
-    full = np.stack([cal.depth_um_full(p, frame=f, median_windows=median_windows, texture=t)
-                     for p, f, t in zip(pmaps, frames, textures)]).astype(np.float32)
-    stats = [depth_stats(cal, p, f, median_windows, texture=t) for p, f, t in zip(pmaps, frames, textures)]
+    windows = [None if s is None else s.window_depth_um for s in fused]
+    full = np.stack([cal.depth_um_full(p, frame=f, median_windows=median_windows, texture=t, window_depth_um=w)
+                     for p, f, t, w in zip(pmaps, frames, textures, windows)]).astype(np.float32)
+    stats = [depth_stats(cal, p, f, median_windows, texture=t, window_depth_um=w)
+             for p, f, t, w in zip(pmaps, frames, textures, windows)]
+    for s, f in zip(stats, fused):
+        s["n_read_back"] = None if f is None or f.mirrored is None else int(np.count_nonzero(f.mirrored))
     tif_path = output_path(source, "_depth.ome.tif", out_dir)
     data = full[0] if len(full) == 1 else full
     metadata = {
@@ -106,6 +118,7 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
         "model_name": cal.model_name,
         "model_sha256": cal.model_sha256,
         "median_windows": int(median_windows),
+        "side_of_focus": f"checked against a fused {surface or LIVE_PRIOR} surface: mirrored windows read back",
         "dihedral_average": averaged.pop(),  # how the maps were made
         "calibration_dihedral_average": cal.dihedral_average,
         "window_px": int(pmaps[0].window_px),
@@ -114,14 +127,26 @@ def write_depth_outputs(source: str | Path, pmaps: Sequence[PSFMap], cal: Calibr
         "livepsf_version": package_version(),
         "frames": stats,
     }
-    if surfaces is not None:
-        surface_path = write_surface_output(source, surfaces, cal.pixel_size_um, out_dir)
+    if surface is not None:
+        surface_path = write_surface_output(source, fused, cal.pixel_size_um, out_dir)
         summary["surface_map"] = str(surface_path)
         summary["surface_prior"] = surface
-        for s, fused in zip(stats, surfaces):
-            s["surface"] = fused.figures()
+        for s, f in zip(stats, fused):
+            s["surface"] = f.figures()
     json_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return tif_path, json_path, stats
+
+
+def _side_of_focus_surface(cal: Calibration, pmap: PSFMap, frame: np.ndarray | None,
+                           texture: WindowTexture | None, prior: str | None) -> DepthSurface | None:
+    """The surface that reads mirrored windows back: the user's ``prior`` (its errors propagate), or
+    :data:`LIVE_PRIOR`, ``None`` when too few windows carry depth for it."""
+    if prior is not None:
+        return surface_depth(cal, pmap, frame, prior, texture=texture)
+    try:
+        return surface_depth(cal, pmap, frame, LIVE_PRIOR, texture=texture)
+    except InputError:
+        return None
 
 
 def write_surface_output(source: str | Path, surfaces: Sequence[DepthSurface], pixel_size_um: float,
