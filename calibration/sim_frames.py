@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             core.setProperty("Sample", "TiltDeg", tilt)
             core.setProperty("Sample", "Seed", seed)
+            # Noise drawn per frame from its own seed: a frame is the same whether or not others were kept.
+            core.setProperty("Camera", "NoiseSeed", 1000 * round(100 * tilt) + seed)
             core.setPosition("Z", 0.0)
             core.waitForDevice("Z")
             core.snapImage()
