@@ -50,6 +50,8 @@ Layout (one job per module; each imports only from modules above it):
   :func:`calibrate_psf_maps`).
 - :mod:`~livepsf.depth.zstack`: the z-stack calibration (:func:`calibrate_zstack`, :func:`symmetric_focus_z_um`,
   :func:`zstack_focus_z_um`).
+- :mod:`~livepsf.depth.compare`: two calibrations of one microscope compared like with like
+  (:func:`compare_slopes`).
 - :mod:`~livepsf.depth.surface`: windows fused into one surface, and the live depth step.
 - :mod:`~livepsf.depth.outputs`: depth-map files.
 - :mod:`~livepsf.depth.plot`: the calibration plot; the calibration's files (JSON and plot).
@@ -66,6 +68,7 @@ from livepsf.depth.calibration import (
     TiltResidual,
     ZStackResidual,
 )
+from livepsf.depth.compare import SlopeComparison, compare_slopes
 from livepsf.depth.curve import (
     CURVE_CHOICES,
     CURVES,
@@ -127,6 +130,7 @@ __all__ = [
     "Metric",
     "MetricFit",
     "MetricSummary",
+    "SlopeComparison",
     "TiltProfile",
     "TiltResidual",
     "ZStackResidual",
@@ -134,6 +138,7 @@ __all__ = [
     "calibrate_tilted_grid",
     "calibrate_zstack",
     "calibration_for_model",
+    "compare_slopes",
     "depth_metric",
     "depth_stats",
     "eq14_metric",
