@@ -212,3 +212,32 @@ def test_a_surface_without_mirrored_windows_is_the_single_fit():
     np.testing.assert_array_equal(surface.depth_um, single.depth_um)
     np.testing.assert_array_equal(surface.window_depth_um, depth)
     assert single.window_depth_um is None and single.figures()["n_mirrored"] is None
+
+
+def _overlapping_window_errors(seed: int, noise_um: float = 2.0) -> np.ndarray:
+    """Errors of 128 px windows at a 64 px step: each the mean of the 2 x 2 independent 64 px blocks it
+    covers, so neighbours share half their evidence (as overlapping windows do)."""
+    blocks = np.random.default_rng(seed).normal(0.0, 2.0 * noise_um, (16, 16))
+    return 0.25 * (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:])
+
+
+@pytest.mark.parametrize("prior", ["poly2", "smooth"])
+def test_curvature_is_not_read_into_the_correlated_errors_of_overlapping_windows(prior):
+    # Counted as independent, the errors that neighbours share look like shape; counted as the windows
+    # that do not overlap, a flat sample stays flat, and a real bowl still bends.
+    sigma = np.full(TILTED.shape, 2.0)
+    curved = {None: 0, 128: 0}
+    for seed in range(12):
+        depth = TILTED + _overlapping_window_errors(seed)
+        for window_px in curved:
+            fit = fit_surface(depth, sigma, CENTRES, CENTRES, prior, window_px=window_px)
+            curved[window_px] += fit.model != "plane"
+    assert curved[128] <= 1 < curved[None]
+    bowl = fit_surface(BOWL + _overlapping_window_errors(0), sigma, CENTRES, CENTRES, prior, window_px=128)
+    assert bowl.model == prior and np.abs(bowl.depth_um - BOWL).mean() < 1.5  # a plane misses it by 9 µm
+
+
+def test_independent_fraction_of_overlapping_windows():
+    assert D.surface.independent_fraction(CENTRES, CENTRES, 128) == pytest.approx(0.25)
+    assert D.surface.independent_fraction(CENTRES, CENTRES, 64) == 1.0  # touching, not overlapping
+    assert D.surface.independent_fraction(CENTRES, CENTRES, None) == 1.0

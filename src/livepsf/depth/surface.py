@@ -21,6 +21,9 @@ Priors (the user chooses; the live view uses ``"poly2"``, :data:`LIVE_PRIOR`):
     shape it *is* the quadric fit, and it follows any smooth sample where the windows agree on it;
     and the robust plane is kept instead unless the smooth surface explains the windows better by the
     Bayesian information criterion (BIC), so a flat tilted sample stays flat where few windows see it.
+    Overlapping windows are not independent samples (neighbours read shared texture alike): the BIC
+    counts them as the windows that would not overlap (:func:`independent_fraction`, 1/4 at the default
+    stride); counted as independent, the smooth prior kept curvature on 3 of 6 flat independent renders.
     (A second-difference, thin-plate penalty makes a strongly curved sample pull λ down until the
     noise is fitted too.) ``λ`` is chosen for each fit by restricted maximum likelihood (REML: the
     surface as a mixed model whose quadric is a fixed effect, Wood 2011) unless given, so no
@@ -56,7 +59,7 @@ if TYPE_CHECKING:
     from livepsf.depth.texture import WindowTexture
 
 __all__ = ["LIVE_GATE_STEP", "LIVE_PRIOR", "MIN_WINDOWS", "PRIORS", "SMOOTH_MODES", "DepthSurface", "Prior", "check_prior", "fit_surface",
-           "live_depth", "surface_depth", "window_depth_and_sigma"]
+           "independent_fraction", "live_depth", "surface_depth", "window_depth_and_sigma"]
 
 Prior = Literal["plane", "poly2", "smooth"]
 PRIORS: tuple[str, ...] = ("plane", "poly2", "smooth")
@@ -222,7 +225,7 @@ def check_prior(prior: str | None) -> str | None:
 def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.ndarray, centers_x_px: np.ndarray,
                 prior: str = "plane", *, smoothness: float | None = None, robust: bool = True,
                 frame_shape: tuple[int, int] | None = None, pixel_size_um: float | None = None,
-                iterations: int = 20) -> DepthSurface:
+                iterations: int = 20, window_px: float | None = None) -> DepthSurface:
     """Fuse per-window depths into one surface, weighted by ``1 / σ²``, robust to mirrored windows.
 
     Parameters
@@ -243,6 +246,11 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
         Kept with the result for :meth:`DepthSurface.full` and the tilt in :meth:`DepthSurface.figures`.
     iterations
         Most reweighting iterations per stage (Huber, bisquare).
+    window_px
+        Side of the windows, px, when they overlap (windows wider than the step between centres share
+        pixels, so their errors are not independent): the curved priors' BIC then counts the windows
+        as ``n · step_y · step_x / window_px²`` independent ones (:func:`independent_fraction`). ``None``:
+        every window independent.
 
     Raises
     ------
@@ -302,7 +310,8 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
         # would call the windows that show the curvature outliers and win on what is left.
         plane = _PolySolver(_design("plane", yy, xx), inv_sigma, obs, target)
         plane.solve(weights)
-        if _bic(plane, weights, target) <= _bic(solver, weights, target):
+        independent = independent_fraction(cy, cx, window_px)
+        if _bic(plane, weights, target, independent) <= _bic(solver, weights, target, independent):
             if robust and n_obs > 3:
                 plane_weights = _robust_weights(plane, target, 3, iterations, weights)
             else:
@@ -341,13 +350,35 @@ def _inverse(a: np.ndarray) -> np.ndarray:
         return np.linalg.pinv(a)
 
 
-def _bic(solver: Any, weights: np.ndarray, target: np.ndarray) -> float:
-    """Bayesian information criterion of a fit on the whitened windows with these weights."""
+def independent_fraction(centers_y_px: np.ndarray, centers_x_px: np.ndarray, window_px: float | None) -> float:
+    """The fraction of overlapping windows that count as independent samples: ``step_y · step_x / window_px²``.
+
+    Windows at half their width apart (the default stride) share pixels with their 8 neighbours, and the
+    network reads shared texture alike, so neighbouring windows err alike: a 15 × 15 grid holds about as
+    much independent evidence as the 7 × 7 windows that do not overlap, ``(64 / 128)² = 1/4`` of the
+    count. 1 without ``window_px`` or for windows no wider than their step.
+    """
+    if window_px is None:
+        return 1.0
+
+    def step(c: np.ndarray) -> float:
+        return float(np.median(np.diff(c))) if len(c) > 1 else float(window_px)
+
+    return float(min(1.0, step(np.asarray(centers_y_px)) / window_px) * min(1.0, step(np.asarray(centers_x_px)) / window_px))
+
+
+def _bic(solver: Any, weights: np.ndarray, target: np.ndarray, independent: float = 1.0) -> float:
+    """Bayesian information criterion of a fit on the whitened windows with these weights.
+
+    ``independent``: the fraction of the windows that are independent samples (:func:`independent_fraction`);
+    the log-likelihood and the penalty count ``independent x`` the (weighted) windows.
+    """
     n = float(weights.sum())
     rss = float(np.sum(weights * (target - solver.prediction) ** 2))
     if n <= 1.0 or rss <= 0.0:
         return -math.inf if rss <= 0.0 else math.inf
-    return n * math.log(rss / n) + solver.effective_params * math.log(n)
+    n_independent = max(independent * n, 1.0 + 1e-9)
+    return n_independent * math.log(rss / n) + solver.effective_params * math.log(n_independent)
 
 
 def window_depth_and_sigma(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, *,
@@ -411,7 +442,7 @@ def surface_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior
     (calibrations without a metric, any depth model with only ``depth_um``, are fitted once).
     """
     depth, sigma, _ = window_depth_and_sigma(cal, pmap, frame, texture=texture)
-    geometry = {"frame_shape": tuple(pmap.frame_shape),
+    geometry = {"frame_shape": tuple(pmap.frame_shape), "window_px": pmap.window_px,
                 "pixel_size_um": getattr(cal, "pixel_size_um", None) or pmap.optics.pixel_size_um}
 
     def fit(window_depth_um: np.ndarray) -> DepthSurface:
@@ -456,7 +487,7 @@ def live_depth(cal: Any, pmap: PSFMap, frame: np.ndarray | None = None, prior: s
         # At most LIVE_ITERATIONS reweightings per stage: the next frame comes in 20 ms.
         return fit_surface(window_depth_um, sigma, pmap.centers_y, pmap.centers_x, prior,
                            iterations=LIVE_ITERATIONS, frame_shape=tuple(pmap.frame_shape),
-                           pixel_size_um=pmap.optics.pixel_size_um)
+                           pixel_size_um=pmap.optics.pixel_size_um, window_px=pmap.window_px)
 
     try:
         surface = _with_mirrored_read_back(cal, pmap, depth, sigma, fit)
