@@ -16,6 +16,7 @@ and the same for a curved (bowl-shaped) surface (poly2 and smooth priors), with 
     python benchmarks/depth_accuracy.py                  # the shipped default model, printed grid
     python benchmarks/depth_accuracy.py --sample cells   # another sample
     python benchmarks/depth_accuracy.py --zstack         # also calibrate from a z-stack, compare slopes
+    python benchmarks/depth_accuracy.py --seed 1         # another draw of every frame (sample and noise)
     python benchmarks/depth_accuracy.py --model PATH.pt  # another Z-3 model
     python benchmarks/depth_accuracy.py --oracle         # PSF parameters from the simulator's ground
                                                          # truth: checks the pipeline, not the network
@@ -285,7 +286,8 @@ def calibrate_on_tilted_grid(sim: Simulator, map_frame, args) -> Calibration:
     frames, tilts = [], []
     for i, t in enumerate(TILTS):
         for k, shift in enumerate(shifts):
-            frames.append(sim.snap(t, seed=1 + i + 10 * k, in_focus_shift_px=shift, exposure_ms=10.0))
+            frames.append(sim.snap(t, seed=1 + i + 10 * k + _seed_base(args), in_focus_shift_px=shift,
+                                   exposure_ms=10.0))
             tilts.append(t)
     options = {"aggregate": args.aggregate, **_curve_option(args)}
     if args.no_gate:
@@ -300,12 +302,18 @@ def calibrate_on_zstack(sim: Simulator, map_frame, args) -> Calibration:
     from livepsf.depth import calibrate_zstack
 
     z_um = np.arange(-args.zstack_range_um, args.zstack_range_um + 1e-9, args.zstack_step_um)
-    frames = [sim.snap_at_z(float(z), seed=500 + k) for k, z in enumerate(z_um)]
+    frames = [sim.snap_at_z(float(z), seed=500 + k + _seed_base(args)) for k, z in enumerate(z_um)]
     options = _curve_option(args)
     if args.no_gate:
         options["max_texture_coherence"] = None
     return calibrate_zstack([map_frame(f) for f in frames], z_um, sim.pixel_size_um,
                             frames=[f.frame for f in frames], **options)
+
+
+def _seed_base(args) -> int:
+    """Added to every frame's sample and noise seed: ``--seed K`` draws another set of frames (K = 0: the
+    figures quoted in README)."""
+    return 1000 * int(getattr(args, "seed", 0))
 
 
 def _curve_option(args) -> dict:
@@ -352,7 +360,7 @@ def report(cal: Calibration, sim: Simulator, map_frame, args, title: str) -> dic
         results = []
         for k in range(args.test_frames):
             shift = 160.0 if k % 2 == 0 else -160.0
-            f = sim.snap(t, seed=100 + 10 * i + k, in_focus_shift_px=shift, exposure_ms=3.0)
+            f = sim.snap(t, seed=100 + 10 * i + k + _seed_base(args), in_focus_shift_px=shift, exposure_ms=3.0)
             results.append(measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), priors, tilted=True))
             decomposed.append((t, shift, results[-1]))
         z = np.concatenate([r.window_z for r in results])
@@ -370,7 +378,7 @@ def report(cal: Calibration, sim: Simulator, map_frame, args, title: str) -> dic
         print_decomposition(decomposed, "plane")
 
     # A curved surface (bowl, 1/R = 1 /mm), no tilt, in focus at the centre.
-    f = sim.snap(0.0, seed=77, exposure_ms=10.0, curvature_per_mm=1.0)
+    f = sim.snap(0.0, seed=77 + _seed_base(args), exposure_ms=10.0, curvature_per_mm=1.0)
     curved_priors = ("poly2", "smooth")
     m = measure(cal, map_frame(f), f.height_rel_focus_um, use_frame(f), curved_priors, tilted=False)
     span = float(np.ptp(m.truth))
@@ -418,8 +426,9 @@ def _label_stem(args) -> str:
     return ("oracle" if args.oracle else Path(str(args.model)).stem) + f"_{args.sample}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
+    """The options of this benchmark (also used by ``calibration_agreement.py``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="model name or .pt path (Z-3)")
     parser.add_argument("--oracle", action="store_true", help="ground-truth PSF parameters instead of a network")
     parser.add_argument("--oracle-noise", type=float, default=0.02, help="waves of noise on oracle parameters")
@@ -444,9 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decompose", action="store_true",
                         help="split each test frame's errors into offset (in-focus point), scale and shape")
     parser.add_argument("--out", type=Path, default=None, help="folder for the calibrations, plots and error maps")
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draw other frames: adds 1000 x SEED to every frame's sample and noise seed")
+    return parser
 
-    sim = Simulator(sample=args.sample)
+
+def make_frame_mapper(args) -> tuple[object, str]:
+    """``(map_frame, label)``: SimFrame -> PSFMap with the network of ``--model`` (or the oracle)."""
     if args.oracle:
         mapper = OracleMapper(args.oracle_noise, stride_px=args.stride)
         label = f"oracle (ground-truth parameters + {args.oracle_noise} waves noise)"
@@ -463,6 +476,36 @@ def main(argv: list[str] | None = None) -> int:
             mapper.use_frame(f)
         return mapper(f.frame)
 
+    return map_frame, label
+
+
+def print_slope_agreement(tilted: Calibration, stack: Calibration) -> None:
+    """The z-stack's slope against the tilted grid's: fitted alike over the common heights, curve secants,
+    and each calibration's own line per metric."""
+    from livepsf.depth import compare_slopes
+
+    if tilted.metric == stack.metric:
+        c = compare_slopes(tilted, stack)
+        print(f"\nslope over the heights both cover ({c.metric} metric, median per 5-µm height bin, the {c.n_bins} "
+              f"bins both have points in, [{c.low_um:.0f}, {c.high_um:.0f}] µm; livepsf.depth.compare_slopes): "
+              f"tilted grid {c.reference_slope_um_per_unit:.2f} µm/unit, z-stack {c.other_slope_um_per_unit:.2f} "
+              f"µm/unit: {c.difference_pct:+.1f} %")
+        print(f"slope of the calibration curves ({tilted.metric} metric), secant between the metrics that read ±H µm:")
+        for h_um in (10.0, 20.0, 40.0):
+            a, b = secant_slope(tilted, h_um), secant_slope(stack, h_um)
+            print(f"  H = {h_um:4.0f} µm: tilted grid {a:8.2f} µm/unit, z-stack {b:8.2f} µm/unit: "
+                  f"{100 * (b / a - 1):+.1f} %")
+    print("\nslope of each calibration's own line (all its points, as sampled), z-stack vs tilted grid, per metric:")
+    slopes = {s.metric: s.slope_um_per_unit for s in tilted.metrics}
+    for s in stack.metrics:
+        print(f"  {s.metric:>9}: tilted grid {slopes[s.metric]:8.2f} µm/unit, z-stack {s.slope_um_per_unit:8.2f} "
+              f"µm/unit: {100 * (s.slope_um_per_unit / slopes[s.metric] - 1):+.1f} %")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    sim = Simulator(sample=args.sample)
+    map_frame, label = make_frame_mapper(args)
     t0 = time.time()
     print(f"# depth accuracy — {label}, sample {args.sample}, texture gate {'off' if args.no_gate else 'on'}, "
           f"calibration frames' in-focus column {'estimated' if args.estimate_focus else 'given'}")
@@ -478,19 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             cal.save(cal_path)
             plot_calibration(cal, cal_path.with_suffix(".png"))
     if args.zstack:
-        tilted, stack = calibrations["tilted-grid"], calibrations["z-stack"]
-        if tilted.metric == stack.metric:
-            print(f"\nslope of the calibration curves ({tilted.metric} metric), secant between the metrics that "
-                  "read ±H µm:")
-            for h_um in (10.0, 20.0, 40.0):
-                a, b = secant_slope(tilted, h_um), secant_slope(stack, h_um)
-                print(f"  H = {h_um:4.0f} µm: tilted grid {a:8.2f} µm/unit, z-stack {b:8.2f} µm/unit: "
-                      f"{100 * (b / a - 1):+.1f} %")
-        print("\nslope of the linear fit, z-stack vs tilted grid, per metric:")
-        slopes = {s.metric: s.slope_um_per_unit for s in tilted.metrics}
-        for s in stack.metrics:
-            print(f"  {s.metric:>9}: tilted grid {slopes[s.metric]:8.2f} µm/unit, z-stack {s.slope_um_per_unit:8.2f} "
-                  f"µm/unit: {100 * (s.slope_um_per_unit / slopes[s.metric] - 1):+.1f} %")
+        print_slope_agreement(calibrations["tilted-grid"], calibrations["z-stack"])
     print(f"\n({time.time() - t0:.0f} s; frames 1024×1024 at 0.65 µm, stride {args.stride} px; fresh test frames: "
           "other seeds, 3 ms exposure, in-focus column moved by ±160 px; errors vs the simulator's true height; "
           "profile = inverse-variance weighted mean of each column's reliable windows, side of focus from the fused plane, vs the column's true height)")
