@@ -19,11 +19,13 @@ Priors (the user chooses; the live view uses ``"poly2"``, :data:`LIVE_PRIOR`):
     ``Σ w (s - d)² + λ Σ (s_xxx² + 3 s_xxy² + 3 s_xyy² + s_yyy²)`` with third differences on the
     grid. Its unpenalised part is exactly the quadric (``"poly2"``), so with no evidence of more
     shape it *is* the quadric fit, and it follows any smooth sample where the windows agree on it;
-    and the robust plane is kept instead unless the smooth surface explains the windows better by the
-    Bayesian information criterion (BIC), so a flat tilted sample stays flat where few windows see it.
+    and of the robust plane, the quadric and the smooth surface the one with the lowest Bayesian
+    information criterion (BIC) is kept, so a flat tilted sample stays flat where few windows see it.
     Overlapping windows are not independent samples (neighbours read shared texture alike): the BIC
     counts them as the windows that would not overlap (:func:`independent_fraction`, 1/4 at the default
     stride); counted as independent, the smooth prior kept curvature on 3 of 6 flat independent renders.
+    REML, which takes the windows as independent, then picks a wiggly surface whose many effective
+    parameters lose to the plane at a fine stride, where the quadric still wins on a curved sample.
     (A second-difference, thin-plate penalty makes a strongly curved sample pull λ down until the
     noise is fitted too.) ``λ`` is chosen for each fit by restricted maximum likelihood (REML: the
     surface as a mixed model whose quadric is a fixed effect, Wood 2011) unless given, so no
@@ -128,7 +130,8 @@ class DepthSurface:
         The polynomial's coefficients (µm, in coordinates normalised to [-1, 1] over the centres).
     model
         The surface actually fitted: the prior, or ``"plane"`` when the windows showed no curvature
-        worth its parameters (BIC).
+        worth its parameters (BIC), or for the smooth prior ``"poly2"`` when its quadric explains the
+        windows as well for fewer parameters.
     window_depth_um
         ``(gy, gx)`` float32 or ``None``: the windows' own depth with the side of focus taken from the
         surface (:func:`surface_depth`): a window whose reading is clearly the mirror of the surface's
@@ -308,17 +311,26 @@ def fit_surface(depth_um: np.ndarray, sigma_um: np.ndarray, centers_y_px: np.nda
         # constrains it, at the edges. The two are compared on the same windows with the same weights,
         # the curved fit's (the mirrored windows are already out): a plane fitted robustly on its own
         # would call the windows that show the curvature outliers and win on what is left.
-        plane = _PolySolver(_design("plane", yy, xx), inv_sigma, obs, target)
-        plane.solve(weights)
+        # The smooth prior also has its quadric to fall back on: with overlapping windows REML picks a
+        # wiggly surface whose many effective parameters can lose to the plane on a curved sample that
+        # the quadric describes. The lowest BIC wins (a tie goes to the simpler surface).
         independent = independent_fraction(cy, cx, window_px)
-        if _bic(plane, weights, target, independent) <= _bic(solver, weights, target, independent):
-            if robust and n_obs > 3:
-                plane_weights = _robust_weights(plane, target, 3, iterations, weights)
+        best_bic, simpler = _bic(solver, weights, target, independent), None
+        for name in ("poly2", "plane") if prior == "smooth" else ("plane",):
+            candidate = _PolySolver(_design(name, yy, xx), inv_sigma, obs, target)
+            candidate.solve(weights)
+            bic = _bic(candidate, weights, target, independent)
+            if bic <= best_bic:
+                best_bic, simpler, model = bic, candidate, name
+        if simpler is not None:
+            n_simple = MIN_WINDOWS[model]
+            if robust and n_obs > n_simple:
+                simple_weights = _robust_weights(simpler, target, n_simple, iterations, weights)
             else:
-                plane_weights = np.ones(n_obs)
-                plane.solve(plane_weights)
-            plane.finish()
-            solver, weights, model = plane, plane_weights, "plane"
+                simple_weights = np.ones(n_obs)
+                simpler.solve(simple_weights)
+            simpler.finish()
+            solver, weights = simpler, simple_weights
     resid = target - solver.prediction
     used = weights > 0
     dof = max(float(weights.sum()) - solver.effective_params, 0.0)
