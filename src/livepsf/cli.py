@@ -82,7 +82,9 @@ def calibrate(
     in_focus_px: list[str] = typer.Option(None, "--in-focus-px", help="In-focus column (x) or row (y), per "
                                           "image or one for all; estimated from the data when omitted."),
     model: str = typer.Option("default", "--model", help="Shipped model name or path to a .pt file (Z-3)."),
-    stride: int = typer.Option(64, "--stride", help="Window step of the PSF map, px."),
+    stride: int = typer.Option(None, "--stride", help="Window step of the PSF maps, px (default 32, half the "
+                               "live view's: more windows on line crossings; `livepsf depth` maps as the "
+                               "calibration did)."),
     dihedral_average: bool = typer.Option(False, "--dihedral-average", help=_DIHEDRAL_HELP),
     metric: str = typer.Option(None, "--metric", help="Force the depth metric: signed, projected "
                                "or eq14 (default: the best fit)."),
@@ -121,13 +123,14 @@ def calibrate(
     """
     from rich.table import Table
 
-    from livepsf.depth import CURVE_CHOICES, calibrate_tilted_grid, write_calibration_files
+    from livepsf.depth import CALIBRATION_STRIDE_PX, CURVE_CHOICES, calibrate_tilted_grid, write_calibration_files
     from livepsf.imageio import output_path, read_frames
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model
 
     if curve not in CURVE_CHOICES:  # before any mapping or acquisition
         raise InputError(f"--curve {curve!r}: choose one of {', '.join(CURVE_CHOICES)}")
+    stride = CALIBRATION_STRIDE_PX if stride is None else stride
     zstack_options = {"--z-um": z_um, "--z-step-um": z_step_um, "--focus-z-um": focus_z_um, "--sim": sim or None,
                       "--mm-config": mm_config, "--camera": camera, "--sample": sample, "--size": size,
                       "--range-um": range_um, "--step-um": step_um, "--settle-ms": settle_ms}

@@ -57,6 +57,20 @@ def test_cli_depth_surface_writes_the_surface_and_its_sigma(tmp_path, ramp_netwo
     assert not list((tmp_path / "plain").glob("*_surface*"))
 
 
+def test_cli_calibrate_maps_at_the_calibration_stride_and_depth_follows_it(tmp_path, ramp_network):
+    # The calibration is made on windows every 32 px unless told otherwise, and depth maps as it did.
+    cal_path = _ramp_calibration(tmp_path)
+    assert D.Calibration.load(cal_path).stride_px == D.CALIBRATION_STRIDE_PX == 32
+    scan = tmp_path / "scan.tif"
+    tifffile.imwrite(scan, ramp_frame(7, 100))
+    assert run_cli(["depth", scan, "--calibration", cal_path, "--out", tmp_path / "o"]) == 0
+    assert json.loads((tmp_path / "o" / "scan_depth.json").read_text())["stride_px"] == 32
+    coarse = tmp_path / "coarse.json"
+    assert run_cli(["calibrate", tmp_path / "grid_3.tif", "--tilt-deg", "3", "--pixel-size-um", "0.65",
+                    "--stride", "64", "--out", coarse]) == 0
+    assert D.Calibration.load(coarse).stride_px == 64
+
+
 def test_cli_depth_bad_surface_prior_exits_2_and_writes_nothing(tmp_path, ramp_network, capsys):
     cal_path = _ramp_calibration(tmp_path)
     scan = tmp_path / "scan.tif"

@@ -61,6 +61,7 @@ Layout (one job per module; each imports only from modules above it):
 from __future__ import annotations
 
 from livepsf.depth.calibration import (
+    CALIBRATION_STRIDE_PX,
     FORMAT,
     Calibration,
     CalibrationPoint,
@@ -109,6 +110,7 @@ from livepsf.depth.uncertainty import DepthEstimate, DepthUncertainty, fit_depth
 from livepsf.depth.zstack import calibrate_zstack, symmetric_focus_z_um, zstack_focus_z_um
 
 __all__ = [
+    "CALIBRATION_STRIDE_PX",
     "CURVES",
     "CURVE_CHOICES",
     "FORMAT",
