@@ -96,8 +96,17 @@ def test_window_runs_switches_overlays_and_snapshots(qtbot, sim_core, tiny_model
     window.shutdown()
 
 
-def test_calibration_dialog_snaps_fits_and_sets_the_depth_overlay(qtbot, sim_core, tiny_model):
+def test_calibration_dialog_snaps_fits_and_sets_the_depth_overlay(qtbot, sim_core, tiny_model, monkeypatch):
+    import livepsf.depth
     from livepsf.gui.window import LiveWindow
+
+    strides, fit_grid = [], livepsf.depth.calibrate_tilted_grid
+
+    def recording(*args, **kwargs):
+        strides.append(kwargs["mapper"].stride_px)
+        return fit_grid(*args, **kwargs)
+
+    monkeypatch.setattr(livepsf.depth, "calibrate_tilted_grid", recording)
 
     window = LiveWindow(sim_core, tiny_model, demo=True)
     qtbot.addWidget(window)
@@ -109,6 +118,7 @@ def test_calibration_dialog_snaps_fits_and_sets_the_depth_overlay(qtbot, sim_cor
         dialog.snap()
     assert dialog.frame_list.count() == 3 and dialog.tilts == [3.0, 6.0, 10.0]
     dialog.fit()
+    assert strides == [livepsf.depth.CALIBRATION_STRIDE_PX] != [window.stride_px]  # maps as `livepsf calibrate`
     # The untrained network sees no texture anywhere: the dialog says so and offers nothing to save.
     assert dialog.calibration is None and "fit failed" in dialog.result_label.text()
     assert not dialog.save_button.isEnabled() and not dialog.use_button.isEnabled()

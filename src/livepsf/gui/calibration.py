@@ -2,7 +2,8 @@
 
 Tilted grid (paper Section III-E): put a printed grid under the objective, tilt it by a known angle so
 that focus falls mid-field, snap; repeat at other angles; fit. Each snapped frame is mapped with a fresh
-:class:`~livepsf.mapping.PSFMapper` of the window's model and stride, then
+:class:`~livepsf.mapping.PSFMapper` of the window's model at the calibration step (32 px, as
+``livepsf calibrate``: :data:`~livepsf.depth.CALIBRATION_STRIDE_PX`, finer than the live view's), then
 :func:`livepsf.depth.calibrate_tilted_grid` fits the line from the depth metric to the known height.
 
 Z-stack ("Z-stack…"): any flat textured sample roughly in focus; the focus drive steps over a range
@@ -24,6 +25,7 @@ from qtpy import QtCore, QtWidgets
 from livepsf.acquisition.zstack import DEFAULT_RANGE_UM as ZSTACK_RANGE_UM
 from livepsf.acquisition.zstack import DEFAULT_SETTLE_MS as ZSTACK_SETTLE_MS
 from livepsf.acquisition.zstack import DEFAULT_STEP_UM as ZSTACK_STEP_UM
+from livepsf.depth import CALIBRATION_STRIDE_PX
 from livepsf.mapping import PSFMapper
 
 __all__ = ["CalibrationDialog", "ZStackSettingsDialog"]
@@ -250,7 +252,7 @@ class CalibrationDialog(QtWidgets.QDialog):
         if not self.frames:
             self.result_label.setText("Snap at least one frame of the tilted grid first.")
             return
-        mapper = PSFMapper(self.window.model, stride_px=self.window.stride_px)
+        mapper = PSFMapper(self.window.model, stride_px=CALIBRATION_STRIDE_PX)  # as `livepsf calibrate`
         try:
             cal = calibrate_tilted_grid(self.frames, self.tilts, float(self.pixel_spin.value()),
                                         mapper=mapper, tilt_axis=str(self.axis_combo.currentData()))
@@ -324,7 +326,7 @@ class CalibrationDialog(QtWidgets.QDialog):
         self._zstack_cancel.clear()
         self._set_busy(True, n)
         self.result_label.setText(f"z-stack: ±{range_um:g} µm in {step_um:g} µm steps ({n} planes)…")
-        mapper = PSFMapper(window.model, stride_px=window.stride_px)
+        mapper = PSFMapper(window.model, stride_px=CALIBRATION_STRIDE_PX)  # as `livepsf calibrate --zstack`
         settings = (float(range_um), float(step_um), float(settle_ms), float(self.pixel_spin.value()))
         self._zstack_thread = threading.Thread(target=self._run_zstack, args=(mapper, settings),
                                                name="livepsf-zstack", daemon=True)
