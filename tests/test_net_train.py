@@ -210,6 +210,8 @@ def test_a_run_can_start_from_trained_weights(tmp_path, held_out) -> None:
         again = train(_config(steps=1, lr=0.0, warmup_steps=0, init_from=str(source)), tmp_path / "b",
                       progress=False, val_set=held_out)
         assert again.step == 1 and again.segments[-1]["init_from"] == str(source)
+        # The run records the segments that made its starting weights: its card lists them all.
+        assert again.segments[-1]["init_from_segments"] == first.segments
         for key, value in trained.items():
             if key != "log_sigma_shift":  # the σ calibration after training adds to the shift
                 torch.testing.assert_close(again.module.state_dict()[key], value)

@@ -296,6 +296,25 @@ def initial_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a TorchScript model ({str(exc).splitlines()[0]})") from None
 
 
+def _source_segments(path: str | Path) -> list[dict[str, Any]]:
+    """The training segments that made the weights in ``path``: a checkpoint's, or an exported model's card's.
+
+    A run started from them (:attr:`TrainConfig.init_from`) records them in its first segment
+    (``init_from_segments``), so its card lists every segment behind the model. Empty when ``path`` has no
+    record (a model without a card).
+    """
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        return list(load_checkpoint(path).get("segments", []))
+    card = path.with_suffix(".json")
+    if not card.is_file():
+        return []
+    try:
+        return list(ModelCard.load(card).training.get("segments", []))
+    except (InputError, ValueError, OSError):  # a damaged card does not stop a training: lineage unknown
+        return []
+
+
 def _start_from(module: torch.nn.Module, path: str | Path) -> set[str]:
     """Initialise ``module`` from trained weights (see :attr:`TrainConfig.init_from`).
 
@@ -426,6 +445,8 @@ def train(
     # One segment per train() call: a resumed model's card lists every command that made it.
     segments.append({"command": config.command, "start_step": step, "start_seconds": round(seconds, 1),
                      "init_from": None if resume is not None else config.init_from,
+                     "init_from_segments": _source_segments(config.init_from)
+                     if resume is None and config.init_from else [],
                      "init_lr_factor": config.init_lr_factor if pretrained else None,
                      "budget": config.budget(), "lr": config.lr, "data": dict(config.data),
                      "hardware": hardware_description(device), "batch_size": config.batch_size,
