@@ -123,7 +123,12 @@ def calibrate(
     """
     from rich.table import Table
 
-    from livepsf.depth import CALIBRATION_STRIDE_PX, CURVE_CHOICES, calibrate_tilted_grid, write_calibration_files
+    from livepsf.depth import (
+        CALIBRATION_STRIDE_PX,
+        CURVE_CHOICES,
+        calibrate_tilted_grid,
+        write_calibration_files,
+    )
     from livepsf.imageio import output_path, read_frames
     from livepsf.mapping import PSFMapper
     from livepsf.net import load_model

@@ -373,10 +373,11 @@ def independent_fraction(centers_y_px: np.ndarray, centers_x_px: np.ndarray, win
     if window_px is None:
         return 1.0
 
-    def step(c: np.ndarray) -> float:
-        return float(np.median(np.diff(c))) if len(c) > 1 else float(window_px)
+    def fraction(centres: np.ndarray) -> float:
+        step = float(np.median(np.diff(centres))) if len(centres) > 1 else float(window_px)
+        return min(1.0, step / window_px)
 
-    return float(min(1.0, step(np.asarray(centers_y_px)) / window_px) * min(1.0, step(np.asarray(centers_x_px)) / window_px))
+    return fraction(np.asarray(centers_y_px)) * fraction(np.asarray(centers_x_px))
 
 
 def _bic(solver: Any, weights: np.ndarray, target: np.ndarray, independent: float = 1.0) -> float:
