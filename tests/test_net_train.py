@@ -16,7 +16,7 @@ from livepsf.net.train import (
     run_training,
     train,
 )
-from livepsf.net.outputs import sign_invariant_l1
+from livepsf.net.outputs import nearest_equivalent, sign_invariant_l1
 from livepsf.optics import get_psf_model
 
 # Small pools keep the data synthesiser's start-up to a fraction of a second.
@@ -70,6 +70,22 @@ def test_sign_invariant_loss_accepts_the_mirrored_parameter_set() -> None:
     # The probes' plain-parameter L1 (livepsf.net.outputs) follows the same symmetry.
     assert sign_invariant_l1(mirror[:, 1:], label[:, 1:], z3).item() == pytest.approx(0.0, abs=1e-6)
     assert sign_invariant_l1(out[:, 1:], target[:, 1:], g2).item() == pytest.approx(0.6 + 0.4)
+
+
+def test_errors_are_measured_against_the_nearer_parameter_set_never_per_parameter() -> None:
+    """Near focus the mirrored set is the same PSF and is taken whole; far from focus a wrong astigmatism
+    sign stays an error (a per-parameter choice would excuse it, flattering the σ calibration)."""
+    z3 = get_psf_model("Z-3")
+    phys = torch.tensor([[0.05, 0.3, -0.1], [1.5, 0.3, -0.1]])  # focus 0.05 and 1.5 waves
+    label = z3.normalise(phys)
+    canonical_guess = z3.normalise(phys * torch.tensor([1.0, -1.0, -1.0]))  # astigmatism's sign wrong
+    chosen = nearest_equivalent(canonical_guess, label, z3)
+    torch.testing.assert_close(chosen[0], z3.normalise(-phys[:1])[0])  # near focus: the mirror, whole
+    torch.testing.assert_close(chosen[1], label[1])  # far from focus: the label; the astigmatism error counts
+    assert float((canonical_guess[1] - chosen[1]).abs()[1]) == pytest.approx(0.6)  # 0.6 waves of 1.0 range
+    g2 = get_psf_model("G-2")
+    target = torch.tensor([[0.8, 0.3]])
+    assert torch.equal(nearest_equivalent(torch.tensor([[0.2, 0.7]]), target, g2), target)
 
 
 def test_nll_is_smallest_where_sigma_equals_the_error() -> None:

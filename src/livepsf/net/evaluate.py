@@ -3,8 +3,9 @@
 All metrics are computed on normalised parameters (each in [0, 1] over the card's range), on *valid*
 patches only for the parameters, as in the paper. Predictions are scored in canonical form (focus >= 0),
 as they are reported. For networks with σ outputs, the σ calibration is the fraction of errors within
-1σ and 2σ, the error being the smaller of those against the label and its sign mirror (``a`` and ``-a``
-are the same PSF; near focus 0 the canonical astigmatism of two nearly identical PSFs differs in sign). R² is the coefficient of determination
+1σ and 2σ, the error being against the label or its sign mirror, whichever parameter set is nearer
+(``a`` and ``-a`` are the same PSF; near focus 0 the canonical astigmatism of two nearly identical PSFs
+differs in sign; the whole set is mirrored or none of it, as in the training loss). R² is the coefficient of determination
 ``1 - SS_res / SS_tot`` (the paper calls it a squared correlation; on an unbiased regressor the two agree,
 and 1 - SS_res/SS_tot is the stricter one: a constant prediction scores 0, a biased one is penalised).
 """
@@ -107,7 +108,7 @@ def evaluate_outputs(raw: torch.Tensor, targets: torch.Tensor, model: Sequence[s
     ``model`` is the PSF model spec (or its parameter names); column 0 of the targets is the invalid
     label. Parameters are scored in canonical form; σ outputs (if any) give the within-1σ/2σ fractions.
     """
-    from livepsf.net.outputs import has_sign_symmetry, mirror_normalised, split_outputs
+    from livepsf.net.outputs import nearest_equivalent, split_outputs
 
     spec = _spec_of(model)
     names = spec.names
@@ -127,9 +128,7 @@ def evaluate_outputs(raw: torch.Tensor, targets: torch.Tensor, model: Sequence[s
     within1: dict[str, float] = {}
     within2: dict[str, float] = {}
     if parts.sigma is not None and int(valid.sum()):
-        err = (pred - true).abs()
-        if has_sign_symmetry(spec):
-            err = torch.minimum(err, (pred - mirror_normalised(true, spec)).abs())
+        err = (pred - nearest_equivalent(pred, true, spec)).abs()
         z = err / parts.sigma.clamp_min(1e-12)
         within1 = {n: float((z[:, i] <= 1.0).float().mean()) for i, n in enumerate(names)}
         within2 = {n: float((z[:, i] <= 2.0).float().mean()) for i, n in enumerate(names)}

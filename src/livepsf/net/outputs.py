@@ -18,7 +18,8 @@ import torch
 
 from livepsf.optics import PSFModelSpec
 
-__all__ = ["SplitOutputs", "canonical_normalised", "has_sign_symmetry", "mirror_normalised", "sign_invariant_l1",
+__all__ = ["SplitOutputs", "canonical_normalised", "has_sign_symmetry", "mirror_normalised", "nearest_equivalent",
+           "sign_invariant_l1",
            "split_outputs"]
 
 
@@ -40,6 +41,20 @@ def has_sign_symmetry(spec: PSFModelSpec) -> bool:
 def mirror_normalised(values: torch.Tensor, spec: PSFModelSpec) -> torch.Tensor:
     """The normalised parameters of ``-a`` for normalised parameters of ``a`` (any shape ``(..., N)``)."""
     return spec.normalise(-spec.denormalise(values))
+
+
+def nearest_equivalent(values: torch.Tensor, target: torch.Tensor, spec: PSFModelSpec) -> torch.Tensor:
+    """Per row, ``target`` or its sign mirror, whichever parameter *set* is nearer to ``values`` (squared error).
+
+    The two sets are one PSF, so errors are measured against the nearer one, as the training loss does.
+    The whole set is mirrored or none of it: far from focus the astigmatism's sign is visible, and a
+    per-parameter choice would excuse a wrong one. Models without the sign symmetry: ``target``.
+    """
+    if not has_sign_symmetry(spec):
+        return target
+    mirrored = mirror_normalised(target, spec)
+    use_mirror = ((values - mirrored) ** 2).sum(-1, keepdim=True) < ((values - target) ** 2).sum(-1, keepdim=True)
+    return torch.where(use_mirror, mirrored, target)
 
 
 def sign_invariant_l1(values: torch.Tensor, target: torch.Tensor, spec: PSFModelSpec) -> torch.Tensor:

@@ -41,7 +41,7 @@ from livepsf.errors import InputError
 from livepsf.net.architectures import ARCHITECTURES, build_network, count_parameters
 from livepsf.net.card import ModelCard
 from livepsf.net.evaluate import EvalResult, evaluate_outputs, predict_raw
-from livepsf.net.outputs import has_sign_symmetry, mirror_normalised, split_outputs
+from livepsf.net.outputs import has_sign_symmetry, nearest_equivalent, split_outputs
 from livepsf.net.export import export_model
 from livepsf.optics import Optics, PSFModelSpec, get_psf_model
 
@@ -97,11 +97,7 @@ def psf_loss(output: torch.Tensor, target: torch.Tensor, spec: PSFModelSpec, gam
                          f"match 1 + {n} parameters")
     a0 = target[:, 0]
     mean, truth = output[:, 1 : 1 + n], target[:, 1:]
-    squared = (mean - truth) ** 2
-    if sign_invariant and has_sign_symmetry(spec):
-        mirrored = (mean - mirror_normalised(truth, spec)) ** 2
-        use_mirror = mirrored.sum(dim=1, keepdim=True) < squared.sum(dim=1, keepdim=True)
-        squared = torch.where(use_mirror, mirrored, squared)
+    squared = (mean - (nearest_equivalent(mean, truth, spec) if sign_invariant else truth)) ** 2
     validity = (a0 - torch.sigmoid(output[:, 0])) ** 2
     loss = (gamma * validity + squared.sum(dim=1) * (1.0 - a0) / (2 * n)).mean()
     if output.shape[1] == 1 + 2 * n:
@@ -116,8 +112,9 @@ def calibrate_sigma(module: torch.nn.Module, patches: torch.Tensor, targets: tor
                     device: torch.device | str = "cpu") -> dict[str, Any]:
     """Scale a network's σ outputs so that they are calibrated on a labelled (validation) set.
 
-    Per parameter, on valid patches, with ``z = |error| / σ`` (errors of the canonical prediction, the
-    smaller of those against the label and its sign mirror), σ is multiplied by
+    Per parameter, on valid patches, with ``z = |error| / σ`` (errors of the canonical prediction against
+    the label or its sign mirror, whichever parameter set is nearer: :func:`nearest_equivalent`), σ is
+    multiplied by
     ``k = max(q68(z), q95(z) / 2)``: then at least 68.3 % of errors lie within 1σ and at least 95.4 %
     within 2σ on this set (heavy tails make the second condition the binding one). ``k`` goes into the
     module's ``log_sigma_shift`` buffer, so the exported network gives calibrated σ.
@@ -133,9 +130,7 @@ def calibrate_sigma(module: torch.nn.Module, patches: torch.Tensor, targets: tor
     raw = predict_raw(module, patches, device=device)
     valid = targets[:, 0] < 0.5
     parts = split_outputs(raw[valid], spec)
-    err = (parts.values - targets[valid, 1:]).abs()
-    if has_sign_symmetry(spec):
-        err = torch.minimum(err, (parts.values - mirror_normalised(targets[valid, 1:], spec)).abs())
+    err = (parts.values - nearest_equivalent(parts.values, targets[valid, 1:], spec)).abs()
     z = (err / parts.sigma.clamp_min(1e-12)).double()
     if len(z) < 10:
         raise ValueError(f"σ calibration needs at least 10 valid patches, got {len(z)}")
