@@ -99,14 +99,16 @@ def run_cli(args: list[str]) -> int:
 
 
 class RampMapper:
-    """Stands in for PSFMapper: reads the signed defocus (waves) encoded in each window's mean value."""
+    """Stands in for PSFMapper: reads the signed defocus (waves) encoded in each window's mean value, on its
+    stride's grid of 128 px windows (frames whose size fits that grid)."""
 
     def __init__(self, model, stride_px: int = 64, device=None, dihedral_average: bool = False) -> None:
         self.model, self.stride_px, self.dihedral_average = model, stride_px, dihedral_average
 
     def __call__(self, frame: np.ndarray) -> PSFMap:
         frame = np.asarray(frame, dtype=np.float64)
-        cy, cx = window_centers(frame.shape[0]), window_centers(frame.shape[1])
+        cy, cx = (window_centers(frame.shape[0], stride=self.stride_px),
+                  window_centers(frame.shape[1], stride=self.stride_px))
         means = np.array([[frame[int(y) - 63:int(y) + 65, int(x) - 63:int(x) + 65].mean() for x in cx] for y in cy])
         d = means / 1000.0 - 2.0
         sign = np.where(d >= 0, 1.0, -1.0)

@@ -45,7 +45,8 @@ def test_cli_depth_surface_writes_the_surface_and_its_sigma(tmp_path, ramp_netwo
     assert summary["surface_prior"] == "plane" and summary["surface_map"].endswith("scan_surface.ome.tif")
     figures = summary["frames"][0]["surface"]
     assert figures["tilt_x_deg"] == pytest.approx(7.0, abs=0.2) and abs(figures["tilt_y_deg"]) < 0.2
-    assert figures["n_windows"] == 49 and len(figures["grid_surface_um"]) == 7
+    side = (512 - 128) // D.CALIBRATION_STRIDE_PX + 1  # windows per side at the calibration's stride
+    assert figures["n_windows"] == side**2 and len(figures["grid_surface_um"]) == side
     with tifffile.TiffFile(tmp_path / "o" / "scan_surface.ome.tif") as tif:
         assert "surface_um" in tif.ome_metadata and "sigma_um" in tif.ome_metadata
     # The depth map itself is what it is without --surface.
@@ -79,9 +80,10 @@ def test_cli_depth_bad_surface_prior_exits_2_and_writes_nothing(tmp_path, ramp_n
     assert run_cli(["depth", scan, "--calibration", cal_path, "--surface", "cubic"]) == 2
     err = capsys.readouterr().err
     assert "unknown surface prior 'cubic'" in err and "Traceback" not in err
-    # Too small for a quadric: 2 x 2 windows cannot hold 6 parameters; named file, nothing written.
+    # Too small for a quadric: 2 x 2 windows at the calibration's 32 px step cannot hold 6 parameters;
+    # named file, nothing written.
     small = tmp_path / "small.tif"
-    tifffile.imwrite(small, ramp_frame(7, 100, shape=(192, 192)))
+    tifffile.imwrite(small, ramp_frame(7, 100, shape=(160, 160)))
     assert run_cli(["depth", small, "--calibration", cal_path, "--surface", "poly2"]) == 2
     err = capsys.readouterr().err
     assert "small.tif" in err and "needs at least 6 windows" in err
