@@ -9,12 +9,14 @@ from livepsf.errors import InputError
 from livepsf.net.train import (
     TrainConfig,
     calibrate_sigma,
+    consistency_loss,
     eq11_loss,
     export_checkpoint,
     load_checkpoint,
     psf_loss,
     run_training,
     train,
+    transform_targets,
 )
 from livepsf.net.outputs import nearest_equivalent, sign_invariant_l1
 from livepsf.optics import get_psf_model
@@ -139,6 +141,52 @@ def test_calibrate_sigma_makes_the_coverage_right() -> None:
     res = evaluate_outputs(module(x), targets, spec)
     assert 0.66 <= res.within_1_sigma["variance"] <= 0.72
     assert res.within_2_sigma["variance"] >= 0.95
+
+
+def _outputs(target: torch.Tensor) -> torch.Tensor:
+    """Raw outputs (logit, normalised parameters, log σ) that read exactly ``target``."""
+    n = target.shape[1] - 1
+    return torch.cat([torch.full((len(target), 1), -5.0), target[:, 1:], torch.zeros(len(target), n)], dim=1)
+
+
+@pytest.mark.parametrize("psf_model", ["Z-3", "G-2"])
+def test_consistency_loss_is_zero_when_the_reading_follows_the_turn(psf_model) -> None:
+    from livepsf.net.symmetry import DIHEDRAL_OPS
+
+    spec = get_psf_model(psf_model)
+    g = torch.Generator().manual_seed(0)
+    target = torch.cat([torch.zeros(64, 1), spec.normalise(spec.canonical(spec.denormalise(
+        torch.rand(64, spec.n_params, generator=g))))], dim=1)
+    target[:8, 0] = 1.0  # invalid windows: their readings do not count
+    first = _outputs(target)
+    for k, flip in DIHEDRAL_OPS[1:]:
+        turned = transform_targets(target, spec, k, flip)
+        # A reading of the turned window that is the turned PSF agrees with the first reading.
+        assert consistency_loss(first, _outputs(turned), target, spec, k, flip).item() < 1e-10
+        # A reading that ignores the turn disagrees wherever the turn changes the PSF: a quarter turn flips
+        # both astigmatism signs (Z-3) and swaps the x / y widths (G-2), a mirror flips astig_45; a half
+        # turn changes neither, nor does a mirror a Gaussian's widths.
+        ignored = consistency_loss(first, first, target, spec, k, flip).item()
+        if k % 2 or (flip and psf_model == "Z-3"):
+            assert ignored > 1e-3
+        else:
+            assert ignored < 1e-10
+    if spec.name == "Z-3":  # the sign mirror of a reading is the same PSF
+        mirrored = transform_targets(target, spec, 1, False)
+        mirrored[:, 1:] = spec.normalise(-spec.denormalise(mirrored[:, 1:]))
+        assert consistency_loss(first, _outputs(mirrored), target, spec, 1, False).item() < 1e-10
+    # Only valid windows count: disagreement on the invalid ones alone costs nothing.
+    noisy = transform_targets(target, spec, 2, True)
+    noisy[:8, 1:] = 1.0 - noisy[:8, 1:]
+    assert consistency_loss(first, _outputs(noisy), target, spec, 2, True).item() < 1e-10
+
+
+def test_tiny_run_with_dihedral_consistency(tmp_path, held_out) -> None:
+    result = train(_config(steps=12, consistency_weight=0.5), tmp_path, progress=False, val_set=held_out)
+    assert result.step == 12 and all(torch.isfinite(p).all() for p in result.module.parameters())
+    assert load_checkpoint(result.checkpoint)["config"]["consistency_weight"] == 0.5
+    with pytest.raises(InputError, match="consistency_weight"):
+        train(_config(steps=1, consistency_weight=-1.0), tmp_path / "bad", progress=False)
 
 
 def test_tiny_run_reduces_the_loss(tmp_path, held_out) -> None:

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="PSFs kept by the data synthesiser (default 256); with --psf-refresh equal to it "
                              "and to the batch size, every patch has its own PSF")
     parser.add_argument("--psf-refresh", type=int, default=None, help="PSFs replaced per batch (default 2)")
+    parser.add_argument("--consistency-weight", type=float, default=0.0,
+                        help="weight of the dihedral-consistency term (livepsf.net.train.consistency_loss); 0: off")
     args = parser.parse_args(argv)
 
     from livepsf.net.train import TrainConfig, train
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                          minutes=args.minutes, batch_size=args.batch_size, lr=args.lr, warmup_steps=300,
                          seed=args.seed, device=args.device, threads=1, workers=args.workers,
                          data_echo=args.data_echo, val_every=500, checkpoint_every=500, init_from=args.init_from,
-                         init_lr_factor=args.init_lr_factor,
+                         init_lr_factor=args.init_lr_factor, consistency_weight=args.consistency_weight,
                          synth={k: v for k, v in (("psf_pool", args.psf_pool), ("psf_refresh", args.psf_refresh))
                                 if v is not None},
                          command="python training/gpu_train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

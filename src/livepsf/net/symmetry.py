@@ -22,7 +22,8 @@ import torch
 from livepsf.net.outputs import has_sign_symmetry, mirror_normalised
 from livepsf.optics import PSFModelSpec
 
-__all__ = ["DIHEDRAL_OPS", "dihedral_average_map", "dihedral_average_windows", "transform_image", "transform_values"]
+__all__ = ["DIHEDRAL_OPS", "dihedral_average_map", "dihedral_average_windows", "inverse_op", "transform_image",
+           "transform_values"]
 
 DIHEDRAL_OPS: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
 """The 8 symmetries of the square as ``(quarter turns, then a mirror of the rows)``."""
@@ -50,8 +51,8 @@ def _sigma_order(spec: PSFModelSpec, k: int) -> list[int]:
     return order
 
 
-def _inverse(k: int, flip: bool) -> tuple[int, bool]:
-    """The op that undoes ``(k, flip)``: a mirror is its own inverse, a turn by k is undone by -k."""
+def inverse_op(k: int, flip: bool) -> tuple[int, bool]:
+    """The op that undoes ``(k, flip)``: a turn then a mirror is its own inverse, a turn by k is undone by -k."""
     return (k % 4, True) if flip else ((-k) % 4, False)
 
 
@@ -80,7 +81,7 @@ def dihedral_average_map(map_frame: Callable[[torch.Tensor, int], torch.Tensor],
     """
     def reading(k: int, flip: bool) -> torch.Tensor:
         raw = map_frame(transform_image(frame, k, flip), stride)
-        return transform_image(raw, *_inverse(k, flip))  # the grid, back to the frame's windows
+        return transform_image(raw, *inverse_op(k, flip))  # the grid, back to the frame's windows
 
     return _average(reading, spec)
 
@@ -102,7 +103,7 @@ def _average(reading: Callable[[int, bool], torch.Tensor], spec: PSFModelSpec) -
     invalid = values = variance = None
     for k, flip in DIHEDRAL_OPS:
         raw = reading(k, flip)
-        back_k, back_flip = _inverse(k, flip)
+        back_k, back_flip = inverse_op(k, flip)
         phys = spec.denormalise(raw[1:1 + n].movedim(0, -1).double())
         norm = spec.normalise(transform_values(phys, spec, back_k, back_flip)).to(raw.dtype)
         if reference is None:

@@ -14,7 +14,15 @@ invalid logit, with two additions:
   error of the mean on valid patches, and on invalid patches the label's distance from the middle of
   its range (σ learns "anything in the range": textureless windows say they do not know). The mean is
   learnt by eq. 11 alone, so the σ head cannot buy a lower loss by giving up on hard patches. After
-  training, σ is calibrated on the validation set (:func:`calibrate_sigma`). Adam, cosine learning-rate decay over the budget (steps or wall-clock minutes), gradient
+  training, σ is calibrated on the validation set (:func:`calibrate_sigma`).
+* **dihedral consistency** (optional, ``consistency_weight``): every batch is also seen after one random
+  rotation or mirror (:data:`~livepsf.net.symmetry.DIHEDRAL_OPS`), with its labels transformed; besides
+  the loss above on both, the two readings of each valid window, mapped into one frame, are pulled
+  together (:func:`consistency_loss`). The PSF of a turned window is the turned PSF, so a network that
+  reads it otherwise reads the content's orientation (the dihedral average of 8 readings is more
+  accurate than one); the term trains that out of the single reading the live view gets.
+
+Adam, cosine learning-rate decay over the budget (steps or wall-clock minutes), gradient
 clipping, checkpoints (plain state dicts, loaded with ``weights_only=True``) and resuming.
 Training data are generated on the fly by :mod:`livepsf.data` (never seen twice); validation and test
 sets are fixed-seed sets that the training stream never produces.
@@ -41,12 +49,13 @@ from livepsf.errors import InputError
 from livepsf.net.architectures import ARCHITECTURES, build_network, count_parameters
 from livepsf.net.card import ModelCard
 from livepsf.net.evaluate import EvalResult, evaluate_outputs, predict_raw
-from livepsf.net.outputs import has_sign_symmetry, nearest_equivalent, split_outputs
+from livepsf.net.outputs import canonical_normalised, has_sign_symmetry, nearest_equivalent, split_outputs
+from livepsf.net.symmetry import DIHEDRAL_OPS, inverse_op, transform_image, transform_values
 from livepsf.net.export import export_model
 from livepsf.optics import Optics, PSFModelSpec, get_psf_model
 
-__all__ = ["TrainConfig", "TrainResult", "calibrate_sigma", "eq11_loss", "load_checkpoint", "pick_device",
-           "psf_loss", "train"]
+__all__ = ["TrainConfig", "TrainResult", "calibrate_sigma", "consistency_loss", "eq11_loss", "load_checkpoint",
+           "pick_device", "psf_loss", "train"]
 
 CHECKPOINT_VERSION = 1
 
@@ -108,6 +117,29 @@ def psf_loss(output: torch.Tensor, target: torch.Tensor, spec: PSFModelSpec, gam
     return loss
 
 
+def transform_targets(target: torch.Tensor, spec: PSFModelSpec, k: int, flip: bool) -> torch.Tensor:
+    """Targets ``(B, 1 + N)`` of windows after :func:`~livepsf.net.symmetry.transform_image` ``(k, flip)``."""
+    values = transform_values(spec.denormalise(target[:, 1:]), spec, k, flip)
+    return torch.cat([target[:, :1], spec.normalise(values)], dim=1)
+
+
+def consistency_loss(output: torch.Tensor, output_turned: torch.Tensor, target: torch.Tensor, spec: PSFModelSpec,
+                     k: int, flip: bool) -> torch.Tensor:
+    """Disagreement of two readings of the same windows, the second taken after the dihedral op ``(k, flip)``.
+
+    The second reading's parameters are mapped back to the untransformed window; the loss is the mean
+    over valid windows (label ``a0 = 0``) of the squared difference of the normalised parameters, against
+    the nearer sign mirror for Zernike models (PSF(a) = PSF(-a)). Both readings get gradients.
+    """
+    n = spec.n_params
+    first = canonical_normalised(output[:, 1 : 1 + n], spec)
+    turned = canonical_normalised(output_turned[:, 1 : 1 + n], spec)
+    back = spec.normalise(transform_values(spec.denormalise(turned), spec, *inverse_op(k, flip)))
+    squared = ((first - nearest_equivalent(first, back, spec)) ** 2).sum(dim=1) / n
+    valid = 1.0 - target[:, 0]
+    return (squared * valid).sum() / valid.sum().clamp_min(1.0)
+
+
 def calibrate_sigma(module: torch.nn.Module, patches: torch.Tensor, targets: torch.Tensor, spec: PSFModelSpec,
                     device: torch.device | str = "cpu") -> dict[str, Any]:
     """Scale a network's σ outputs so that they are calibrated on a labelled (validation) set.
@@ -163,6 +195,9 @@ class TrainConfig:
     uncertainty, sign_invariant, nll_weight
         Predict a σ per parameter; take the smaller error against ``a`` and ``-a`` (Zernike models);
         weight of the σ's negative log-likelihood (see :func:`psf_loss`).
+    consistency_weight
+        Weight of the dihedral-consistency term (module docstring, :func:`consistency_loss`); 0: off. On,
+        each step also runs the network on the batch turned or mirrored (about twice the compute per step).
     data_echo
         Optimisation steps per training batch (1: every step a new batch). "Data echoing" (Choi et al.
         2019): when making patches is slower than learning from them (a GPU fed by CPU workers), reusing
@@ -207,6 +242,7 @@ class TrainConfig:
     uncertainty: bool = True
     sign_invariant: bool = True
     nll_weight: float = 0.05
+    consistency_weight: float = 0.0
     data_echo: int = 1
     optics: dict[str, float] = field(default_factory=lambda: Optics().to_dict())
     data: dict[str, Any] = field(default_factory=dict)
@@ -235,6 +271,8 @@ class TrainConfig:
             raise InputError("batch size must be at least 2")
         if self.data_echo < 1:
             raise InputError("data_echo must be at least 1")
+        if not (math.isfinite(self.consistency_weight) and self.consistency_weight >= 0):
+            raise InputError(f"consistency_weight must be a non-negative number, got {self.consistency_weight}")
 
 
 @dataclass
@@ -470,6 +508,7 @@ def train(
 
     bar = _Progress(progress, config)
     x = t = None
+    op_generator = torch.Generator().manual_seed(config.seed * 1009 + step)  # the dihedral op of each step
     validation: EvalResult | None = None
     running = float("nan")
     module.train()
@@ -482,7 +521,16 @@ def train(
             for group in optimiser.param_groups:
                 # Checkpoints from before init_lr_factor restore groups without a factor.
                 group["lr"] = config.lr * group.get("lr_factor", 1.0) * _lr_factor(fraction(), step, config)
-            loss = psf_loss(module(x), t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
+            if config.consistency_weight > 0:
+                k, flip = DIHEDRAL_OPS[1 + int(torch.randint(len(DIHEDRAL_OPS) - 1, (1,), generator=op_generator))]
+                out, out_turned = module(torch.cat([x, transform_image(x, k, flip)])).chunk(2)
+                t_turned = transform_targets(t, spec, k, flip)
+                loss = 0.5 * (psf_loss(out, t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
+                              + psf_loss(out_turned, t_turned, spec, sign_invariant=config.sign_invariant,
+                                         nll_weight=config.nll_weight)) \
+                    + config.consistency_weight * consistency_loss(out, out_turned, t, spec, k, flip)
+            else:
+                loss = psf_loss(module(x), t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training diverged at step {step} (loss {loss.item()})")
             optimiser.zero_grad(set_to_none=True)
