@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from livepsf.errors import InputError
+from livepsf.net.outputs import nearest_equivalent, sign_invariant_l1
 from livepsf.net.train import (
     TrainConfig,
     calibrate_sigma,
@@ -18,7 +19,6 @@ from livepsf.net.train import (
     train,
     transform_targets,
 )
-from livepsf.net.outputs import nearest_equivalent, sign_invariant_l1
 from livepsf.optics import get_psf_model
 
 # Small pools keep the data synthesiser's start-up to a fraction of a second.

@@ -49,9 +49,9 @@ from livepsf.errors import InputError
 from livepsf.net.architectures import ARCHITECTURES, build_network, count_parameters
 from livepsf.net.card import ModelCard
 from livepsf.net.evaluate import EvalResult, evaluate_outputs, predict_raw
+from livepsf.net.export import export_model
 from livepsf.net.outputs import canonical_normalised, has_sign_symmetry, nearest_equivalent, split_outputs
 from livepsf.net.symmetry import DIHEDRAL_OPS, inverse_op, transform_image, transform_values
-from livepsf.net.export import export_model
 from livepsf.optics import Optics, PSFModelSpec, get_psf_model
 
 __all__ = ["TrainConfig", "TrainResult", "calibrate_sigma", "consistency_loss", "eq11_loss", "load_checkpoint",
