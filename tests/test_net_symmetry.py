@@ -10,6 +10,7 @@ from livepsf.net.symmetry import (
     DIHEDRAL_OPS,
     dihedral_average_map,
     dihedral_average_windows,
+    dihedral_spread_windows,
     transform_image,
     transform_values,
 )
@@ -95,3 +96,23 @@ def test_windows_and_frames_average_alike() -> None:
         mapped = dihedral_average_map(net.map_frame, frame, WINDOW, spec)
     assert per_window.shape == (6, 1 + 2 * spec.n_params)
     torch.testing.assert_close(mapped.reshape(per_window.shape[1], 6).T, per_window, atol=1e-4, rtol=1e-4)
+
+
+def test_the_spread_measures_how_far_readings_follow_orientation() -> None:
+    """A network that answers the same round Gaussian whatever it sees is orientation-consistent
+    (spread 0); one that always answers an elongated Gaussian contradicts itself under a quarter turn,
+    which swaps the widths: its readings of x and y spread by half their difference."""
+    spec = get_psf_model("G-2")
+    windows = torch.rand(5, 1, WINDOW, WINDOW)
+
+    def constant(normalised: list[float]):
+        def module(x: torch.Tensor) -> torch.Tensor:
+            row = torch.tensor([0.0, *normalised, -1.0, -1.0])
+            return row.expand(x.shape[0], -1)
+        return module
+
+    round_spread = dihedral_spread_windows(constant([0.2, 0.2]), windows, spec)
+    assert round_spread.shape == (5, 2)
+    torch.testing.assert_close(round_spread, torch.zeros(5, 2), atol=1e-6, rtol=0)
+    elongated = dihedral_spread_windows(constant([-0.6, 0.4]), windows, spec)
+    torch.testing.assert_close(elongated, torch.full((5, 2), 0.5), atol=1e-5, rtol=0)

@@ -15,15 +15,15 @@ on the same windows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from livepsf.net.outputs import has_sign_symmetry, mirror_normalised
 from livepsf.optics import PSFModelSpec
 
-__all__ = ["DIHEDRAL_OPS", "dihedral_average_map", "dihedral_average_windows", "inverse_op", "transform_image",
-           "transform_values"]
+__all__ = ["DIHEDRAL_OPS", "dihedral_average_map", "dihedral_average_windows", "dihedral_spread_windows",
+           "inverse_op", "transform_image", "transform_values"]
 
 DIHEDRAL_OPS: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
 """The 8 symmetries of the square as ``(quarter turns, then a mirror of the rows)``."""
@@ -95,12 +95,33 @@ def dihedral_average_windows(module: Callable[[torch.Tensor], torch.Tensor], win
     return _average(lambda k, flip: module(transform_image(windows, k, flip)).movedim(-1, 0), spec).movedim(0, -1)
 
 
-def _average(reading: Callable[[int, bool], torch.Tensor], spec: PSFModelSpec) -> torch.Tensor:
-    """Mean of the 8 readings ``reading(k, flip)`` (raw columns first, already in the original layout),
-    with the parameters transformed back, put on one side of the sign symmetry, and σ as RMS."""
+def dihedral_spread_windows(module: Callable[[torch.Tensor], torch.Tensor], windows: torch.Tensor,
+                            spec: PSFModelSpec) -> torch.Tensor:
+    """How much a network's reading of each window depends on the window's orientation.
+
+    The standard deviation over the 8 dihedral transforms of each window's normalised parameters
+    (each reading mapped back to the untransformed window and put on its side of the sign symmetry,
+    as :func:`dihedral_average_windows` averages them). An exactly equivariant network gives 0; a
+    reading that follows the texture's orientation, not the PSF, gives a large spread.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, N)``: the spread of each window's ``N`` parameters, in normalised units (the parameter
+        ranges map to [-1, 1]).
+    """
+    readings = torch.stack([norm for _, norm, _ in _aligned_readings(
+        lambda k, flip: module(transform_image(windows, k, flip)).movedim(-1, 0), spec)])
+    return readings.std(dim=0, unbiased=False)
+
+
+def _aligned_readings(reading: Callable[[int, bool], torch.Tensor], spec: PSFModelSpec
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """For each of the 8 transforms: the raw reading (columns first, already in the original layout),
+    its normalised parameters transformed back and put on the first reading's side of the sign
+    symmetry (parameters last), and the quarter turns that undo the transform."""
     n = spec.n_params
     reference: torch.Tensor | None = None
-    invalid = values = variance = None
     for k, flip in DIHEDRAL_OPS:
         raw = reading(k, flip)
         back_k, back_flip = inverse_op(k, flip)
@@ -112,6 +133,15 @@ def _average(reading: Callable[[int, bool], torch.Tensor], spec: PSFModelSpec) -
             mirrored = mirror_normalised(norm, spec)
             closer = ((mirrored - reference) ** 2).sum(-1, keepdim=True) < ((norm - reference) ** 2).sum(-1, keepdim=True)
             norm = torch.where(closer, mirrored, norm)
+        yield raw, norm, back_k
+
+
+def _average(reading: Callable[[int, bool], torch.Tensor], spec: PSFModelSpec) -> torch.Tensor:
+    """Mean of the 8 readings ``reading(k, flip)`` (raw columns first, already in the original layout),
+    with the parameters transformed back, put on one side of the sign symmetry, and σ as RMS."""
+    n = spec.n_params
+    invalid = values = variance = None
+    for raw, norm, back_k in _aligned_readings(reading, spec):
         invalid = raw[0] if invalid is None else invalid + raw[0]
         values = norm if values is None else values + norm
         if raw.shape[0] == 1 + 2 * n:
