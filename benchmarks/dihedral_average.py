@@ -11,7 +11,8 @@ Measured (2-core AMD EPYC, torch 2.13.0 CPU; shipped ``default`` f116e1106d1f, Z
 mean R² 0.540 -> 0.567 (focus 0.605 -> 0.621, astig_0 0.474 -> 0.506, astig_45 0.542 -> 0.573); errors
 within 1σ 65 / 73 / 72 % -> 68 / 72 / 71 %, within 2σ 94 / 98 / 98 % -> 94 / 99 / 98 %.
 Also printed: the median spread of each window's 8 readings (:func:`livepsf.net.symmetry.dihedral_spread_windows`),
-how much the network's answer follows the window's orientation instead of the PSF.
+how much the network's answer follows the window's orientation instead of the PSF; shipped ``default``:
+focus 0.034, astig_0 0.037, astig_45 0.037 (normalised units, the parameter ranges span 2).
 """
 
 from __future__ import annotations
