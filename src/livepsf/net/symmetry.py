@@ -112,7 +112,7 @@ def dihedral_spread_windows(module: Callable[[torch.Tensor], torch.Tensor], wind
     """
     readings = torch.stack([norm for _, norm, _ in _aligned_readings(
         lambda k, flip: module(transform_image(windows, k, flip)).movedim(-1, 0), spec)])
-    return readings.std(dim=0, unbiased=False)
+    return readings.std(dim=0, correction=0)
 
 
 def _aligned_readings(reading: Callable[[int, bool], torch.Tensor], spec: PSFModelSpec
