@@ -509,6 +509,10 @@ def train(
     bar = _Progress(progress, config)
     x = t = None
     op_generator = torch.Generator().manual_seed(config.seed * 1009 + step)  # the dihedral op of each step
+
+    def loss_of(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return psf_loss(output, target, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
+
     validation: EvalResult | None = None
     running = float("nan")
     module.train()
@@ -524,13 +528,10 @@ def train(
             if config.consistency_weight > 0:
                 k, flip = DIHEDRAL_OPS[1 + int(torch.randint(len(DIHEDRAL_OPS) - 1, (1,), generator=op_generator))]
                 out, out_turned = module(torch.cat([x, transform_image(x, k, flip)])).chunk(2)
-                t_turned = transform_targets(t, spec, k, flip)
-                loss = 0.5 * (psf_loss(out, t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
-                              + psf_loss(out_turned, t_turned, spec, sign_invariant=config.sign_invariant,
-                                         nll_weight=config.nll_weight)) \
+                loss = 0.5 * (loss_of(out, t) + loss_of(out_turned, transform_targets(t, spec, k, flip))) \
                     + config.consistency_weight * consistency_loss(out, out_turned, t, spec, k, flip)
             else:
-                loss = psf_loss(module(x), t, spec, sign_invariant=config.sign_invariant, nll_weight=config.nll_weight)
+                loss = loss_of(module(x), t)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training diverged at step {step} (loss {loss.item()})")
             optimiser.zero_grad(set_to_none=True)
