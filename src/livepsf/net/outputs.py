@@ -18,9 +18,8 @@ import torch
 
 from livepsf.optics import PSFModelSpec
 
-__all__ = ["SplitOutputs", "canonical_normalised", "has_sign_symmetry", "mirror_normalised", "nearest_equivalent",
-           "sign_invariant_l1",
-           "split_outputs"]
+__all__ = ["SplitOutputs", "canonical_normalised", "has_sign_symmetry", "mirror_normalised",
+           "nearest_equivalent", "sign_invariant_l1", "split_outputs"]
 
 
 class SplitOutputs(NamedTuple):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from livepsf.net.outputs import has_sign_symmetry, mirror_normalised
+from livepsf.net.outputs import nearest_equivalent
 from livepsf.optics import PSFModelSpec
 
 __all__ = ["DIHEDRAL_OPS", "dihedral_average_map", "dihedral_average_windows", "dihedral_spread_windows",
@@ -129,10 +129,8 @@ def _aligned_readings(reading: Callable[[int, bool], torch.Tensor], spec: PSFMod
         norm = spec.normalise(transform_values(phys, spec, back_k, back_flip)).to(raw.dtype)
         if reference is None:
             reference = norm
-        elif has_sign_symmetry(spec):
-            mirrored = mirror_normalised(norm, spec)
-            closer = ((mirrored - reference) ** 2).sum(-1, keepdim=True) < ((norm - reference) ** 2).sum(-1, keepdim=True)
-            norm = torch.where(closer, mirrored, norm)
+        else:
+            norm = nearest_equivalent(reference, norm, spec)
         yield raw, norm, back_k
 
 
