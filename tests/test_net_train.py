@@ -259,9 +259,12 @@ def test_run_training_exports_a_full_card(tmp_path, held_out) -> None:
     x = torch.rand(2, 1, 128, 128) * 100
     with torch.no_grad():
         torch.testing.assert_close(net.module(x), result.module(x))
-    # An intermediate checkpoint exports the same way.
-    again = export_checkpoint(result.checkpoint, tmp_path / "from_ckpt.pt", n_robustness=0, test_set=held_out)
+    assert card.training["sigma_calibration"]["n_windows"] == len(held_out[0])  # the val_set given
+    # An intermediate checkpoint exports the same way; σ can be calibrated there on a larger validation set.
+    again = export_checkpoint(result.checkpoint, tmp_path / "from_ckpt.pt", n_robustness=0, test_set=held_out,
+                              calibration_n=40)
     assert load_model(again).card.training["steps"] == 12
+    assert load_model(again).card.training["sigma_calibration"]["n_windows"] == 40
 
 
 def test_a_run_can_start_from_trained_weights(tmp_path, held_out) -> None:

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--psf-refresh", type=int, default=None, help="PSFs replaced per batch (default 2)")
     parser.add_argument("--consistency-weight", type=float, default=0.0,
                         help="weight of the dihedral-consistency term (livepsf.net.train.consistency_loss); 0: off")
+    parser.add_argument("--calibration-n", type=int, default=4000,
+                        help="validation windows that σ is calibrated on after training (TrainConfig.calibration_n)")
     args = parser.parse_args(argv)
 
     from livepsf.net.train import TrainConfig, train
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, device=args.device, threads=1, workers=args.workers,
                          data_echo=args.data_echo, val_every=500, checkpoint_every=500, init_from=args.init_from,
                          init_lr_factor=args.init_lr_factor, consistency_weight=args.consistency_weight,
+                         calibration_n=args.calibration_n,
                          synth={k: v for k, v in (("psf_pool", args.psf_pool), ("psf_refresh", args.psf_refresh))
                                 if v is not None},
                          command="python training/gpu_train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

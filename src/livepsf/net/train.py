@@ -154,7 +154,8 @@ def calibrate_sigma(module: torch.nn.Module, patches: torch.Tensor, targets: tor
     Returns
     -------
     dict
-        ``{"factors": {name: k}, "n_valid": ...}`` for the model card; empty when the module has no σ.
+        ``{"factors": {name: k}, "n_windows": ..., "n_valid": ...}`` for the model card; empty when the
+        module has no σ.
     """
     shift = getattr(module, "log_sigma_shift", None)
     if shift is None or shift.numel() == 0:
@@ -169,7 +170,8 @@ def calibrate_sigma(module: torch.nn.Module, patches: torch.Tensor, targets: tor
     k = torch.maximum(torch.quantile(z, 0.6827, dim=0), torch.quantile(z, 0.9545, dim=0) / 2.0).clamp_min(1e-6)
     with torch.no_grad():
         shift.add_(torch.log(k).to(shift))
-    return {"factors": {name: round(float(k[i]), 4) for i, name in enumerate(spec.names)}, "n_valid": int(valid.sum()),
+    return {"factors": {name: round(float(k[i]), 4) for i, name in enumerate(spec.names)},
+            "n_windows": len(patches), "n_valid": int(valid.sum()),
             "rule": "sigma *= max(q68(|err|/sigma), q95(|err|/sigma) / 2) per parameter on the validation set"}
 
 
@@ -190,6 +192,10 @@ class TrainConfig:
         Network initialisation and training data stream.
     val_n, val_every, checkpoint_every
         Validation-set size and how often (steps) to validate and to write the checkpoint.
+    calibration_n
+        Size of the validation set that σ is calibrated on after training (None: the ``val_n`` set).
+        The 68th percentile of a few hundred valid windows moves the 1σ coverage on other data by
+        several percent; the shipped models are calibrated on 4000 windows.
     device, threads, workers
         Where to train (default CUDA when present), torch threads, data-making processes.
     uncertainty, sign_invariant, nll_weight
@@ -234,6 +240,7 @@ class TrainConfig:
     seed: int = 0
     window_px: int = 128
     val_n: int = 512
+    calibration_n: int | None = None
     val_every: int = 200
     checkpoint_every: int = 200
     device: str | None = None
@@ -559,7 +566,8 @@ def train(
             bar.update(fraction(), step, running, validation)
     module.eval()
     # Calibrate σ after the checkpoint is written: a resumed run continues from the uncalibrated network.
-    sigma_calibration = calibrate_sigma(module, val_x, val_t, spec, device=device)
+    calib_x, calib_t = (val_x, val_t) if config.calibration_n is None else _calibration_set(config, spec)
+    sigma_calibration = calibrate_sigma(module, calib_x, calib_t, spec, device=device)
     return TrainResult(module, config, step, seconds, history, validation, ckpt_path, segments, sigma_calibration)
 
 
@@ -685,24 +693,36 @@ def run_training(config: TrainConfig, out_dir: str | Path, export_path: str | Pa
     return result, path
 
 
+def _calibration_set(config: TrainConfig, spec: PSFModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation set that σ is calibrated on: ``calibration_n`` windows (default ``val_n``)."""
+    n = config.calibration_n or config.val_n
+    return eval_set(spec, "val", n=n, window_px=config.window_px, optics=Optics(**config.optics))
+
+
 def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: str = "",
                       n_test: int = 2000, n_robustness: int = 500, notes: str = "",
-                      test_set: tuple[torch.Tensor, torch.Tensor] | None = None, n_battery: int = 0) -> Path:
-    """Evaluate and export the network of a (possibly unfinished) training checkpoint with its card."""
+                      test_set: tuple[torch.Tensor, torch.Tensor] | None = None, n_battery: int = 0,
+                      calibration_n: int | None = None) -> Path:
+    """Evaluate and export the network of a (possibly unfinished) training checkpoint with its card.
+
+    ``calibration_n`` overrides the checkpoint's :attr:`TrainConfig.calibration_n` (the size of the
+    validation set σ is calibrated on); the card records the size used.
+    """
     from livepsf.net.evaluate import evaluate_model
 
     ckpt = load_checkpoint(checkpoint)
     known = set(TrainConfig.__dataclass_fields__)
     # Checkpoints from before uncertainty existed have no such key: their networks have no σ outputs.
     config = TrainConfig(**{"uncertainty": False, **{k: v for k, v in ckpt["config"].items() if k in known}})
+    if calibration_n is not None:
+        config.calibration_n = calibration_n
     spec = get_psf_model(config.psf_model)
     module = build_network(config.architecture, spec.n_params, config.window_px, config.uncertainty)
     module.load_state_dict(ckpt["model"])
     module.eval()
     sigma_calibration = {}
     if config.uncertainty:
-        val_x, val_t = eval_set(spec, "val", n=config.val_n, window_px=config.window_px, optics=Optics(**config.optics))
-        sigma_calibration = calibrate_sigma(module, val_x, val_t, spec)
+        sigma_calibration = calibrate_sigma(module, *_calibration_set(config, spec), spec)
     result = TrainResult(module, config, int(ckpt["step"]), float(ckpt["seconds"]), list(ckpt["history"]),
                          None, Path(checkpoint), list(ckpt.get("segments", [])), sigma_calibration)
     report = evaluate_model(module, config.psf_model, Optics(**config.optics), config.window_px,
