@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--consistency-weight", type=float, default=0.0,
                         help="weight of the dihedral-consistency term (livepsf.net.train.consistency_loss); 0: off")
     parser.add_argument("--calibration-n", type=int, default=4000,
-                        help="validation windows that σ is calibrated on after training (TrainConfig.calibration_n)")
+                        help="validation windows that σ is calibrated on after training "
+                             "(TrainConfig.calibration_n)")
     args = parser.parse_args(argv)
 
     from livepsf.net.train import TrainConfig, train
