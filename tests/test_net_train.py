@@ -262,8 +262,8 @@ def test_run_training_exports_a_full_card(tmp_path, held_out) -> None:
     assert card.training["sigma_calibration"]["n_windows"] == len(held_out[0])  # the val_set given
     # An intermediate checkpoint exports the same way; σ can be calibrated there on a larger validation set.
     again = export_checkpoint(result.checkpoint, tmp_path / "from_ckpt.pt", n_robustness=0, test_set=held_out,
-                              calibration_n=40)
-    assert load_model(again).card.training["steps"] == 12
+                              calibration_n=40, name="shipped")
+    assert load_model(again).card.training["steps"] == 12 and load_model(again).card.name == "shipped"
     assert load_model(again).card.training["sigma_calibration"]["n_windows"] == 40
 
 

@@ -702,11 +702,12 @@ def _calibration_set(config: TrainConfig, spec: PSFModelSpec) -> tuple[torch.Ten
 def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: str = "",
                       n_test: int = 2000, n_robustness: int = 500, notes: str = "",
                       test_set: tuple[torch.Tensor, torch.Tensor] | None = None, n_battery: int = 0,
-                      calibration_n: int | None = None) -> Path:
+                      calibration_n: int | None = None, name: str | None = None) -> Path:
     """Evaluate and export the network of a (possibly unfinished) training checkpoint with its card.
 
     ``calibration_n`` overrides the checkpoint's :attr:`TrainConfig.calibration_n` (the size of the
-    validation set σ is calibrated on); the card records the size used.
+    validation set σ is calibrated on); the card records the size used. ``name`` is the model's name on
+    its card (default: the run's name), e.g. the shipped name of a run trained under another one.
     """
     from livepsf.net.evaluate import evaluate_model
 
@@ -716,6 +717,8 @@ def export_checkpoint(checkpoint: str | Path, export_path: str | Path, command: 
     config = TrainConfig(**{"uncertainty": False, **{k: v for k, v in ckpt["config"].items() if k in known}})
     if calibration_n is not None:
         config.calibration_n = calibration_n
+    if name is not None:
+        config.name = name
     spec = get_psf_model(config.psf_model)
     module = build_network(config.architecture, spec.n_params, config.window_px, config.uncertainty)
     module.load_state_dict(ckpt["model"])
