@@ -7,12 +7,13 @@ dihedral_average=True)`` computes for frames). Same fixed-seed test set as the m
     python benchmarks/dihedral_average.py                 # the shipped default (Z-3)
     python benchmarks/dihedral_average.py --model focus   # another shipped model or a .pt path
 
-Measured (2-core AMD EPYC, torch 2.13.0 CPU; shipped ``default`` f116e1106d1f, Z-3 test set n = 2000):
-mean R² 0.540 -> 0.567 (focus 0.605 -> 0.621, astig_0 0.474 -> 0.506, astig_45 0.542 -> 0.573); errors
-within 1σ 65 / 73 / 72 % -> 68 / 72 / 71 %, within 2σ 94 / 98 / 98 % -> 94 / 99 / 98 %.
+Measured (2-core AMD EPYC, torch 2.13.0 CPU; Z-3 test set n = 2000): shipped ``default`` 7d10b8c469b3 (trained
+with the dihedral-consistency term) mean R² 0.563 -> 0.571 (focus 0.617 -> 0.623, astig_0 0.497 -> 0.507,
+astig_45 0.576 -> 0.584), within 1σ 62 / 68 / 72 % -> 64 / 67 / 73 %; the previous ``default`` f116e1106d1f
+0.540 -> 0.567 (focus 0.605 -> 0.621, astig_0 0.474 -> 0.506, astig_45 0.542 -> 0.573).
 Also printed: the median spread of each window's 8 readings (:func:`livepsf.net.symmetry.dihedral_spread_windows`),
-how much the network's answer follows the window's orientation instead of the PSF; shipped ``default``:
-focus 0.034, astig_0 0.037, astig_45 0.037 (normalised units, the parameter ranges span 2).
+how much the network's answer follows the window's orientation instead of the PSF: shipped ``default`` focus
+0.018, astig_0 0.017, astig_45 0.015; previous 0.034 / 0.037 / 0.037 (normalised units, the ranges span 2).
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ A PSF seen in a rotated or mirrored window is the rotated or mirrored PSF, with 
 exactly (:meth:`~livepsf.optics.PSFModelSpec.rot90`, :meth:`~livepsf.optics.PSFModelSpec.flip`). A
 trained network is only approximately equivariant, so its 8 readings of the same window differ a
 little; mapping each transformed frame, mapping the answers back and averaging them removes part of the
-network's error at 8x the cost. On the Z-3 test set this raises the shipped ``default``'s mean R² from
-0.540 to 0.567 (see the CHANGELOG); it is meant for offline work (``livepsf map``, ``depth``,
-``calibrate``, ``deconvolve``), where a 1024² frame maps in about 0.2 s on 2 cores (22 ms in one pass).
+network's error at 8x the cost. On the Z-3 test set this raised the previous ``default``'s mean R² from
+0.540 to 0.567; the shipped one, trained to read alike in all 8 orientations (dihedral-consistency term,
+:func:`livepsf.net.train.consistency_loss`), gains less: 0.563 to 0.571 (see the CHANGELOG). It is
+meant for offline work (``livepsf map``, ``depth``, ``calibrate``, ``deconvolve``), where a 1024² frame
+maps in about 0.2 s on 2 cores (22 ms in one pass).
 
 The frame handed to :func:`dihedral_average_map` must be exactly covered by the window grid (the padded
 frame :class:`~livepsf.mapping.PSFMapper` builds), so that a rotated or mirrored grid of windows lands
