@@ -267,6 +267,16 @@ def test_run_training_exports_a_full_card(tmp_path, held_out) -> None:
     assert load_model(again).card.training["sigma_calibration"]["n_windows"] == 40
 
 
+def test_lineage_lists_the_segments_behind_a_warm_started_run_in_training_order() -> None:
+    from livepsf.net.train import lineage
+
+    gpu = [{"command": "a", "hardware": "CUDA"}, {"command": "b", "hardware": "CUDA"}]
+    cpu = {"command": "c", "hardware": "CPU", "init_from_segments": gpu}
+    later = {"command": "d", "hardware": "CPU"}
+    assert [s["command"] for s in lineage([cpu, later])] == ["a", "b", "c", "d"]
+    assert lineage([]) == []
+
+
 def test_a_run_can_start_from_trained_weights(tmp_path, held_out) -> None:
     """``init_from`` starts a new run (step 0, fresh optimiser) from an exported model or a checkpoint."""
     first = train(_config(steps=10), tmp_path / "a", progress=False, val_set=held_out)

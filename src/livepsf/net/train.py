@@ -54,8 +54,8 @@ from livepsf.net.outputs import canonical_normalised, has_sign_symmetry, nearest
 from livepsf.net.symmetry import DIHEDRAL_OPS, inverse_op, transform_image, transform_values
 from livepsf.optics import Optics, PSFModelSpec, get_psf_model
 
-__all__ = ["TrainConfig", "TrainResult", "calibrate_sigma", "consistency_loss", "eq11_loss", "load_checkpoint",
-           "pick_device", "psf_loss", "train"]
+__all__ = ["TrainConfig", "TrainResult", "calibrate_sigma", "consistency_loss", "eq11_loss", "lineage",
+           "load_checkpoint", "pick_device", "psf_loss", "train"]
 
 CHECKPOINT_VERSION = 1
 
@@ -355,6 +355,15 @@ def _source_segments(path: str | Path) -> list[dict[str, Any]]:
         return []
 
 
+def lineage(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every segment behind a run in training order: a segment's ``init_from_segments`` come before it."""
+    flat: list[dict[str, Any]] = []
+    for segment in segments:
+        flat += lineage(segment.get("init_from_segments") or [])
+        flat.append(segment)
+    return flat
+
+
 def _start_from(module: torch.nn.Module, path: str | Path) -> set[str]:
     """Initialise ``module`` from trained weights (see :attr:`TrainConfig.init_from`).
 
@@ -635,8 +644,8 @@ def build_card(result: TrainResult, spec: PSFModelSpec, evaluation: dict[str, An
         "steps": result.step,
         "wall_time_s": round(result.seconds, 1),
         # Where each segment ran (a model trained on a GPU is exported and evaluated elsewhere).
-        "hardware": "; ".join(dict.fromkeys(s["hardware"] for s in result.segments if "hardware" in s))
-                    or hardware_description(config.device or "cpu"),
+        "hardware": "; ".join(dict.fromkeys(s["hardware"] for s in lineage(result.segments)
+                                            if "hardware" in s)) or hardware_description(config.device or "cpu"),
         "seed": config.seed,
         "batch_size": config.batch_size,
         "optimiser": f"AdamW lr {config.lr:g} (cosine to {config.lr_min_fraction:g}x, warm-up "
